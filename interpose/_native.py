@@ -1,0 +1,208 @@
+"""Loads libinterpose.so and declares every foreign function, once.
+
+Functions that may park the calling coroutine are bound through ctypes.CDLL,
+which releases the GIL around the call: that detaches the coroutine's thread
+state, which is what makes switching stacks safe.  Functions that need the
+GIL (they create thread states or touch Python objects) or are too short to
+be worth releasing it are bound through ctypes.PyDLL.
+"""
+import ctypes
+import hashlib
+import os
+
+from . import _compat
+
+ABI_VERSION = 1  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
+_SOURCE_DIR = os.path.join(os.path.dirname(PACKAGE_DIR), "native")
+
+PARK_TIMEOUT = 1  # INTERPOSE_PARK_TIMEOUT
+READABLE = 1
+WRITABLE = 2
+
+_REBUILD = (
+    "Rebuild it: 'pip install .' (or, in a source checkout, 'pip install -e .'"
+    " or 'make -C native')."
+)
+
+
+class NativeLibraryError(ImportError):
+    """libinterpose.so is missing, stale or refuses this interpreter."""
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [
+        ("created", ctypes.c_uint64),
+        ("alive", ctypes.c_uint64),
+        ("switches", ctypes.c_uint64),
+        ("parks", ctypes.c_uint64),
+        ("timeouts", ctypes.c_uint64),
+        ("epoll_waits", ctypes.c_uint64),
+    ]
+
+
+_p = ctypes.c_void_p
+_i = ctypes.c_int
+_i64 = ctypes.c_int64
+_u64 = ctypes.c_uint64
+_sz = ctypes.c_size_t
+
+# name: (restype, argtypes, gil_held)
+SIGNATURES = {
+    "interpose_abi_version": (_i, [], True),
+    "interpose_build_id": (ctypes.c_char_p, [], True),
+    "interpose_py_bind": (_i, [ctypes.c_char_p, _p], True),
+    "interpose_py_init": (_i, [ctypes.c_ulong, _p], True),
+    "interpose_coro_spawn": (
+        _p,
+        [ctypes.py_object, _sz, ctypes.c_char_p, ctypes.POINTER(_u64),
+         ctypes.POINTER(_i)],
+        True,
+    ),
+    "interpose_coro_current": (_p, [], True),
+    "interpose_coro_id": (_u64, [_p], True),
+    "interpose_coro_prepare": (_u64, [], True),
+    "interpose_coro_park": (_i, [_i64], False),
+    "interpose_coro_unpark": (_i, [_p, _u64, _i], True),
+    "interpose_coro_cancel": (_i, [_p, _u64], True),
+    "interpose_coro_set_deadline": (_i64, [_i64], True),
+    "interpose_wait_fd": (_i, [_i, _i, _i64], False),
+    "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
+    "interpose_sched_set_signal_fd": (_i, [_i], True),
+    "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_clock_ns": (_i64, [], True),
+    "interpose_stack_default": (_sz, [], True),
+    "interpose_stack_minimum": (_sz, [], True),
+}
+
+# The C-API entry points the engine calls, by the name the library knows
+# them under, and the symbol that provides each on this interpreter.
+PY_API = {
+    "PyThreadState_New": "PyThreadState_New",
+    "PyThreadState_Get": "PyThreadState_Get",
+    "PyThreadState_Clear": "PyThreadState_Clear",
+    "PyThreadState_DeleteCurrent": "PyThreadState_DeleteCurrent",
+    "PyEval_RestoreThread": "PyEval_RestoreThread",
+    "PyEval_SaveThread": "PyEval_SaveThread",
+    "PyObject_CallNoArgs": "PyObject_CallNoArgs",
+    "Py_IncRef": "Py_IncRef",
+    "Py_DecRef": "Py_DecRef",
+    "PyErr_WriteUnraisable": "PyErr_WriteUnraisable",
+    "PyThreadState_GetUnchecked": _compat.UNCHECKED_GET,
+}
+
+
+def source_build_id():
+    """SHA-256 of native/ in a source checkout (as the Makefile computes it),
+    or None for an installed package, which ships no sources."""
+    if not os.path.isdir(_SOURCE_DIR):
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(_SOURCE_DIR)):
+        if name.endswith((".c", ".h", ".S")):
+            with open(os.path.join(_SOURCE_DIR, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+class _Functions:
+    """Attribute access to the bound foreign functions."""
+
+    def __init__(self, cdll, pydll):
+        for name, (restype, argtypes, gil_held) in SIGNATURES.items():
+            fn = getattr(pydll if gil_held else cdll, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name[len("interpose_"):], fn)
+
+
+def _load():
+    reason = _compat.unsupported_reason()
+    if reason:
+        raise NativeLibraryError(f"interpose: {reason}")
+    if not os.path.exists(LIBRARY_PATH):
+        raise NativeLibraryError(
+            f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"
+        )
+    try:
+        cdll = ctypes.CDLL(LIBRARY_PATH)
+        pydll = ctypes.PyDLL(LIBRARY_PATH)
+    except OSError as e:
+        raise NativeLibraryError(
+            f"interpose: cannot load {LIBRARY_PATH}: {e}. {_REBUILD}"
+        ) from None
+    missing = [n for n in SIGNATURES if not hasattr(cdll, n)]
+    if missing:
+        raise NativeLibraryError(
+            f"interpose: {LIBRARY_PATH} was built from older sources (it lacks"
+            f" {', '.join(missing)}). {_REBUILD}"
+        )
+    fns = _Functions(cdll, pydll)
+    abi = fns.abi_version()
+    if abi != ABI_VERSION:
+        raise NativeLibraryError(
+            f"interpose: {LIBRARY_PATH} has ABI version {abi}, this package"
+            f" needs {ABI_VERSION}: it was built from other sources. {_REBUILD}"
+        )
+    built = fns.build_id().decode()
+    expected = source_build_id()
+    if expected is not None and built != expected:
+        raise NativeLibraryError(
+            f"interpose: {LIBRARY_PATH} was built from older sources than"
+            f" {_SOURCE_DIR} (library {built[:12]}, sources {expected[:12]})."
+            f" {_REBUILD}"
+        )
+    _bind_python(fns)
+    return fns
+
+
+def _bind_python(fns):
+    api = ctypes.pythonapi
+    for name, symbol in PY_API.items():
+        address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
+        if fns.py_bind(name.encode(), address) != 0:
+            raise NativeLibraryError(f"interpose: the library does not know {name}")
+    get_interp = api.PyInterpreterState_Get
+    get_interp.restype = ctypes.c_void_p
+    import sys
+
+    r = fns.py_init(sys.hexversion, get_interp())
+    if r != 0:
+        raise NativeLibraryError(
+            f"interpose: the native library refused this interpreter"
+            f" ({sys.version.split()[0]}): {os.strerror(-r)}"
+        )
+
+
+lib = _load()
+
+_check_signals = ctypes.pythonapi.PyErr_CheckSignals
+_check_signals.restype = ctypes.c_int
+_check_signals.argtypes = []
+
+
+def check_signals():
+    """Run pending Python signal handlers now (raises what they raise)."""
+    _check_signals()
+
+
+def statistics_raw():
+    stats = Stats()
+    if lib.sched_stats(ctypes.byref(stats)) != 0:
+        return None
+    return stats
+
+
+def spawn_raw(body, stack_size, name):
+    """Return (handle, id); raise OSError(errno) on failure."""
+    cid = ctypes.c_uint64()
+    err = ctypes.c_int()
+    handle = lib.coro_spawn(
+        body, stack_size, name.encode("utf-8", "replace"), ctypes.byref(cid),
+        ctypes.byref(err),
+    )
+    if not handle:
+        raise OSError(-err.value, os.strerror(-err.value))
+    return handle, cid.value

@@ -1,0 +1,477 @@
+"""Coroutines and the per-thread scheduler: spawn, join, cancel, run, sleep,
+fd waits, deadlines and statistics.
+
+Each OS thread that uses interpose gets a scheduler lazily.  The thread's own
+context is its main coroutine: it keeps the thread's stack and thread state,
+runs the code that called run() (or anything else), receives
+KeyboardInterrupt and any SystemExit/KeyboardInterrupt raised in a spawned
+coroutine.  Spawned coroutines each get a C stack and a thread state of
+their own and start running when the spawner next waits.
+"""
+import _thread
+import atexit
+import contextvars
+import dataclasses
+import errno
+import math
+import os
+import signal
+import sys
+import threading
+
+from . import _errors
+from . import _native
+
+_lib = _native.lib
+_prepare = _lib.coro_prepare
+_current_handle = _lib.coro_current
+_park = _lib.coro_park
+_get_ident = _thread.get_ident
+
+# Per coroutine (threading.local state lives in the thread state, and every
+# coroutine has its own): the running Coroutine object.
+_local = _thread._local()
+# Per OS thread: ident -> _Scheduler.
+_schedulers = {}
+
+
+class _Scheduler:
+    """Python-side state of one OS thread's scheduler."""
+
+    __slots__ = ("main", "live", "pending", "running", "signal_pipe")
+
+    def __init__(self):
+        self.main = None  # the Coroutine standing for the thread's context
+        self.live = {}  # id -> Coroutine spawned here and not finished
+        self.pending = None  # exception forwarded to the main coroutine
+        self.running = False  # inside run()
+        self.signal_pipe = None
+
+
+def _scheduler():
+    sched = _schedulers.get(_get_ident())
+    if sched is None:
+        sched = _create_scheduler()
+    return sched
+
+
+def _create_scheduler():
+    sched = _Scheduler()
+    handle = _current_handle()  # creates the native scheduler
+    if not handle:
+        raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
+    sched.main = Coroutine._for_main(handle)
+    _schedulers[_get_ident()] = sched
+    if threading.current_thread() is threading.main_thread():
+        _install_signal_wakeup(sched)
+        atexit.register(_shutdown_at_exit)
+    return sched
+
+
+def _install_signal_wakeup(sched):
+    """Route signals to the main coroutine even while the hub sleeps.
+
+    A signal that arrives while the hub is between epoll_wait calls does not
+    interrupt anything; Python then only notes it.  signal.set_wakeup_fd
+    makes the C handler write a byte to a pipe the hub watches.  If the
+    program already set its own wakeup fd, it is kept and interpose relies
+    on epoll_wait's EINTR alone.
+    """
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        previous = None
+    if previous != -1:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
+        return
+    _lib.sched_set_signal_fd(r)
+    sched.signal_pipe = (r, w)
+
+
+def prepare():
+    """Start a park generation for the running coroutine: (handle, gen).
+
+    Raises an exception that a spawned coroutine forwarded to the main one.
+    """
+    sched = _schedulers.get(_get_ident()) or _scheduler()
+    if sched.pending is not None:
+        _raise_pending(sched)
+    return _current_handle(), _prepare()
+
+
+def _raise_pending(sched):
+    if _current_handle() != sched.main._handle:
+        return
+    exc, sched.pending = sched.pending, None
+    raise exc
+
+
+def park_failed(code):
+    """Handle a negative park result: -EINTR runs signal handlers and raises
+    forwarded exceptions (returns if none raise); others raise."""
+    if code == -errno.EINTR:
+        _native.check_signals()
+        sched = _schedulers.get(_get_ident())
+        if sched is not None and sched.pending is not None:
+            _raise_pending(sched)
+        return
+    _errors.raise_for(code)
+
+
+class Coroutine:
+    """A spawned coroutine.  Create with spawn(); never directly."""
+
+    __slots__ = (
+        "_handle", "_id", "_name", "_target", "_context", "_result",
+        "_exception", "_done", "_cancelled", "_guard", "_joiners",
+        "_join_waiters", "_sched", "__weakref__",
+    )
+
+    def __init__(self, handle, cid, name):
+        from ._waitqueue import WaitQueue
+
+        self._handle = handle
+        self._id = cid
+        self._name = name
+        self._target = None
+        self._context = None
+        self._result = None
+        self._exception = None
+        self._done = False
+        self._cancelled = False
+        self._guard = _thread.allocate_lock()
+        self._joiners = 0
+        self._join_waiters = WaitQueue()
+        self._sched = None
+
+    @classmethod
+    def _for_main(cls, handle):
+        return cls(handle, _lib.coro_id(handle), "main")
+
+    @property
+    def id(self):
+        """Unique, never reused, positive integer."""
+        return self._id
+
+    @property
+    def name(self):
+        return self._name
+
+    def done(self):
+        return self._done
+
+    def __repr__(self):
+        state = "done" if self._done else "alive"
+        return f"<interpose.Coroutine {self._id} {self._name!r} {state}>"
+
+    def cancel(self):
+        """Make this coroutine's current and later waits fail with ECANCELED
+        (interpose.Cancelled).  Returns False if it has already finished.
+        Callable from any coroutine or OS thread."""
+        if self._done:
+            return False
+        self._cancelled = True
+        return bool(_lib.coro_cancel(self._handle, self._id))
+
+    def join(self, timeout=None):
+        """Wait for the coroutine to finish; return its result or raise its
+        exception (with the original traceback).  Raises interpose.Cancelled
+        if it ended because it was cancelled, and TimeoutError if timeout
+        (seconds) passes first."""
+        from ._waitqueue import deadline_ns
+
+        if self is current():
+            raise RuntimeError("a coroutine cannot join itself")
+        if self._sched is None:
+            raise RuntimeError("the main coroutine of a thread cannot be joined")
+        deadline = deadline_ns(timeout)
+        with self._guard:
+            self._joiners += 1
+            try:
+                while not self._done:
+                    if not self._join_waiters.wait(self._guard, deadline):
+                        if not self._done:
+                            raise TimeoutError(
+                                errno.ETIMEDOUT,
+                                f"interpose: {self!r} did not finish in {timeout} s",
+                            )
+            finally:
+                self._joiners -= 1
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    # -- running in the coroutine's own thread state --------------------
+
+    def _bootstrap(self):
+        _local.coro = self
+        if threading._trace_hook is not None:
+            sys.settrace(threading._trace_hook)
+        if threading._profile_hook is not None:
+            sys.setprofile(threading._profile_hook)
+        fn, args, kwargs = self._target
+        self._target = ()
+        try:
+            if self._cancelled:
+                raise _errors.Cancelled()
+            result = self._context.run(fn, *args, **kwargs)
+        except BaseException as exc:  # reported or forwarded by _finish
+            self._finish(None, exc)
+        else:
+            self._finish(result, None)
+        finally:
+            self._context = None
+            fn = args = kwargs = None
+
+    def _finish(self, result, exc):
+        sched = self._sched
+        if exc is not None:
+            if self._cancelled and getattr(exc, "errno", None) == errno.ECANCELED:
+                if not isinstance(exc, _errors.Cancelled):
+                    cancelled = _errors.Cancelled()
+                    cancelled.__cause__ = exc
+                    exc = cancelled
+            elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                sched.pending = exc
+                _lib.sched_interrupt_main()
+            elif not self._joiners:
+                _report(self, exc)
+        with self._guard:
+            self._result = result
+            self._exception = exc
+            self._done = True
+            self._join_waiters.wake_all()
+        sched.live.pop(self._id, None)
+
+
+def _report(coro, exc):
+    """Report an uncaught exception the way threading.excepthook does."""
+    try:
+        threading.excepthook(
+            threading.ExceptHookArgs([type(exc), exc, exc.__traceback__, coro])
+        )
+    except BaseException as hook_error:  # never lose the report entirely
+        sys.unraisablehook(
+            sys.UnraisableHookArgs(
+                type(hook_error), hook_error, hook_error.__traceback__,
+                "Exception in threading.excepthook for", coro,
+            )
+        )
+
+
+def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
+    """Create a coroutine running fn(*args, **kwargs) in a copy of the
+    caller's contextvars context; it starts when the caller next waits.
+
+    stack_size is the usable C stack in bytes (default 1 MiB, or
+    INTERPOSE_STACK_SIZE); below 512 KiB ordinary Python code can overflow
+    it, which the guard page reports and aborts on.
+    """
+    if not callable(fn):
+        raise TypeError(f"spawn() needs a callable, not {type(fn).__name__}")
+    size = 0
+    if stack_size is not None:
+        if not isinstance(stack_size, int) or isinstance(stack_size, bool):
+            raise TypeError("stack_size must be an int (bytes)")
+        minimum = _lib.stack_minimum()
+        if stack_size < minimum:
+            raise ValueError(
+                f"stack_size must be at least {minimum} bytes; got {stack_size}"
+            )
+        size = stack_size
+    sched = _schedulers.get(_get_ident()) or _scheduler()
+    label = "" if name is None else str(name)
+    coro = Coroutine(0, 0, label)
+    coro._target = (fn, args, kwargs)
+    coro._context = contextvars.copy_context()
+    coro._sched = sched
+    try:
+        coro._handle, coro._id = _native.spawn_raw(coro._bootstrap, size, label)
+    except OSError as e:
+        raise _errors.spawn_error(e) from None
+    if name is None:
+        coro._name = f"coroutine-{coro._id}"
+    sched.live[coro._id] = coro
+    return coro
+
+
+def current():
+    """The running Coroutine (the thread's main coroutine outside spawned
+    ones)."""
+    coro = getattr(_local, "coro", None)
+    if coro is not None:
+        return coro
+    return (_schedulers.get(_get_ident()) or _scheduler()).main
+
+
+def sleep(seconds):
+    """Suspend the running coroutine for at least seconds; sleep(0) lets
+    every other runnable coroutine run first."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise TypeError("sleep() needs a number of seconds")
+    if seconds < 0 or math.isnan(seconds):
+        raise ValueError("sleep length must be non-negative")
+    deadline = _lib.clock_ns() + math.ceil(seconds * 1e9)
+    while True:
+        prepare()
+        code = _park(max(0, deadline - _lib.clock_ns()))
+        if code < 0:
+            park_failed(code)
+        if _lib.clock_ns() >= deadline:
+            return
+
+
+def _fileno(fd):
+    if isinstance(fd, int):
+        return fd
+    try:
+        return fd.fileno()
+    except AttributeError:
+        raise TypeError(f"expected an fd or an object with fileno(), got {fd!r}") from None
+
+
+def _wait_fd(fd, events, timeout):
+    from ._waitqueue import deadline_ns, remaining_ns
+
+    fd = _fileno(fd)
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor {fd}")
+    deadline = deadline_ns(timeout)
+    while True:
+        prepare()
+        code = _lib.wait_fd(fd, events, remaining_ns(deadline))
+        if code == 0 or code == -errno.EPERM:  # EPERM: a regular file, always ready
+            return True
+        if code == _native.PARK_TIMEOUT:
+            return False
+        park_failed(code)
+
+
+def wait_readable(fd, timeout=None):
+    """Wait until fd (an int or an object with fileno()) is readable; True
+    when it is, False when timeout seconds passed first."""
+    return _wait_fd(fd, _native.READABLE, timeout)
+
+
+def wait_writable(fd, timeout=None):
+    """Wait until fd is writable; True when it is, False on timeout."""
+    return _wait_fd(fd, _native.WRITABLE, timeout)
+
+
+class deadline:
+    """Context manager: after seconds, every wait of the running coroutine
+    fails with ETIMEDOUT (TimeoutError) until the block exits.  Nested
+    deadlines keep the earliest."""
+
+    __slots__ = ("_seconds", "_previous", "deadline_ns")
+
+    def __init__(self, seconds):
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            raise TypeError("deadline() needs a number of seconds")
+        if math.isnan(seconds):
+            raise ValueError("deadline() needs a number of seconds, not NaN")
+        self._seconds = seconds
+        self._previous = None
+        self.deadline_ns = None
+
+    def __enter__(self):
+        _scheduler()
+        when = _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9)
+        previous = _lib.coro_set_deadline(when)
+        if 0 <= previous < when:
+            _lib.coro_set_deadline(previous)
+            when = previous
+        self._previous = previous
+        self.deadline_ns = when
+        return self
+
+    def __exit__(self, *exc_info):
+        _lib.coro_set_deadline(self._previous)
+        return False
+
+
+def run(fn, /, *args, **kwargs):
+    """Run fn(*args, **kwargs) as this thread's main coroutine and return its
+    result.  When it returns or raises, every coroutine still alive on this
+    thread is cancelled and waited for (as asyncio.run does)."""
+    sched = _scheduler()
+    if current() is not sched.main:
+        raise RuntimeError("interpose.run() must be called outside spawned coroutines")
+    if sched.running:
+        raise RuntimeError("interpose.run() is already running on this thread")
+    sched.running = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        sched.running = False
+        _shutdown(sched)
+
+
+def _shutdown(sched):
+    """Cancel and join every coroutine still alive on this thread."""
+    while sched.live:
+        for coro in list(sched.live.values()):
+            coro.cancel()
+        for coro in list(sched.live.values()):
+            try:
+                coro.join()
+            except Exception:
+                pass  # already reported when it finished
+
+
+def _shutdown_at_exit():
+    sched = _schedulers.get(_get_ident())
+    if sched is not None and sched.live:
+        _shutdown(sched)
+
+
+def _after_fork_in_child():
+    """Only the forking coroutine survives a fork (the engine already gave
+    the thread a fresh scheduler); forget every other one."""
+    ident = _get_ident()
+    for key in list(_schedulers):
+        if key != ident:
+            del _schedulers[key]
+    sched = _schedulers.get(ident)
+    if sched is None:
+        return
+    me = getattr(_local, "coro", None)
+    sched.live.clear()
+    sched.pending = None
+    if me is not None:
+        sched.main = me
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """Counters of the calling thread's scheduler."""
+
+    coroutines_alive: int = 0
+    coroutines_created: int = 0
+    switches: int = 0
+    parks: int = 0
+    timeouts: int = 0
+    epoll_waits: int = 0
+
+
+def statistics():
+    """Counters of the calling thread's scheduler (all zero before its first
+    use)."""
+    raw = _native.statistics_raw()
+    if raw is None:
+        return Statistics()
+    return Statistics(
+        coroutines_alive=raw.alive,
+        coroutines_created=raw.created,
+        switches=raw.switches,
+        parks=raw.parks,
+        timeouts=raw.timeouts,
+        epoll_waits=raw.epoll_waits,
+    )

@@ -1,0 +1,96 @@
+"""The parking primitive every cooperative wait is built on.
+
+A waiter is the pair (coroutine handle, park generation).  Wakers pop
+waiters and unpark them; the engine guarantees that exactly one wake ends a
+park, so a waker learns whether it really woke someone (unpark returns 1) or
+lost the race to a timeout or cancellation (0) and must try the next one.
+Every structure is guarded by a real OS lock, never held across a park, so
+primitives also work between OS threads.
+"""
+import collections
+import math
+
+from . import _native
+from . import _sched
+
+_lib = _native.lib
+_park = _lib.coro_park
+_unpark = _lib.coro_unpark
+_now_ns = _lib.clock_ns
+
+
+def deadline_ns(timeout):
+    """Absolute deadline for a timeout in seconds (None = no deadline)."""
+    if timeout is None:
+        return None
+    if timeout < 0:
+        timeout = 0
+    return _now_ns() + math.ceil(timeout * 1e9)
+
+
+def remaining_ns(deadline):
+    if deadline is None:
+        return -1
+    return max(0, deadline - _now_ns())
+
+
+class WaitQueue:
+    __slots__ = ("_waiters",)
+
+    def __init__(self):
+        self._waiters = collections.deque()
+
+    def __len__(self):
+        return len(self._waiters)
+
+    def wait(self, guard, deadline, before_park=None):
+        """Park until woken or the deadline; True when woken.
+
+        guard is held on entry and on return; it is released while parked.
+        before_park runs after the waiter is registered and guard released
+        (Condition uses it to release the user's lock without losing a
+        notify).  A signal or a forwarded exception raises; a timeout
+        returns False.
+        """
+        waiter = _sched.prepare()
+        self._waiters.append(waiter)
+        guard.release()
+        try:
+            if before_park is not None:
+                before_park()
+            code = _park(remaining_ns(deadline))
+        except BaseException:
+            guard.acquire()
+            self._withdraw(waiter)
+            raise
+        guard.acquire()
+        if code == 0:
+            return True
+        self._withdraw(waiter)
+        if code == _native.PARK_TIMEOUT:
+            return False
+        _sched.park_failed(code)
+        return True  # interrupted by a signal whose handler did not raise
+
+    def _withdraw(self, waiter):
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # a waker already popped it and lost the race
+
+    def wake_one(self):
+        """Wake the first waiter still waiting; True if there was one."""
+        waiters = self._waiters
+        while waiters:
+            handle, gen = waiters.popleft()
+            if _unpark(handle, gen, 0):
+                return True
+        return False
+
+    def wake_all(self):
+        n = 0
+        waiters = self._waiters
+        while waiters:
+            handle, gen = waiters.popleft()
+            n += _unpark(handle, gen, 0)
+        return n

@@ -1,0 +1,120 @@
+/* interpose.h: the one exported ABI of libinterpose.so, bound by
+ * interpose/_native.py through ctypes.  Every exported name starts with
+ * interpose_ because a preloaded library's exports shadow the same names in
+ * every process it is loaded into.
+ *
+ * Unless a comment says otherwise, functions return 0 or a negative errno
+ * value and never set errno. */
+#ifndef INTERPOSE_H
+#define INTERPOSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IP_EXPORT __attribute__((visibility("default")))
+
+/* Bumped whenever a signature below or a struct layout changes; the Python
+ * side refuses a library built with another value. */
+#define INTERPOSE_ABI_VERSION 1
+
+/* Results of a park besides 0 (woken) and -errno. */
+#define INTERPOSE_PARK_TIMEOUT 1 /* the park's own timeout expired */
+
+/* Events for interpose_wait_fd. */
+#define INTERPOSE_READABLE 1
+#define INTERPOSE_WRITABLE 2
+
+/* ---- Library identity --------------------------------------------------
+ * Callable from any thread at any time, with or without the GIL. */
+
+/* Returns INTERPOSE_ABI_VERSION as compiled into the library. */
+IP_EXPORT int interpose_abi_version(void);
+/* Returns the SHA-256 of the native sources the library was built from. */
+IP_EXPORT const char *interpose_build_id(void);
+
+/* ---- CPython bridge ----------------------------------------------------
+ * Called once, GIL held, before anything below.  The library never links
+ * libpython: Python hands it the C-API entry points it needs. */
+
+/* Records the C-API function called name.  -ENOENT for an unknown name. */
+IP_EXPORT int interpose_py_bind(const char *name, void *fn);
+/* Checks that every needed function was bound and that hexversion is a
+ * supported interpreter.  -ENOTSUP for an unsupported version, -EINVAL when
+ * a function is missing.  interp is the PyInterpreterState *. */
+IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
+
+/* ---- Coroutines --------------------------------------------------------
+ * Functions marked "GIL held" are bound through ctypes.PyDLL and create the
+ * calling thread's scheduler on first use.  Handles are never freed: a
+ * handle stays valid forever and is recycled with a new id. */
+
+/* GIL held.  Creates a runnable coroutine that will call body() with no
+ * arguments on a fresh thread state and a stack of stack_size usable bytes
+ * (0 = the default).  Takes a new reference to body.  Stores the coroutine's
+ * id in *id_out.  Returns the handle, or NULL with *err_out = -errno
+ * (-ENOMEM when out of memory or memory mappings, -EINVAL for a bad size). */
+IP_EXPORT void *interpose_coro_spawn(void *body, size_t stack_size,
+                                     const char *name, uint64_t *id_out,
+                                     int *err_out);
+/* GIL held.  The running coroutine's handle (the root's on a thread that is
+ * not inside a spawned coroutine). */
+IP_EXPORT void *interpose_coro_current(void);
+/* Any thread.  The id of the coroutine behind the handle (0 when the
+ * handle's coroutine has died and the handle is not reused yet). */
+IP_EXPORT uint64_t interpose_coro_id(void *handle);
+/* GIL held.  Starts a new park generation for the running coroutine and
+ * returns it; wakes for earlier generations are ignored from now on. */
+IP_EXPORT uint64_t interpose_coro_prepare(void);
+/* GIL released (ctypes.CDLL).  Parks the running coroutine until it is woken
+ * for the prepared generation, timeout_ns passes (-1 = no timeout; then
+ * INTERPOSE_PARK_TIMEOUT), its deadline passes (-ETIMEDOUT), it is cancelled
+ * (-ECANCELED) or a signal needs the main coroutine (-EINTR).  A wake that
+ * arrived between prepare and park makes the park return at once.
+ * -EDEADLK when called with a thread state attached or no prepare. */
+IP_EXPORT int interpose_coro_park(int64_t timeout_ns);
+/* Any thread.  Wakes handle's park of generation gen with result (0 for a
+ * normal wake).  Returns 1 if this call woke it, 0 if the park was already
+ * woken or belongs to another generation. */
+IP_EXPORT int interpose_coro_unpark(void *handle, uint64_t gen, int result);
+/* Any thread.  Cancels the coroutine with the given id: its current and all
+ * later parks return -ECANCELED.  Returns 1, or 0 if it is no longer alive. */
+IP_EXPORT int interpose_coro_cancel(void *handle, uint64_t id);
+/* GIL held.  Sets the running coroutine's absolute deadline on the
+ * interpose_clock_ns clock (-1 = none); returns the previous one. */
+IP_EXPORT int64_t interpose_coro_set_deadline(int64_t deadline_ns);
+/* GIL released.  Waits until fd is ready for events (INTERPOSE_READABLE |
+ * INTERPOSE_WRITABLE); returns like interpose_coro_park, plus -EBADF for
+ * a descriptor that is not open and -EPERM for one epoll cannot watch
+ * (regular files, which are always ready: callers treat that as ready). */
+IP_EXPORT int interpose_wait_fd(int fd, int events, int64_t timeout_ns);
+
+/* ---- Scheduler ---------------------------------------------------------*/
+
+typedef struct interpose_stats {
+  uint64_t created;     /* coroutines spawned on this thread */
+  uint64_t alive;       /* spawned and not yet dead (the root not counted) */
+  uint64_t switches;    /* context switches */
+  uint64_t parks;       /* parks that switched away */
+  uint64_t timeouts;    /* parks ended by a timeout or deadline */
+  uint64_t epoll_waits; /* epoll_wait calls made by the hub */
+} interpose_stats_t;
+
+/* GIL held.  Copies the calling thread's scheduler counters into *out;
+ * -ESRCH when the thread has no scheduler. */
+IP_EXPORT int interpose_sched_stats(interpose_stats_t *out);
+/* GIL held, main thread.  Hands the read end of the pipe given to
+ * signal.set_wakeup_fd to the scheduler, which then wakes the root
+ * coroutine with -EINTR when a signal arrives. */
+IP_EXPORT int interpose_sched_set_signal_fd(int fd);
+/* GIL held.  Wakes the calling thread's main coroutine with -EINTR, ahead
+ * of every other runnable coroutine, if it is parked or about to park, so
+ * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
+IP_EXPORT int interpose_sched_interrupt_main(void);
+/* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
+IP_EXPORT int64_t interpose_clock_ns(void);
+/* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE or
+ * 1 MiB) and the smallest accepted one. */
+IP_EXPORT size_t interpose_stack_default(void);
+IP_EXPORT size_t interpose_stack_minimum(void);
+
+#endif /* INTERPOSE_H */

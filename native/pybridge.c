@@ -1,0 +1,84 @@
+/* pybridge.c: the CPython C-API as seen by the engine.  The library never
+ * links libpython (it is preloaded into processes that have none), so
+ * Python hands it the entry points it needs by name, once, at start-up.
+ * Every call through this table happens with the GIL held, except
+ * PyEval_RestoreThread, which takes it. */
+#include <string.h>
+
+#include "internal.h"
+
+ip_pyapi_t ip__py;
+static int ready;
+
+#define BINDING(name) {#name, offsetof(ip_pyapi_t, name)}
+static const struct {
+  const char *name;
+  size_t offset;
+} bindings[] = {
+    BINDING(PyThreadState_New),
+    BINDING(PyThreadState_Get),
+    BINDING(PyThreadState_Clear),
+    BINDING(PyThreadState_DeleteCurrent),
+    BINDING(PyEval_RestoreThread),
+    BINDING(PyEval_SaveThread),
+    BINDING(PyObject_CallNoArgs),
+    BINDING(Py_IncRef),
+    BINDING(Py_DecRef),
+    BINDING(PyErr_WriteUnraisable),
+    BINDING(PyThreadState_GetUnchecked),
+};
+#define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
+
+
+int interpose_abi_version(void) { return INTERPOSE_ABI_VERSION; }
+
+
+const char *interpose_build_id(void) { return IP_BUILD_ID; }
+
+
+int interpose_py_bind(const char *name, void *fn) {
+  for (size_t i = 0; i < NBINDINGS; i++) {
+    if (strcmp(bindings[i].name, name) == 0) {
+      memcpy((char *) &ip__py + bindings[i].offset, &fn, sizeof(fn));
+      return 0;
+    }
+  }
+  return -ENOENT;
+}
+
+
+int interpose_py_init(unsigned long hexversion, void *interp) {
+  int r = ip__pyver_select(hexversion);
+  if (r < 0)
+    return r;
+  for (size_t i = 0; i < NBINDINGS; i++) {
+    void *fn;
+    memcpy(&fn, (char *) &ip__py + bindings[i].offset, sizeof(fn));
+    if (fn == NULL)
+      return -EINVAL;
+  }
+  if (interp == NULL)
+    return -EINVAL;
+  ip__py.interp = interp;
+  ip__py.hexversion = hexversion;
+  ready = 1;
+  return 0;
+}
+
+
+int ip__py_ready(void) { return ready; }
+
+
+void ip__py_run_body(ip_coro_t *co) {
+  ip__py.PyEval_RestoreThread(co->tstate);
+  void *result = ip__py.PyObject_CallNoArgs(co->body);
+  if (result != NULL)
+    ip__py.Py_DecRef(result);
+  else /* the bootstrap catches everything; this is a bug in it */
+    ip__py.PyErr_WriteUnraisable(co->body);
+  ip__py.Py_DecRef(co->body);
+  co->body = NULL;
+  ip__py.PyThreadState_Clear(co->tstate);
+  ip__py.PyThreadState_DeleteCurrent();
+  co->tstate = NULL;
+}

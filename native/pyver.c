@@ -1,0 +1,37 @@
+/* pyver.c: the only code that knows CPython versions.  The library is
+ * built once and loaded into whichever interpreter preloads it, so the
+ * version is chosen at run time, once, from the hexversion Python passes to
+ * interpose_py_init, and cached.
+ *
+ * Supported: CPython 3.11, 3.12 and 3.13 with the GIL.  Refused: 3.14 and
+ * later (the interpreter checks the C stack pointer against the OS thread's
+ * stack and would need PyUnstable_ThreadState_SetStackProtection per
+ * coroutine) and anything older than 3.11.  Free-threaded builds are refused
+ * on the Python side, which can see Py_GIL_DISABLED. */
+#include "internal.h"
+
+/* 3.12 moved the current thread state from a process-wide variable into a
+ * thread-local one (gh-95174 and the per-interpreter GIL work, PEP 684). */
+static int ip_py312;
+
+
+int ip__pyver_select(unsigned long hexversion) {
+  unsigned major = (unsigned) (hexversion >> 24) & 0xff;
+  unsigned minor = (unsigned) (hexversion >> 16) & 0xff;
+  if (major != 3 || minor < 11 || minor > 13)
+    return -ENOTSUP;
+  ip_py312 = minor >= 12;
+  return 0;
+}
+
+
+/* Whether the running coroutine has its thread state attached, i.e. holds
+ * the GIL; a hook that finds it attached must not switch. */
+int ip__py_tstate_attached(ip_sched_t *s) {
+  void *cur = ip__py.PyThreadState_GetUnchecked();
+  if (ip_py312) {
+    return cur != NULL; /* thread-local: non-NULL means this thread's */
+  } else {              /* 3.11: process-wide; any thread may hold it */
+    return cur != NULL && s->current != NULL && cur == s->current->tstate;
+  }
+}

@@ -1,0 +1,661 @@
+/* sched.c: the per-thread scheduler.  Each OS thread that uses interpose
+ * gets one, lazily: a root coroutine (the thread's own stack and thread
+ * state), a hub on a stack of its own, a FIFO run queue, an epoll set, a
+ * timer heap and an eventfd through which other threads wake coroutines.
+ *
+ * Invariants the scheduler relies on:
+ *  - A coroutine is in exactly one state: RUNNING (s->current), RUNNABLE
+ *    (on s->runq or s->remote), PARKED (switched away, waiting for a wake)
+ *    or DEAD.  Only the owning thread changes the state.
+ *  - Exactly one wake ends a park.  Wakes name the park generation they aim
+ *    at; the first wake for the current generation wins (a CAS on
+ *    park_word) and later ones return 0.  Generations only grow, also across
+ *    the reuse of a coroutine struct, so a stale handle can never wake a
+ *    later park.
+ *  - A switch happens only with no thread state attached: parks are entered
+ *    through ctypes.CDLL, which released the GIL, and a coroutine's body
+ *    runs between PyEval_RestoreThread and PyThreadState_DeleteCurrent.
+ *  - The hub never runs Python and never parks; coroutines only switch to
+ *    the hub and the hub only switches to coroutines.
+ *  - Coroutine structs are never freed, only recycled (type-stable
+ *    memory), so a handle held by Python or another thread stays readable. */
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define HUB_STACK_SIZE (256 * 1024)
+#define EPOLL_BATCH 256
+#define TAG_EVENTFD UINT64_MAX
+#define TAG_SIGNAL (UINT64_MAX - 1)
+#define PARK_CLAIMED 3u /* a waker is writing wake_result */
+
+static __thread ip_sched_t *tls_sched;
+
+static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
+static ip_coro_t *coro_free; /* guarded by coro_lock */
+static _Atomic uint64_t next_id = 1;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void hub_main(void *arg);
+
+
+void ip__fatal(const char *file, int line, const char *what) {
+  char msg[512];
+  int n = snprintf(msg, sizeof(msg),
+                   "interpose: internal invariant broken at %s:%d: %s\n",
+                   file, line, what);
+  ssize_t IP_UNUSED w = write(2, msg, n > 0 ? (size_t) n : 0);
+  abort();
+}
+
+
+ip_sched_t *ip__sched_get(void) {
+  return tls_sched;
+}
+
+
+ip_coro_t *ip__coro_running(void) {
+  return tls_sched ? tls_sched->current : NULL;
+}
+
+
+int64_t interpose_clock_ns(void) {
+  return ip__now_ns();
+}
+
+
+/* ---- coroutine structs ------------------------------------------------ */
+
+static ip_coro_t *coro_alloc(void) {
+  pthread_mutex_lock(&coro_lock);
+  ip_coro_t *co = coro_free;
+  if (co != NULL)
+    coro_free = co->free_next;
+  pthread_mutex_unlock(&coro_lock);
+  if (co == NULL) {
+    co = calloc(1, sizeof(*co));
+    if (co == NULL)
+      return NULL;
+  }
+  /* The generation survives reuse; start a fresh one so wakes aimed at the
+   * previous incarnation miss. */
+  uint64_t gen = ip__park_gen(co) + 1;
+  atomic_store(&co->park_word, gen << IP_PARK_STATE_BITS);
+  co->free_next = NULL;
+  co->timer.index = SIZE_MAX;
+  co->deadline_ns = -1;
+  atomic_store(&co->cancelled, 0);
+  co->wake_result = 0;
+  return co;
+}
+
+
+static void coro_recycle(ip_coro_t *co) {
+  pthread_mutex_lock(&coro_lock);
+  co->id = 0;
+  co->free_next = coro_free;
+  coro_free = co;
+  pthread_mutex_unlock(&coro_lock);
+}
+
+
+static void name_copy(ip_coro_t *co, const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n >= sizeof(co->name))
+    n = sizeof(co->name) - 1;
+  memcpy(co->name, name ? name : "", n);
+  co->name[n] = '\0';
+}
+
+
+/* ---- wake and park ---------------------------------------------------- */
+
+static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
+  co->state = IP_CORO_RUNNABLE;
+  if (front)
+    ip__queue_push_front(&s->runq, &co->run_link);
+  else
+    ip__queue_push_back(&s->runq, &co->run_link);
+}
+
+
+static void enqueue_woken(ip_coro_t *co, int front) {
+  ip_sched_t *s = co->sched;
+  if (s == tls_sched) {
+    make_runnable(s, co, front);
+    return;
+  }
+  pthread_mutex_lock(&s->remote_lock);
+  ip__queue_push_back(&s->remote, &co->run_link);
+  pthread_mutex_unlock(&s->remote_lock);
+  uint64_t one = 1;
+  ssize_t IP_UNUSED n = write(s->evfd, &one, sizeof(one));
+}
+
+
+int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
+  uint64_t w = atomic_load(&co->park_word);
+  for (;;) {
+    unsigned st = w & 3u;
+    if ((w >> IP_PARK_STATE_BITS) != gen || st == IP_PARK_WOKEN ||
+        st == PARK_CLAIMED)
+      return 0;
+    uint64_t claimed = (gen << IP_PARK_STATE_BITS) | PARK_CLAIMED;
+    if (atomic_compare_exchange_weak(&co->park_word, &w, claimed)) {
+      co->wake_result = result;
+      atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
+      if (st == IP_PARK_SLEEP)
+        enqueue_woken(co, front);
+      return 1;
+    }
+  }
+}
+
+
+uint64_t ip__prepare(ip_coro_t *co) {
+  uint64_t gen = ip__park_gen(co) + 1;
+  atomic_store(&co->park_word, gen << IP_PARK_STATE_BITS);
+  return gen;
+}
+
+
+static void switch_to_hub(ip_sched_t *s, ip_coro_t *co) {
+  s->stats.switches++;
+  ip__switch(&co->sp, s->hub_sp);
+}
+
+
+/* Waits out a waker on another thread that has claimed the park but not
+ * yet published its result; the window is a few instructions. */
+static int claimed_result(ip_coro_t *co) {
+  while ((atomic_load(&co->park_word) & 3u) == PARK_CLAIMED)
+    sched_yield();
+  return co->wake_result;
+}
+
+
+static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
+                     int *timer_result) {
+  int64_t now = ip__now_ns();
+  int64_t own = timeout_ns >= 0 ? now + timeout_ns : -1;
+  int64_t dl = co->deadline_ns;
+  if (timeout_ns >= 0 && own < now) /* overflow: effectively no timeout */
+    own = -1;
+  if (dl >= 0 && dl <= now)
+    return -ETIMEDOUT;
+  if (own >= 0 && (dl < 0 || own < dl)) {
+    co->timer.deadline_ns = own;
+    *timer_result = INTERPOSE_PARK_TIMEOUT;
+  } else if (dl >= 0) {
+    co->timer.deadline_ns = dl;
+    *timer_result = -ETIMEDOUT;
+  } else {
+    return 0;
+  }
+  return ip__heap_insert(&s->timers, &co->timer);
+}
+
+
+int ip__park(ip_sched_t *s, int64_t timeout_ns) {
+  ip_coro_t *co = s->current;
+  IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
+  uint64_t w = atomic_load(&co->park_word);
+  uint64_t gen = w >> IP_PARK_STATE_BITS;
+  int result;
+  if (atomic_load(&co->cancelled))
+    return -ECANCELED;
+  if ((w & 3u) != IP_PARK_ARMED)
+    return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
+  int r = arm_timer(s, co, timeout_ns, &co->timer_result);
+  if (r < 0)
+    return r;
+  if (!atomic_compare_exchange_strong(
+          &co->park_word, &w, (gen << IP_PARK_STATE_BITS) | IP_PARK_SLEEP)) {
+    result = claimed_result(co);
+  } else {
+    co->state = IP_CORO_PARKED;
+    s->stats.parks++;
+    switch_to_hub(s, co);
+    s = co->sched; /* a fork may have replaced the scheduler's insides */
+    result = co->wake_result;
+  }
+  if (ip__timer_armed(&co->timer))
+    ip__heap_remove(&s->timers, &co->timer);
+  if (result == INTERPOSE_PARK_TIMEOUT || result == -ETIMEDOUT)
+    s->stats.timeouts++;
+  return result;
+}
+
+
+/* ---- the hub ---------------------------------------------------------- */
+
+static void reclaim_dead(ip_sched_t *s) {
+  ip_coro_t *co = s->dead;
+  s->dead = NULL;
+  ip__stack_release(&co->stack);
+  s->stats.alive--;
+  coro_recycle(co);
+}
+
+
+static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
+  IP_CHECK(co->state == IP_CORO_RUNNABLE);
+  co->state = IP_CORO_RUNNING;
+  s->current = co;
+  s->stats.switches++;
+  ip__switch(&s->hub_sp, co->sp);
+  s = tls_sched;
+  s->current = NULL;
+  if (s->dead != NULL)
+    reclaim_dead(s);
+}
+
+
+static void take_remote(ip_sched_t *s) {
+  ip_link_t batch;
+  ip__queue_init(&batch);
+  pthread_mutex_lock(&s->remote_lock);
+  ip__queue_splice(&batch, &s->remote);
+  pthread_mutex_unlock(&s->remote_lock);
+  while (!ip__queue_empty(&batch)) {
+    ip_link_t *l = batch.next;
+    ip__queue_remove(l);
+    make_runnable(s, container_of(l, ip_coro_t, run_link), 0);
+  }
+}
+
+
+/* Runs every coroutine that was runnable when the round began; those woken
+ * during the round wait for the next one, after the hub has polled. */
+static void run_round(ip_sched_t *s) {
+  ip_link_t batch;
+  ip__queue_init(&batch);
+  ip__queue_splice(&batch, &s->runq);
+  while (!ip__queue_empty(&batch)) {
+    ip_link_t *l = batch.next;
+    ip__queue_remove(l);
+    run_coroutine(s, container_of(l, ip_coro_t, run_link));
+    s = tls_sched;
+  }
+}
+
+
+static void wake_main_for_signal(ip_sched_t *s) {
+  if (s->is_main_thread)
+    ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+static void drain_fd(int fd) {
+  char buf[256];
+  while (read(fd, buf, sizeof(buf)) > 0) {
+  }
+}
+
+
+/* Returns the epoll timeout: 0 when work is queued, -1 with no timer, else
+ * the time to the nearest deadline rounded up, never down, so a timer never
+ * fires early. */
+static int64_t poll_timeout_ns(ip_sched_t *s) {
+  if (!ip__queue_empty(&s->runq))
+    return 0;
+  ip_timer_t *t = ip__heap_min(&s->timers);
+  if (t == NULL)
+    return -1;
+  int64_t d = t->deadline_ns - ip__now_ns();
+  return d > 0 ? d : 0;
+}
+
+
+static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
+                         int64_t timeout_ns) {
+  static int have_pwait2 = 1; /* Linux >= 5.11; probed once, races benign */
+  if (have_pwait2 && timeout_ns > 0) {
+    struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    long n = syscall(SYS_epoll_pwait2, s->epfd, ev, EPOLL_BATCH, &ts, NULL,
+                     (size_t) 0);
+    if (n >= 0 || errno != ENOSYS)
+      return (int) n;
+    have_pwait2 = 0;
+  }
+  int timeout_ms = -1;
+  if (timeout_ns >= 0) {
+    int64_t ms = (timeout_ns + 999999) / 1000000;
+    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
+  }
+  return epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
+}
+
+
+static void poll_events(ip_sched_t *s) {
+  struct epoll_event ev[EPOLL_BATCH];
+  s->stats.epoll_waits++;
+  int n = epoll_wait_ns(s, ev, poll_timeout_ns(s));
+  if (n < 0) {
+    IP_CHECK(errno == EINTR);
+    wake_main_for_signal(s);
+    return;
+  }
+  for (int i = 0; i < n; i++) {
+    uint64_t data = ev[i].data.u64;
+    if (data == TAG_EVENTFD) {
+      drain_fd(s->evfd);
+    } else if (data == TAG_SIGNAL) {
+      drain_fd(s->signal_fd);
+      wake_main_for_signal(s);
+    } else {
+      ip__fd_dispatch(s, data, ev[i].events);
+    }
+  }
+}
+
+
+static void fire_timers(ip_sched_t *s) {
+  int64_t now = ip__now_ns();
+  ip_timer_t *t;
+  while ((t = ip__heap_min(&s->timers)) != NULL && t->deadline_ns <= now) {
+    ip__heap_remove(&s->timers, t);
+    ip_coro_t *co = container_of(t, ip_coro_t, timer);
+    ip__wake(co, ip__park_gen(co), co->timer_result, 0);
+  }
+}
+
+
+static void hub_main(void *arg) {
+  (void) arg;
+  for (;;) {
+    ip_sched_t *s = tls_sched;
+    take_remote(s);
+    run_round(s);
+    s = tls_sched;
+    take_remote(s);
+    poll_events(s);
+    fire_timers(s);
+  }
+}
+
+
+/* ---- scheduler lifetime ----------------------------------------------- */
+
+static int add_tagged(int epfd, int fd, uint64_t tag) {
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
+  return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+}
+
+
+/* Opens the kernel objects and the hub context; 0 or -errno. */
+static int sched_open(ip_sched_t *s) {
+  s->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (s->epfd < 0)
+    return -errno;
+  s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (s->evfd < 0)
+    goto fail_epoll;
+  int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
+  if (r < 0)
+    goto fail_eventfd;
+  if (s->signal_fd >= 0 && add_tagged(s->epfd, s->signal_fd, TAG_SIGNAL) < 0)
+    s->signal_fd = -1;
+  s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
+  ip__queue_init(&s->runq);
+  ip__queue_init(&s->remote);
+  pthread_mutex_init(&s->remote_lock, NULL);
+  ip__heap_init(&s->timers);
+  s->pid = getpid();
+  s->is_main_thread = syscall(SYS_gettid) == s->pid;
+  return 0;
+fail_eventfd:
+  r = -errno;
+  close(s->evfd);
+  close(s->epfd);
+  return r;
+fail_epoll:
+  r = -errno;
+  close(s->epfd);
+  return r;
+}
+
+
+/* In a forked child only the forking thread exists, and of its coroutines
+ * only the running one: CPython deletes every other thread state, so they
+ * are forgotten without touching them (their stacks and structs leak, as a
+ * forked child's other threads do).  The child gets a fresh epoll set,
+ * eventfd, queues, timers and hub, and the forking coroutine becomes the
+ * thread's main coroutine. */
+static void sched_after_fork_child(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return;
+  ip_coro_t *survivor = s->current;
+  close(s->epfd);
+  close(s->evfd);
+  ip__heap_free(&s->timers);
+  ip__fdmap_free(&s->fds);
+  if (sched_open(s) < 0)
+    ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
+  s->main = survivor;
+  s->dead = NULL;
+  s->stats.alive = survivor != &s->root;
+  survivor->timer.index = SIZE_MAX;
+}
+
+
+static void register_atfork(void) {
+  pthread_atfork(NULL, NULL, sched_after_fork_child);
+}
+
+
+ip_sched_t *ip__sched_ensure(void) {
+  if (tls_sched != NULL)
+    return tls_sched;
+  int r = ip__stack_install_guard_handler();
+  if (r < 0) {
+    errno = -r;
+    return NULL;
+  }
+  pthread_once(&atfork_once, register_atfork);
+  ip_sched_t *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return NULL;
+  s->signal_fd = -1;
+  r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
+  if (r < 0)
+    goto fail;
+  r = sched_open(s);
+  if (r < 0) {
+    ip__stack_release(&s->hub_stack);
+    goto fail;
+  }
+  ip_coro_t *root = &s->root;
+  root->id = atomic_fetch_add(&next_id, 1);
+  root->sched = s;
+  root->tstate = ip__py.PyThreadState_Get();
+  root->state = IP_CORO_RUNNING;
+  root->deadline_ns = -1;
+  root->timer.index = SIZE_MAX;
+  name_copy(root, "main");
+  s->main = root;
+  s->current = root;
+  tls_sched = s;
+  return s;
+fail:
+  free(s);
+  errno = -r;
+  return NULL;
+}
+
+
+/* ---- exported API ----------------------------------------------------- */
+
+void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
+                           uint64_t *id_out, int *err_out) {
+  int r = -EINVAL;
+  if (!ip__py_ready() || body == NULL ||
+      (stack_size != 0 && stack_size < interpose_stack_minimum()))
+    goto fail;
+  ip_sched_t *s = ip__sched_ensure();
+  r = -errno;
+  if (s == NULL)
+    goto fail;
+  ip_coro_t *co = coro_alloc();
+  r = -ENOMEM;
+  if (co == NULL)
+    goto fail;
+  r = ip__stack_acquire(&co->stack, stack_size);
+  if (r < 0)
+    goto fail_coro;
+  co->tstate = ip__py.PyThreadState_New(ip__py.interp);
+  r = -ENOMEM;
+  if (co->tstate == NULL)
+    goto fail_stack;
+  ip__py.Py_IncRef(body);
+  co->body = body;
+  co->sched = s;
+  co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
+  name_copy(co, name);
+  co->id = atomic_fetch_add(&next_id, 1);
+  make_runnable(s, co, 0);
+  s->stats.created++;
+  s->stats.alive++;
+  *id_out = co->id;
+  return co;
+fail_stack:
+  ip__stack_release(&co->stack);
+fail_coro:
+  coro_recycle(co);
+fail:
+  *err_out = r;
+  return NULL;
+}
+
+
+/* Entered on a fresh stack by the first switch to a spawned coroutine. */
+void ip__coro_main(void *arg) {
+  ip_coro_t *co = arg;
+  ip__py_run_body(co);
+  ip_sched_t *s = tls_sched;
+  if (co == s->main) {
+    /* Only after fork: the coroutine that forked became the child's main
+     * and has finished, like the last thread of a process returning. */
+    _exit(0);
+  }
+  co->state = IP_CORO_DEAD;
+  s->dead = co;
+  switch_to_hub(s, co);
+  ip__fatal(__FILE__, __LINE__, "a dead coroutine was resumed");
+}
+
+
+void *interpose_coro_current(void) {
+  ip_sched_t *s = ip__sched_ensure();
+  return s ? s->current : NULL;
+}
+
+
+uint64_t interpose_coro_id(void *handle) {
+  return handle ? ((ip_coro_t *) handle)->id : 0;
+}
+
+
+uint64_t interpose_coro_prepare(void) {
+  ip_sched_t *s = ip__sched_ensure();
+  return s ? ip__prepare(s->current) : 0;
+}
+
+
+int interpose_coro_park(int64_t timeout_ns) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
+    return -EDEADLK;
+  return ip__park(s, timeout_ns);
+}
+
+
+int interpose_coro_unpark(void *handle, uint64_t gen, int result) {
+  if (handle == NULL)
+    return 0;
+  return ip__wake(handle, gen, result, 0);
+}
+
+
+int interpose_coro_cancel(void *handle, uint64_t id) {
+  ip_coro_t *co = handle;
+  if (co == NULL)
+    return 0;
+  pthread_mutex_lock(&coro_lock);
+  if (co->id != id) {
+    pthread_mutex_unlock(&coro_lock);
+    return 0;
+  }
+  atomic_store(&co->cancelled, 1);
+  uint64_t gen = ip__park_gen(co);
+  pthread_mutex_unlock(&coro_lock);
+  ip__wake(co, gen, -ECANCELED, 0);
+  return 1;
+}
+
+
+int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
+  ip_sched_t *s = ip__sched_ensure();
+  if (s == NULL)
+    return -1;
+  int64_t previous = s->current->deadline_ns;
+  s->current->deadline_ns = deadline_ns < 0 ? -1 : deadline_ns;
+  return previous;
+}
+
+
+int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
+    return -EDEADLK;
+  if (fd < 0)
+    return -EBADF;
+  if (events & ~(INTERPOSE_READABLE | INTERPOSE_WRITABLE) || events == 0)
+    return -EINVAL;
+  return ip__fd_wait(s, fd, events, timeout_ns);
+}
+
+
+int interpose_sched_stats(interpose_stats_t *out) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return -ESRCH;
+  *out = s->stats;
+  return 0;
+}
+
+
+int interpose_sched_interrupt_main(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || s->current == s->main)
+    return 0;
+  return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+int interpose_sched_set_signal_fd(int fd) {
+  ip_sched_t *s = ip__sched_ensure();
+  if (s == NULL)
+    return -errno;
+  if (!s->is_main_thread)
+    return -EINVAL;
+  if (s->signal_fd >= 0)
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->signal_fd, NULL);
+  s->signal_fd = -1;
+  if (fd < 0)
+    return 0;
+  int r = add_tagged(s->epfd, fd, TAG_SIGNAL);
+  if (r == 0)
+    s->signal_fd = fd;
+  return r;
+}

@@ -1,0 +1,244 @@
+/* stack.c: coroutine stacks.  Each stack is one anonymous MAP_NORESERVE
+ * mapping whose lowest page is PROT_NONE, so an overflow faults instead of
+ * silently overwriting whatever lies below.  Finished stacks of the default
+ * size go back to a per-thread pool instead of being unmapped.
+ *
+ * Facts: a stack costs two memory mappings (the guard splits the mapping),
+ * and Linux caps a process at vm.max_map_count mappings (65530 by default),
+ * after which mmap and mprotect fail with ENOMEM.  A stack overflow is a
+ * SIGSEGV on the guard page, delivered while the faulting stack is unusable.
+ * Consequences: running out of mappings must surface as an error from spawn,
+ * and the overflow report must run on an alternate signal stack and use
+ * only async-signal-safe calls.  Solution: ip__stack_acquire returns -ENOMEM
+ * for the caller to report; the SIGSEGV handler runs with SA_ONSTACK on a
+ * per-thread sigaltstack, recognises a fault in the running coroutine's
+ * guard page, writes the coroutine's id and name with write(2) and aborts.
+ * Any other fault goes to the handler that was installed before ours (for
+ * example faulthandler's), or to the default action. */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define POOL_MAX 256
+#define MIN_USABLE (16 * 1024)
+#define DEFAULT_USABLE (1024 * 1024)
+/* Faults this far below a guard page still count as overflows: one frame
+ * can jump past a single guard page. */
+#define GUARD_SLACK (64 * 1024)
+#define ALTSTACK_SIZE (64 * 1024)
+
+static size_t page_size;
+static size_t default_usable;
+static struct sigaction previous_segv;
+static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
+static int handler_error;
+
+/* Invariant: every stack in the pool has the default size. */
+static __thread ip_stack_t *pool;
+static __thread size_t pool_len;
+static __thread int altstack_installed;
+
+
+static size_t page(void) {
+  if (page_size == 0)
+    page_size = (size_t) sysconf(_SC_PAGESIZE);
+  return page_size;
+}
+
+
+size_t ip__stack_round(size_t usable) {
+  size_t p = page();
+  if (usable < MIN_USABLE)
+    usable = MIN_USABLE;
+  return (usable + p - 1) / p * p;
+}
+
+
+/* INTERPOSE_STACK_SIZE accepts bytes with an optional K or M suffix; a
+ * value that does not parse is ignored in favour of the 1 MiB default, and
+ * the Python side reports it before the library ever reads it. */
+size_t ip__stack_default_size(void) {
+  if (default_usable)
+    return default_usable;
+  size_t size = DEFAULT_USABLE;
+  const char *env = getenv("INTERPOSE_STACK_SIZE");
+  if (env && *env) {
+    char *end;
+    unsigned long long v = strtoull(env, &end, 10);
+    if (*end == 'k' || *end == 'K')
+      v *= 1024, end++;
+    else if (*end == 'm' || *end == 'M')
+      v *= 1024 * 1024, end++;
+    if (*end == '\0' && v >= MIN_USABLE && v <= (1ull << 40))
+      size = (size_t) v;
+  }
+  default_usable = ip__stack_round(size);
+  return default_usable;
+}
+
+
+size_t interpose_stack_default(void) { return ip__stack_default_size(); }
+size_t interpose_stack_minimum(void) { return MIN_USABLE; }
+
+
+static int map_stack(ip_stack_t *st, size_t usable) {
+  size_t guard = page();
+  size_t size = usable + guard;
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1,
+                 0);
+  if (p == MAP_FAILED)
+    return -errno;
+  if (mprotect(p, guard, PROT_NONE) != 0) {
+    int err = -errno;
+    munmap(p, size);
+    return err;
+  }
+  st->base = p;
+  st->size = size;
+  st->guard = guard;
+  return 0;
+}
+
+
+int ip__stack_acquire(ip_stack_t *st, size_t usable) {
+  usable = usable ? ip__stack_round(usable) : ip__stack_default_size();
+  if (usable == ip__stack_default_size() && pool_len > 0) {
+    *st = pool[--pool_len];
+    return 0;
+  }
+  return map_stack(st, usable);
+}
+
+
+void ip__stack_release(ip_stack_t *st) {
+  if (st->base == NULL)
+    return;
+  if (st->size - st->guard == ip__stack_default_size() && pool_len < POOL_MAX) {
+    if (pool == NULL)
+      pool = malloc(POOL_MAX * sizeof(*pool));
+    if (pool != NULL) {
+      pool[pool_len++] = *st;
+      st->base = NULL;
+      return;
+    }
+  }
+  IP_SAVE_ERRNO(munmap(st->base, st->size));
+  st->base = NULL;
+}
+
+
+/* ---- the guard-page handler ------------------------------------------- */
+
+static void put(const char *s) {
+  ssize_t IP_UNUSED n = write(2, s, strlen(s));
+}
+
+
+static void put_u64(uint64_t v, int base) {
+  char buf[24];
+  char *p = buf + sizeof(buf) - 1;
+  *p = '\0';
+  do {
+    *--p = "0123456789abcdef"[v % base];
+    v /= base;
+  } while (v);
+  put(p);
+}
+
+
+static int in_guard(const ip_stack_t *st, const char *addr) {
+  if (st->base == NULL)
+    return 0;
+  return addr >= st->base - GUARD_SLACK && addr < st->base + st->guard;
+}
+
+
+static void report_overflow(const ip_coro_t *co, const ip_stack_t *st,
+                            const char *addr) {
+  if (co != NULL) {
+    put("interpose: coroutine ");
+    put_u64(co->id, 10);
+    put(" '");
+    put(co->name);
+    put("'");
+  } else {
+    put("interpose: the scheduler hub");
+  }
+  put(" overflowed its C stack of ");
+  put_u64(st->size - st->guard, 10);
+  put(" bytes (guard page hit at 0x");
+  put_u64((uint64_t) (uintptr_t) addr, 16);
+  put(").\ninterpose: give it a larger stack: spawn(..., stack_size=N) or "
+      "INTERPOSE_STACK_SIZE=N; ordinary Python code needs about 512 KiB.\n");
+}
+
+
+static void guard_handler(int sig, siginfo_t *si, void *uctx) {
+  ip_sched_t *s = ip__sched_get();
+  const char *addr = si->si_addr;
+  if (s != NULL && si->si_code > 0) {
+    ip_coro_t *co = s->current;
+    const ip_stack_t *st = co ? &co->stack : &s->hub_stack;
+    if (in_guard(st, addr)) {
+      report_overflow(co, st, addr);
+      abort();
+    }
+  }
+  if (previous_segv.sa_flags & SA_SIGINFO) {
+    previous_segv.sa_sigaction(sig, si, uctx);
+    return;
+  }
+  if (previous_segv.sa_handler != SIG_DFL &&
+      previous_segv.sa_handler != SIG_IGN) {
+    previous_segv.sa_handler(sig);
+    return;
+  }
+  /* Returning re-executes the faulting instruction with the default action
+   * in place, so the process dies of the original SIGSEGV. */
+  signal(SIGSEGV, SIG_DFL);
+}
+
+
+static void install_handler(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = guard_handler;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGSEGV, &sa, &previous_segv) != 0)
+    handler_error = -errno;
+}
+
+
+int ip__stack_install_guard_handler(void) {
+  pthread_once(&handler_once, install_handler);
+  if (handler_error)
+    return handler_error;
+  if (altstack_installed)
+    return 0;
+  stack_t old;
+  if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE)) {
+    altstack_installed = 1; /* someone (faulthandler) already has one */
+    return 0;
+  }
+  stack_t ss;
+  ss.ss_sp = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (ss.ss_sp == MAP_FAILED)
+    return -errno;
+  ss.ss_size = ALTSTACK_SIZE;
+  ss.ss_flags = 0;
+  if (sigaltstack(&ss, NULL) != 0) {
+    int err = -errno;
+    munmap(ss.ss_sp, ALTSTACK_SIZE);
+    return err;
+  }
+  altstack_installed = 1;
+  return 0;
+}
+
