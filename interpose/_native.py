@@ -9,6 +9,7 @@ be worth releasing it are bound through ctypes.PyDLL.
 import ctypes
 import hashlib
 import os
+import re
 
 from . import _compat
 
@@ -72,6 +73,7 @@ SIGNATURES = {
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_sched_destroy": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
@@ -118,10 +120,28 @@ class _Functions:
             setattr(self, name[len("interpose_"):], fn)
 
 
+def _check_stack_size_env():
+    """Validate INTERPOSE_STACK_SIZE the way stack.c parses it, so a typo is
+    an error instead of a silently ignored setting."""
+    raw = os.environ.get("INTERPOSE_STACK_SIZE")
+    if not raw:
+        return
+    m = re.fullmatch(r"(\d+)([kKmM]?)", raw)
+    size = 0
+    if m:
+        size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
+    if not 16 * 1024 <= size <= 1 << 40:
+        raise ValueError(
+            f"interpose: INTERPOSE_STACK_SIZE={raw!r} is not a usable stack size:"
+            " give bytes with an optional K or M suffix, at least 16K (e.g. 1M)"
+        )
+
+
 def _load():
     reason = _compat.unsupported_reason()
     if reason:
         raise NativeLibraryError(f"interpose: {reason}")
+    _check_stack_size_env()
     if not os.path.exists(LIBRARY_PATH):
         raise NativeLibraryError(
             f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"

@@ -38,14 +38,13 @@ _schedulers = {}
 class _Scheduler:
     """Python-side state of one OS thread's scheduler."""
 
-    __slots__ = ("main", "live", "pending", "running", "signal_pipe")
+    __slots__ = ("main", "live", "pending", "running")
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
         self.live = {}  # id -> Coroutine spawned here and not finished
         self.pending = None  # exception forwarded to the main coroutine
         self.running = False  # inside run()
-        self.signal_pipe = None
 
 
 def _scheduler():
@@ -61,14 +60,39 @@ def _create_scheduler():
     if not handle:
         raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
     sched.main = Coroutine._for_main(handle)
-    _schedulers[_get_ident()] = sched
+    ident = _get_ident()
+    _schedulers[ident] = sched
     if threading.current_thread() is threading.main_thread():
-        _install_signal_wakeup(sched)
+        _install_signal_wakeup()
         atexit.register(_shutdown_at_exit)
+    else:
+        _local.reaper = _Reaper(ident)
     return sched
 
 
-def _install_signal_wakeup(sched):
+class _Reaper:
+    """Frees a non-main thread's scheduler when the thread exits.
+
+    It lives in the thread's own thread-local storage, which CPython clears
+    on that thread as it exits: the one moment the thread's scheduler can be
+    torn down by the thread that owns it."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self, ident):
+        self.ident = ident
+
+    def __del__(self):
+        sched = _schedulers.get(self.ident)
+        if sched is None or _get_ident() != self.ident:
+            return
+        if sched.live:
+            return  # coroutines the thread never waited for: keep their state
+        if _lib.sched_destroy() == 0:
+            del _schedulers[self.ident]
+
+
+def _install_signal_wakeup():
     """Route signals to the main coroutine even while the hub sleeps.
 
     A signal that arrives while the hub is between epoll_wait calls does not
@@ -88,8 +112,8 @@ def _install_signal_wakeup(sched):
         os.close(r)
         os.close(w)
         return
+    # The pipe stays open for the life of the process, like the wakeup fd.
     _lib.sched_set_signal_fd(r)
-    sched.signal_pipe = (r, w)
 
 
 def prepare():

@@ -187,7 +187,6 @@ typedef struct ip_sched {
   ip_link_t runq; /* FIFO of RUNNABLE coroutines of this thread */
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
-  atomic_int hub_sleeping; /* 1 while blocked in epoll: remote wakes signal */
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
@@ -202,7 +201,6 @@ typedef struct ip_sched {
 IP_HIDDEN ip_sched_t *ip__sched_get(void);
 /* Creates the calling thread's scheduler if needed; the GIL must be held. */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
-IP_HIDDEN ip_coro_t *ip__coro_running(void);
 /* Parks the running coroutine until a wake for the prepared generation. */
 IP_HIDDEN int ip__park(ip_sched_t *s, int64_t timeout_ns);
 IP_HIDDEN uint64_t ip__prepare(ip_coro_t *co);

@@ -102,6 +102,10 @@ typedef struct interpose_stats {
 /* GIL held.  Copies the calling thread's scheduler counters into *out;
  * -ESRCH when the thread has no scheduler. */
 IP_EXPORT int interpose_sched_stats(interpose_stats_t *out);
+/* GIL held.  Frees the calling thread's scheduler (its epoll set, eventfd
+ * and hub stack); called when a thread that used interpose exits.  -EBUSY
+ * while spawned coroutines are alive or it is called from one of them. */
+IP_EXPORT int interpose_sched_destroy(void);
 /* GIL held, main thread.  Hands the read end of the pipe given to
  * signal.set_wakeup_fd to the scheduler, which then wakes the root
  * coroutine with -EINTR when a signal arrives. */

@@ -63,11 +63,6 @@ ip_sched_t *ip__sched_get(void) {
 }
 
 
-ip_coro_t *ip__coro_running(void) {
-  return tls_sched ? tls_sched->current : NULL;
-}
-
-
 int64_t interpose_clock_ns(void) {
   return ip__now_ns();
 }
@@ -640,6 +635,25 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+int interpose_sched_destroy(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  if (s->current != &s->root || s->stats.alive != 0 ||
+      !ip__queue_empty(&s->runq))
+    return -EBUSY;
+  close(s->epfd);
+  close(s->evfd);
+  ip__heap_free(&s->timers);
+  ip__fdmap_free(&s->fds);
+  ip__stack_release(&s->hub_stack);
+  pthread_mutex_destroy(&s->remote_lock);
+  tls_sched = NULL;
+  free(s);
+  return 0;
 }
 
 
