@@ -69,6 +69,7 @@ SIGNATURES = {
     "interpose_coro_unpark": (_i, [_p, _u64, _i], True),
     "interpose_coro_cancel": (_i, [_p, _u64], True),
     "interpose_coro_set_deadline": (_i64, [_i64], True),
+    "interpose_coro_shield": (_i, [_i], True),
     "interpose_wait_fd": (_i, [_i, _i, _i64], False),
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
@@ -93,6 +94,8 @@ PY_API = {
     "Py_DecRef": "Py_DecRef",
     "PyErr_WriteUnraisable": "PyErr_WriteUnraisable",
     "PyThreadState_GetUnchecked": _compat.UNCHECKED_GET,
+    "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
+    "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
 }
 
 

@@ -21,6 +21,7 @@ import threading
 
 from . import _errors
 from . import _native
+from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
@@ -156,8 +157,6 @@ class Coroutine:
     )
 
     def __init__(self, handle, cid, name):
-        from ._waitqueue import WaitQueue
-
         self._handle = handle
         self._id = cid
         self._name = name
@@ -206,8 +205,6 @@ class Coroutine:
         exception (with the original traceback).  Raises interpose.Cancelled
         if it ended because it was cancelled, and TimeoutError if timeout
         (seconds) passes first."""
-        from ._waitqueue import deadline_ns
-
         if self is current():
             raise RuntimeError("a coroutine cannot join itself")
         if self._sched is None:
@@ -359,8 +356,6 @@ def _fileno(fd):
 
 
 def _wait_fd(fd, events, timeout):
-    from ._waitqueue import deadline_ns, remaining_ns
-
     fd = _fileno(fd)
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd}")
@@ -415,6 +410,21 @@ class deadline:
 
     def __exit__(self, *exc_info):
         _lib.coro_set_deadline(self._previous)
+        return False
+
+
+class shielded:
+    """Context manager (private): waits inside ignore cancellation and
+    deadlines, for cleanup that must complete."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _lib.coro_shield(1)
+        return self
+
+    def __exit__(self, *exc_info):
+        _lib.coro_shield(-1)
         return False
 
 

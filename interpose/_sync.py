@@ -7,7 +7,7 @@ import collections
 import queue as _queue
 
 from . import _sched
-from ._waitqueue import WaitQueue, deadline_ns
+from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 
 def _timeout_of(blocking, timeout):
@@ -175,7 +175,10 @@ class Condition:
         finally:
             self._guard.release()
             if saved:
-                self._lock._acquire_restore(saved[0])
+                # threading's contract: wait() returns or raises with the lock
+                # held, even when cancelled or past a deadline.
+                with _sched.shielded():
+                    self._lock._acquire_restore(saved[0])
         return woken
 
     def wait_for(self, predicate, timeout=None):
@@ -183,8 +186,6 @@ class Condition:
         result = predicate()
         while not result:
             if deadline is not None:
-                from ._waitqueue import remaining_ns
-
                 left = remaining_ns(deadline)
                 if left <= 0:
                     break

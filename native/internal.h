@@ -161,6 +161,7 @@ typedef struct ip_coro {
   _Atomic uint64_t park_word;
   int wake_result;  /* written by the wake that won, read after the park */
   atomic_int cancelled;
+  int shield; /* > 0: parks ignore cancellation and the deadline */
   int state;        /* enum ip_coro_state; touched only by the owning thread */
   int64_t deadline_ns; /* -1 when none */
   ip_timer_t timer;
@@ -194,6 +195,7 @@ typedef struct ip_sched {
   ip_heap_t timers;
   ip_fdmap_t fds;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
+  int64_t last_poll_ns; /* when the hub last polled while work was queued */
   interpose_stats_t stats;
   pid_t pid; /* detects use in a forked child */
 } ip_sched_t;
@@ -232,6 +234,8 @@ typedef struct ip_pyapi {
   void (*Py_DecRef)(void *obj);
   void (*PyErr_WriteUnraisable)(void *obj);
   void *(*PyThreadState_GetUnchecked)(void);
+  void (*PyObject_GetArenaAllocator)(void *allocator);
+  void (*PyObject_SetArenaAllocator)(void *allocator);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
@@ -241,6 +245,8 @@ IP_HIDDEN int ip__py_ready(void);
 /* Runs a coroutine's Python body on its own thread state, then destroys
  * that thread state.  Called on the coroutine's stack, no tstate attached. */
 IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
+/* arena.c: caches the thread states' data stack chunks. */
+IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);

@@ -79,6 +79,11 @@ IP_EXPORT int interpose_coro_unpark(void *handle, uint64_t gen, int result);
 /* Any thread.  Cancels the coroutine with the given id: its current and all
  * later parks return -ECANCELED.  Returns 1, or 0 if it is no longer alive. */
 IP_EXPORT int interpose_coro_cancel(void *handle, uint64_t id);
+/* GIL held.  Adds delta (+1 or -1) to the running coroutine's shield depth
+ * and returns the new depth.  While it is positive, parks ignore
+ * cancellation and the deadline: cleanup that must finish (re-acquiring a
+ * Condition's lock) runs shielded.  -EINVAL if the depth would go below 0. */
+IP_EXPORT int interpose_coro_shield(int delta);
 /* GIL held.  Sets the running coroutine's absolute deadline on the
  * interpose_clock_ns clock (-1 = none); returns the previous one. */
 IP_EXPORT int64_t interpose_coro_set_deadline(int64_t deadline_ns);

@@ -26,6 +26,8 @@ static const struct {
     BINDING(Py_DecRef),
     BINDING(PyErr_WriteUnraisable),
     BINDING(PyThreadState_GetUnchecked),
+    BINDING(PyObject_GetArenaAllocator),
+    BINDING(PyObject_SetArenaAllocator),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 
@@ -61,6 +63,7 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
     return -EINVAL;
   ip__py.interp = interp;
   ip__py.hexversion = hexversion;
+  ip__arena_install();
   ready = 1;
   return 0;
 }

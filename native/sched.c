@@ -34,6 +34,7 @@
 
 #define HUB_STACK_SIZE (256 * 1024)
 #define EPOLL_BATCH 256
+#define POLL_INTERVAL_NS (50 * 1000)
 #define TAG_EVENTFD UINT64_MAX
 #define TAG_SIGNAL (UINT64_MAX - 1)
 #define PARK_CLAIMED 3u /* a waker is writing wake_result */
@@ -89,6 +90,7 @@ static ip_coro_t *coro_alloc(void) {
   co->timer.index = SIZE_MAX;
   co->deadline_ns = -1;
   atomic_store(&co->cancelled, 0);
+  co->shield = 0;
   co->wake_result = 0;
   return co;
 }
@@ -182,7 +184,7 @@ static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
                      int *timer_result) {
   int64_t now = ip__now_ns();
   int64_t own = timeout_ns >= 0 ? now + timeout_ns : -1;
-  int64_t dl = co->deadline_ns;
+  int64_t dl = co->shield ? -1 : co->deadline_ns;
   if (timeout_ns >= 0 && own < now) /* overflow: effectively no timeout */
     own = -1;
   if (dl >= 0 && dl <= now)
@@ -206,7 +208,7 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   uint64_t w = atomic_load(&co->park_word);
   uint64_t gen = w >> IP_PARK_STATE_BITS;
   int result;
-  if (atomic_load(&co->cancelled))
+  if (atomic_load(&co->cancelled) && !co->shield)
     return -ECANCELED;
   if ((w & 3u) != IP_PARK_ARMED)
     return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
@@ -227,6 +229,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     ip__heap_remove(&s->timers, &co->timer);
   if (result == INTERPOSE_PARK_TIMEOUT || result == -ETIMEDOUT)
     s->stats.timeouts++;
+  if (result == -ECANCELED && co->shield)
+    result = 0; /* a spurious wake: the caller retries and parks again */
   return result;
 }
 
@@ -333,8 +337,21 @@ static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
 
 static void poll_events(ip_sched_t *s) {
   struct epoll_event ev[EPOLL_BATCH];
+  int64_t timeout_ns = poll_timeout_ns(s);
+  if (timeout_ns == 0 && !ip__queue_empty(&s->runq)) {
+    /* Work is queued, so this poll could only add more.  A syscall per
+     * round would dominate spawn/join and wake-up chains, so while work
+     * keeps coming, poll at most once per POLL_INTERVAL_NS; I/O then waits
+     * at most that long behind runnable coroutines. */
+    int64_t now = ip__now_ns();
+    if (now - s->last_poll_ns < POLL_INTERVAL_NS)
+      return;
+    s->last_poll_ns = now;
+  }
   s->stats.epoll_waits++;
-  int n = epoll_wait_ns(s, ev, poll_timeout_ns(s));
+  int n = epoll_wait_ns(s, ev, timeout_ns);
+  if (timeout_ns != 0)
+    s->last_poll_ns = ip__now_ns();
   if (n < 0) {
     IP_CHECK(errno == EINTR);
     wake_main_for_signal(s);
@@ -596,6 +613,18 @@ int interpose_coro_cancel(void *handle, uint64_t id) {
   pthread_mutex_unlock(&coro_lock);
   ip__wake(co, gen, -ECANCELED, 0);
   return 1;
+}
+
+
+int interpose_coro_shield(int delta) {
+  ip_sched_t *s = ip__sched_ensure();
+  if (s == NULL)
+    return -errno;
+  int depth = s->current->shield + delta;
+  if (depth < 0)
+    return -EINVAL;
+  s->current->shield = depth;
+  return depth;
 }
 
 
