@@ -5,7 +5,18 @@
 #define IP_INTERNAL_H
 
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -166,16 +177,10 @@ typedef struct ip_coro {
   int64_t deadline_ns; /* -1 when none */
   ip_timer_t timer;
   int timer_result; /* what the armed timer wakes the park with */
+  int hooks;        /* 1: blocking libc calls made here park this coroutine */
   struct ip_coro *free_next;
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
 } ip_coro_t;
-
-typedef struct ip_fdwait ip_fdwait_t;
-
-typedef struct ip_fdmap {
-  ip_fdwait_t **slots; /* indexed by fd; grows on demand */
-  size_t cap;
-} ip_fdmap_t;
 
 typedef struct ip_sched {
   ip_coro_t root;     /* the thread's own context and thread state */
@@ -193,14 +198,14 @@ typedef struct ip_sched {
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
   int is_main_thread;
   ip_heap_t timers;
-  ip_fdmap_t fds;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
   int64_t last_poll_ns; /* when the hub last polled while work was queued */
   interpose_stats_t stats;
   pid_t pid; /* detects use in a forked child */
 } ip_sched_t;
 
-IP_HIDDEN ip_sched_t *ip__sched_get(void);
+IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
+static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
 /* Creates the calling thread's scheduler if needed; the GIL must be held. */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
 /* Parks the running coroutine until a wake for the prepared generation. */
@@ -212,13 +217,112 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   return atomic_load(&co->park_word) >> IP_PARK_STATE_BITS;
 }
 
-/* ---- fd waits (fdwait.c) ---------------------------------------------- */
+/* ---- real libc functions (real.c) ------------------------------------ */
 
+#define IP_REAL_FUNCTIONS(X)                                                  \
+  X(socket) X(socketpair) X(accept) X(accept4) X(pipe) X(pipe2) X(eventfd)    \
+  X(connect) X(read) X(readv) X(recv) X(recvfrom) X(recvmsg) X(recvmmsg)      \
+  X(write) X(writev) X(send) X(sendto) X(sendmsg) X(sendmmsg) X(poll)         \
+  X(ppoll) X(select) X(pselect) X(epoll_wait) X(epoll_pwait) X(sleep)         \
+  X(usleep) X(nanosleep) X(clock_nanosleep) X(fcntl) X(fcntl64) X(ioctl)      \
+  X(setsockopt) X(close) X(dup) X(dup2) X(dup3) X(open) X(open64) X(openat)   \
+  X(openat64) X(epoll_create) X(epoll_create1) X(getaddrinfo)                 \
+  X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
+  X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r)
+
+#define IP_REAL_FIELD(name) __typeof__(&name) name;
+typedef struct ip_real {
+  IP_REAL_FUNCTIONS(IP_REAL_FIELD)
+} ip_real_t;
+
+IP_HIDDEN extern ip_real_t ip__real;
+
+/* ---- the fd table (fdtable.c) ----------------------------------------- */
+
+enum ip_fd_kind {
+  IP_FD_UNKNOWN = 0, /* not classified yet */
+  IP_FD_SOCKET,
+  IP_FD_PIPE,  /* pipes and FIFOs */
+  IP_FD_CHR,   /* terminals and other character devices */
+  IP_FD_REG,   /* regular files and directories: never wait */
+  IP_FD_POLL,  /* other pollable kinds: eventfd, epoll, signalfd, ... */
+};
+
+/* Bits of ip_fd_t.state, read without the entry lock. */
+#define IP_FD_KIND_MASK 0x7u
+#define IP_FD_KNOWN 0x8u      /* the entry describes the open fd */
+#define IP_FD_TRACKED 0x10u   /* created by a hook: its close is seen too */
+#define IP_FD_OURS_NB 0x20u   /* we set O_NONBLOCK; the user sees blocking */
+#define IP_FD_USER_NB 0x40u   /* the user asked for non-blocking I/O */
+#define IP_FD_STREAM 0x80u    /* SOCK_STREAM socket: writes transfer all */
+
+typedef struct ip_fd {
+  _Atomic uint32_t state; /* IP_FD_* bits */
+  _Atomic int64_t rcv_timeout_ns; /* SO_RCVTIMEO; 0 = none */
+  _Atomic int64_t snd_timeout_ns; /* SO_SNDTIMEO; 0 = none */
+  atomic_flag lock; /* guards the fields below */
+  /* Invariant: non-NULL exactly while the fd is in that scheduler's epoll
+   * set; registrations are tagged with gen, which grows on every removal. */
+  ip_sched_t *reg_sched;
+  uint32_t gen;
+  uint32_t reg_events; /* EPOLL* events registered */
+  ip_link_t waiters;   /* ip_waiter_t.link, from any scheduler */
+} ip_fd_t;
+
+typedef struct ip_waiter {
+  ip_link_t link;
+  ip_coro_t *co;
+  uint64_t gen;
+  int fd;
+  int events; /* INTERPOSE_READABLE | INTERPOSE_WRITABLE */
+} ip_waiter_t;
+
+/* The entry for fd, or NULL when fd is negative or memory ran out. */
+IP_HIDDEN ip_fd_t *ip__fd_entry(int fd);
+/* The state bits of fd, classifying it (fstat, F_GETFL) if needed. */
+IP_HIDDEN uint32_t ip__fd_state(int fd);
+/* A hook created fd: records its kind and whether we made it
+ * non-blocking behind the user's back. */
+IP_HIDDEN void ip__fd_created(int fd, uint32_t state);
+/* fd is about to be closed or replaced: unregister it, wake its waiters
+ * with -EBADF and forget what was known about it. */
+IP_HIDDEN void ip__fd_forget(int fd);
+/* newfd now shares oldfd's open file description (dup and friends). */
+IP_HIDDEN void ip__fd_copy(int oldfd, int newfd);
+IP_HIDDEN void ip__fd_set_user_nonblock(int fd, int on);
+/* Registers w (its co and gen filled in) as waiting on fd; 0, -EBADF, or
+ * -EPERM for a file epoll cannot watch (always ready). */
+IP_HIDDEN int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w);
+IP_HIDDEN void ip__fd_unwatch(ip_sched_t *s, ip_waiter_t *w);
+/* Parks until fd may be ready.  check_first: look with poll() before
+ * parking (needed unless the caller has just seen EAGAIN). */
 IP_HIDDEN int ip__fd_wait(ip_sched_t *s, int fd, int events,
-                          int64_t timeout_ns);
+                          int64_t timeout_ns, int check_first);
 IP_HIDDEN void ip__fd_dispatch(ip_sched_t *s, uint64_t data,
                                uint32_t events);
-IP_HIDDEN void ip__fdmap_free(ip_fdmap_t *m);
+/* Drops every registration held by s (its epoll set is going away). */
+IP_HIDDEN void ip__fd_drop_sched(ip_sched_t *s);
+/* In a forked child: every registration and waiter belonged to the parent. */
+IP_HIDDEN void ip__fd_after_fork_child(void);
+
+/* ---- hooks (hooks_*.c) ------------------------------------------------ */
+
+/* The scheduler when the caller may park: a running coroutine with its
+ * hooks on and no thread state attached (a hook entered with the GIL held
+ * must block the thread instead, or it would switch with the GIL). */
+IP_HIDDEN ip_sched_t *ip__hook_sched(void);
+/* Converts an internal result to the libc convention at the hook boundary. */
+static inline int ip__fail(int neg_errno) {
+  errno = -neg_errno;
+  return -1;
+}
+/* Waits for fd per the blocking rules: parks when s is non-NULL, else
+ * blocks the thread in the real poll().  Returns 0 when ready, -EAGAIN on
+ * timeout (the SO_RCVTIMEO convention), or -errno. */
+IP_HIDDEN int ip__block_on(ip_sched_t *s, int fd, int events,
+                           int64_t deadline_ns, int check_first);
+IP_HIDDEN int64_t ip__deadline_after(int64_t timeout_ns);
+IP_HIDDEN void ip__names_after_fork_child(void);
 
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */
 

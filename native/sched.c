@@ -39,7 +39,8 @@
 #define TAG_SIGNAL (UINT64_MAX - 1)
 #define PARK_CLAIMED 3u /* a waker is writing wake_result */
 
-static __thread ip_sched_t *tls_sched;
+__thread ip_sched_t *ip__tls_sched;
+#define tls_sched ip__tls_sched
 
 static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
 static ip_coro_t *coro_free; /* guarded by coro_lock */
@@ -54,13 +55,8 @@ void ip__fatal(const char *file, int line, const char *what) {
   int n = snprintf(msg, sizeof(msg),
                    "interpose: internal invariant broken at %s:%d: %s\n",
                    file, line, what);
-  ssize_t IP_UNUSED w = write(2, msg, n > 0 ? (size_t) n : 0);
+  ssize_t IP_UNUSED w = ip__real.write(2, msg, n > 0 ? (size_t) n : 0);
   abort();
-}
-
-
-ip_sched_t *ip__sched_get(void) {
-  return tls_sched;
 }
 
 
@@ -135,7 +131,7 @@ static void enqueue_woken(ip_coro_t *co, int front) {
   ip__queue_push_back(&s->remote, &co->run_link);
   pthread_mutex_unlock(&s->remote_lock);
   uint64_t one = 1;
-  ssize_t IP_UNUSED n = write(s->evfd, &one, sizeof(one));
+  ssize_t IP_UNUSED n = ip__real.write(s->evfd, &one, sizeof(one));
 }
 
 
@@ -296,7 +292,7 @@ static void wake_main_for_signal(ip_sched_t *s) {
 
 static void drain_fd(int fd) {
   char buf[256];
-  while (read(fd, buf, sizeof(buf)) > 0) {
+  while (ip__real.read(fd, buf, sizeof(buf)) > 0) {
   }
 }
 
@@ -331,7 +327,7 @@ static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
     int64_t ms = (timeout_ns + 999999) / 1000000;
     timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
   }
-  return epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
+  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
 }
 
 
@@ -406,10 +402,10 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 
 /* Opens the kernel objects and the hub context; 0 or -errno. */
 static int sched_open(ip_sched_t *s) {
-  s->epfd = epoll_create1(EPOLL_CLOEXEC);
+  s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0)
     return -errno;
-  s->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  s->evfd = ip__real.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->evfd < 0)
     goto fail_epoll;
   int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
@@ -426,13 +422,10 @@ static int sched_open(ip_sched_t *s) {
   s->is_main_thread = syscall(SYS_gettid) == s->pid;
   return 0;
 fail_eventfd:
-  r = -errno;
-  close(s->evfd);
-  close(s->epfd);
-  return r;
+  ip__real.close(s->evfd);
 fail_epoll:
   r = -errno;
-  close(s->epfd);
+  ip__real.close(s->epfd);
   return r;
 }
 
@@ -448,10 +441,11 @@ static void sched_after_fork_child(void) {
   if (s == NULL)
     return;
   ip_coro_t *survivor = s->current;
-  close(s->epfd);
-  close(s->evfd);
+  ip__real.close(s->epfd);
+  ip__real.close(s->evfd);
   ip__heap_free(&s->timers);
-  ip__fdmap_free(&s->fds);
+  ip__fd_after_fork_child();
+  ip__names_after_fork_child();
   if (sched_open(s) < 0)
     ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
   s->main = survivor;
@@ -532,6 +526,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
+  co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
   co->id = atomic_fetch_add(&next_id, 1);
@@ -616,6 +611,16 @@ int interpose_coro_cancel(void *handle, uint64_t id) {
 }
 
 
+int interpose_coro_set_hooks(int on) {
+  ip_sched_t *s = ip__sched_ensure();
+  if (s == NULL)
+    return -errno;
+  int previous = s->current->hooks;
+  s->current->hooks = on != 0;
+  return previous;
+}
+
+
 int interpose_coro_shield(int delta) {
   ip_sched_t *s = ip__sched_ensure();
   if (s == NULL)
@@ -646,7 +651,7 @@ int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
     return -EBADF;
   if (events & ~(INTERPOSE_READABLE | INTERPOSE_WRITABLE) || events == 0)
     return -EINVAL;
-  return ip__fd_wait(s, fd, events, timeout_ns);
+  return ip__fd_wait(s, fd, events, timeout_ns, 1);
 }
 
 
@@ -674,10 +679,10 @@ int interpose_sched_destroy(void) {
   if (s->current != &s->root || s->stats.alive != 0 ||
       !ip__queue_empty(&s->runq))
     return -EBUSY;
-  close(s->epfd);
-  close(s->evfd);
+  ip__fd_drop_sched(s);
+  ip__real.close(s->epfd);
+  ip__real.close(s->evfd);
   ip__heap_free(&s->timers);
-  ip__fdmap_free(&s->fds);
   ip__stack_release(&s->hub_stack);
   pthread_mutex_destroy(&s->remote_lock);
   tls_sched = NULL;

@@ -1,0 +1,399 @@
+/* fdtable.c: what the hooks know about each file descriptor, and the
+ * coroutines waiting on it.
+ *
+ * The table.  Indexed by fd, growable and readable from any thread: a fixed
+ * top-level array of chunk pointers (covering every fd Linux can hand out,
+ * up to 2^30) whose chunks are allocated on first use and published with a
+ * CAS; entries never move or disappear, so a hook can read an entry's state
+ * bits without a lock.  The rest of an entry is guarded by its own spinlock.
+ *
+ * Registration: facts.  An fd in an epoll set stays there until every
+ * duplicate of its open file description is closed, so after dup(fd);
+ * close(fd) the registration can no longer be removed by number, and events
+ * keep arriving for it.  One epoll_wait returns a batch of events; a
+ * coroutine woken early in the batch may close an fd and get the same number
+ * back from socket() before the hub reaches a later event that describes the
+ * old file.  Consequences: remove a registration before the real close or
+ * dup2, never after, and match every event against the registration that
+ * produced it.  Solution: ip__fd_forget runs in the close/dup2/dup3 hooks
+ * before the real call and removes the registration (EPOLL_CTL_DEL), wakes
+ * the waiters with EBADF and bumps the entry's generation; the epoll data of
+ * a registration carries fd and generation, and the hub drops an event whose
+ * generation is not the entry's current one.
+ *
+ * Two registration modes.  A TRACKED fd (created by a hook, so its close is
+ * seen) is registered once, edge-triggered for every event, and stays
+ * registered until it is closed: no epoll_ctl per wait.  Waiting on an edge
+ * is safe only after the call returned EAGAIN (or after looking with poll()
+ * with the waiter already registered): then any new readiness is a new
+ * edge.  Any other fd (inherited, opened by code the hooks do not see) may
+ * be closed behind our back, so it is registered level-triggered only while
+ * someone waits on it and removed when the last waiter leaves.
+ *
+ * Waiters of any scheduler may wait on one fd; the registration lives in
+ * one scheduler's epoll set.  A waiter from another scheduler moves it
+ * there and wakes the previous scheduler's waiters, who retry their calls
+ * (a spurious wake-up is harmless: every waiter retries its call). */
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#define CHUNK_SHIFT 15
+#define CHUNK_SIZE (1u << CHUNK_SHIFT)
+#define TOP_SIZE (1u << 15) /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
+
+static ip_fd_t *_Atomic chunks[TOP_SIZE];
+
+
+static void entry_init(ip_fd_t *e) {
+  atomic_flag_clear(&e->lock);
+  ip__queue_init(&e->waiters);
+}
+
+
+ip_fd_t *ip__fd_entry(int fd) {
+  if (fd < 0 || (unsigned) fd >= CHUNK_SIZE * TOP_SIZE)
+    return NULL;
+  unsigned top = (unsigned) fd >> CHUNK_SHIFT;
+  ip_fd_t *chunk = atomic_load_explicit(&chunks[top], memory_order_acquire);
+  if (chunk == NULL) {
+    ip_fd_t *fresh = calloc(CHUNK_SIZE, sizeof(*fresh));
+    if (fresh == NULL)
+      return NULL;
+    for (unsigned i = 0; i < CHUNK_SIZE; i++)
+      entry_init(&fresh[i]);
+    if (atomic_compare_exchange_strong(&chunks[top], &chunk, fresh))
+      chunk = fresh;
+    else
+      free(fresh); /* another thread published first */
+  }
+  return &chunk[(unsigned) fd & (CHUNK_SIZE - 1)];
+}
+
+
+static void lock(ip_fd_t *e) {
+  while (atomic_flag_test_and_set_explicit(&e->lock, memory_order_acquire))
+    sched_yield();
+}
+
+
+static void unlock(ip_fd_t *e) {
+  atomic_flag_clear_explicit(&e->lock, memory_order_release);
+}
+
+
+static int64_t timeval_ns(const struct timeval *tv) {
+  return (int64_t) tv->tv_sec * 1000000000 + (int64_t) tv->tv_usec * 1000;
+}
+
+
+static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
+  int type = 0;
+  socklen_t len = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+      type == SOCK_STREAM)
+    *state |= IP_FD_STREAM;
+  struct timeval tv;
+  len = sizeof(tv);
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0)
+    atomic_store(&e->rcv_timeout_ns, timeval_ns(&tv));
+  len = sizeof(tv);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0)
+    atomic_store(&e->snd_timeout_ns, timeval_ns(&tv));
+}
+
+
+/* First sight of an fd no hook created: learn its kind and the user's
+ * O_NONBLOCK from the kernel.  Never changes the fd. */
+static uint32_t classify(int fd, ip_fd_t *e) {
+  struct stat st;
+  int saved = errno;
+  if (fstat(fd, &st) != 0) {
+    errno = saved;
+    return 0; /* not open: the real call reports EBADF */
+  }
+  uint32_t state = IP_FD_KNOWN;
+  if (S_ISSOCK(st.st_mode)) {
+    state |= IP_FD_SOCKET;
+    classify_socket(fd, e, &state);
+  } else if (S_ISFIFO(st.st_mode)) {
+    state |= IP_FD_PIPE;
+  } else if (S_ISCHR(st.st_mode)) {
+    state |= IP_FD_CHR;
+  } else if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) ||
+             S_ISBLK(st.st_mode)) {
+    state |= IP_FD_REG;
+  } else {
+    state |= IP_FD_POLL;
+  }
+  int flags = ip__real.fcntl(fd, F_GETFL);
+  if (flags >= 0 && (flags & O_NONBLOCK))
+    state |= IP_FD_USER_NB;
+  errno = saved;
+  atomic_store(&e->state, state);
+  return state;
+}
+
+
+uint32_t ip__fd_state(int fd) {
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return 0;
+  uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
+  if (state & IP_FD_KNOWN)
+    return state;
+  return classify(fd, e);
+}
+
+
+void ip__fd_created(int fd, uint32_t state) {
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return;
+  atomic_store(&e->rcv_timeout_ns, 0);
+  atomic_store(&e->snd_timeout_ns, 0);
+  atomic_store(&e->state, state | IP_FD_KNOWN | IP_FD_TRACKED);
+}
+
+
+/* Removes the registration; the entry lock is held. */
+static void unregister(ip_fd_t *e, int fd) {
+  if (e->reg_sched == NULL)
+    return;
+  IP_SAVE_ERRNO(epoll_ctl(e->reg_sched->epfd, EPOLL_CTL_DEL, fd, NULL));
+  e->reg_sched = NULL;
+  e->reg_events = 0;
+  e->gen++;
+}
+
+
+static void wake_waiters(ip_fd_t *e, int ready, int result) {
+  for (ip_link_t *l = e->waiters.next; l != &e->waiters; l = l->next) {
+    ip_waiter_t *w = container_of(l, ip_waiter_t, link);
+    if (w->events & ready)
+      ip__wake(w->co, w->gen, result, 0);
+  }
+}
+
+
+void ip__fd_forget(int fd) {
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return;
+  lock(e);
+  unregister(e, fd);
+  wake_waiters(e, INTERPOSE_READABLE | INTERPOSE_WRITABLE, -EBADF);
+  atomic_store(&e->state, 0);
+  unlock(e);
+}
+
+
+void ip__fd_copy(int oldfd, int newfd) {
+  ip_fd_t *from = ip__fd_entry(oldfd);
+  ip_fd_t *to = ip__fd_entry(newfd);
+  if (from == NULL || to == NULL)
+    return;
+  uint32_t state = ip__fd_state(oldfd);
+  atomic_store(&to->rcv_timeout_ns, atomic_load(&from->rcv_timeout_ns));
+  atomic_store(&to->snd_timeout_ns, atomic_load(&from->snd_timeout_ns));
+  atomic_store(&to->state, state ? state | IP_FD_TRACKED : 0);
+}
+
+
+void ip__fd_set_user_nonblock(int fd, int on) {
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return;
+  uint32_t state = atomic_load(&e->state);
+  if (!(state & IP_FD_KNOWN))
+    return;
+  if (on)
+    atomic_fetch_or(&e->state, IP_FD_USER_NB);
+  else
+    atomic_fetch_and(&e->state, ~IP_FD_USER_NB);
+}
+
+
+static uint32_t epoll_events_of(int events) {
+  uint32_t ev = 0;
+  if (events & INTERPOSE_READABLE)
+    ev |= EPOLLIN | EPOLLRDHUP;
+  if (events & INTERPOSE_WRITABLE)
+    ev |= EPOLLOUT;
+  return ev;
+}
+
+
+static uint32_t wanted(const ip_fd_t *e, uint32_t state) {
+  if (state & IP_FD_TRACKED)
+    return EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  int events = 0;
+  for (const ip_link_t *l = e->waiters.next; l != &e->waiters; l = l->next)
+    events |= container_of(l, ip_waiter_t, link)->events;
+  return events ? epoll_events_of(events) : 0;
+}
+
+
+/* Brings the registration in line with the waiters, in scheduler s;
+ * the entry lock is held.  0 or -errno. */
+static int sync_registration(ip_sched_t *s, ip_fd_t *e, int fd) {
+  uint32_t state = atomic_load(&e->state);
+  uint32_t want = wanted(e, state);
+  if (e->reg_sched != NULL && e->reg_sched != s) {
+    /* Another thread's epoll holds it: move it here.  Its waiters retry. */
+    unregister(e, fd);
+    wake_waiters(e, INTERPOSE_READABLE | INTERPOSE_WRITABLE, 0);
+  }
+  if (want == e->reg_events && (want == 0 || e->reg_sched == s))
+    return 0;
+  if (want == 0) {
+    unregister(e, fd);
+    return 0;
+  }
+  struct epoll_event ev = {
+      .events = want,
+      .data.u64 = ((uint64_t) e->gen << 32) | (uint32_t) fd,
+  };
+  int op = e->reg_sched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+  if (epoll_ctl(s->epfd, op, fd, &ev) != 0) {
+    int err = errno;
+    if (err == EEXIST) { /* a stale registration from a reused number */
+      if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+        goto registered;
+    }
+    return -err;
+  }
+registered:
+  e->reg_sched = s;
+  e->reg_events = want;
+  return 0;
+}
+
+
+int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w) {
+  ip_fd_t *e = ip__fd_entry(w->fd);
+  if (e == NULL)
+    return w->fd < 0 ? -EBADF : -ENOMEM;
+  if (!(ip__fd_state(w->fd) & IP_FD_KNOWN))
+    return -EBADF;
+  lock(e);
+  ip__queue_push_back(&e->waiters, &w->link);
+  int r = sync_registration(s, e, w->fd);
+  if (r < 0)
+    ip__queue_remove(&w->link);
+  unlock(e);
+  return r;
+}
+
+
+void ip__fd_unwatch(ip_sched_t *s, ip_waiter_t *w) {
+  ip_fd_t *e = ip__fd_entry(w->fd);
+  lock(e);
+  ip__queue_remove(&w->link);
+  if (e->reg_sched == s)
+    sync_registration(s, e, w->fd);
+  unlock(e);
+}
+
+
+/* 1 when ready now, 0 when not, -EBADF for a closed fd. */
+static int ready_now(int fd, int events) {
+  struct pollfd p = {.fd = fd, .events = 0};
+  if (events & INTERPOSE_READABLE)
+    p.events |= POLLIN;
+  if (events & INTERPOSE_WRITABLE)
+    p.events |= POLLOUT;
+  int n;
+  do
+    n = ip__real.poll(&p, 1, 0);
+  while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -errno;
+  if (p.revents & POLLNVAL)
+    return -EBADF;
+  return n > 0;
+}
+
+
+int ip__fd_wait(ip_sched_t *s, int fd, int events, int64_t timeout_ns,
+                int check_first) {
+  ip_coro_t *co = s->current;
+  ip_waiter_t w = {.co = co, .gen = ip__prepare(co), .fd = fd,
+                   .events = events};
+  int r = ip__fd_watch(s, &w);
+  if (r < 0)
+    return r;
+  if (check_first)
+    r = ready_now(fd, events);
+  if (r == 0)
+    r = ip__park(s, timeout_ns);
+  else if (r > 0)
+    r = 0;
+  ip__fd_unwatch(s, &w);
+  return r;
+}
+
+
+void ip__fd_dispatch(ip_sched_t *s, uint64_t data, uint32_t events) {
+  int fd = (int) (uint32_t) data;
+  uint32_t gen = (uint32_t) (data >> 32);
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return;
+  lock(e);
+  if (e->reg_sched == s && e->gen == gen) { /* else stale: drop it */
+    int ready = 0;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+      ready |= INTERPOSE_READABLE;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+      ready |= INTERPOSE_WRITABLE;
+    wake_waiters(e, ready, 0);
+  }
+  unlock(e);
+}
+
+
+static void each_entry(void (*fn)(ip_fd_t *e, int fd, void *arg), void *arg) {
+  for (unsigned top = 0; top < TOP_SIZE; top++) {
+    ip_fd_t *chunk = atomic_load(&chunks[top]);
+    if (chunk == NULL)
+      continue;
+    for (unsigned i = 0; i < CHUNK_SIZE; i++)
+      fn(&chunk[i], (int) ((top << CHUNK_SHIFT) | i), arg);
+  }
+}
+
+
+static void drop_if_in(ip_fd_t *e, int fd, void *arg) {
+  (void) fd;
+  lock(e);
+  if (e->reg_sched == arg) {
+    e->reg_sched = NULL; /* the epoll set itself is being closed */
+    e->reg_events = 0;
+    e->gen++;
+  }
+  unlock(e);
+}
+
+
+void ip__fd_drop_sched(ip_sched_t *s) {
+  each_entry(drop_if_in, s);
+}
+
+
+static void reset_after_fork(ip_fd_t *e, int fd, void *arg) {
+  (void) fd;
+  (void) arg;
+  /* Only this thread exists: no lock can be held by anyone alive. */
+  atomic_flag_clear(&e->lock);
+  e->reg_sched = NULL;
+  e->reg_events = 0;
+  e->gen++;
+  ip__queue_init(&e->waiters);
+}
+
+
+void ip__fd_after_fork_child(void) {
+  each_entry(reset_after_fork, NULL);
+}

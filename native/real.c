@@ -1,0 +1,37 @@
+/* real.c: the one table of real libc functions, found with
+ * dlsym(RTLD_NEXT) once, when the library is loaded.  Every call the engine
+ * makes to a function that a hook shadows goes through this table, so the
+ * engine never re-enters its own hooks. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+ip_real_t ip__real;
+
+
+static void *resolve(const char *name) {
+  void *fn = dlsym(RTLD_NEXT, name);
+  if (fn == NULL)
+    fn = dlsym(RTLD_DEFAULT, name);
+  return fn;
+}
+
+
+#define RESOLVE(name) ip__real.name = resolve(#name)
+
+__attribute__((constructor)) static void real_init(void) {
+  IP_REAL_FUNCTIONS(RESOLVE);
+  /* Without these the process cannot do I/O at all: refuse loudly rather
+   * than crash on the first call. */
+  if (ip__real.read == NULL || ip__real.write == NULL ||
+      ip__real.close == NULL) {
+    static const char msg[] =
+        "interpose: cannot find the real read/write/close in libc\n";
+    ssize_t IP_UNUSED n = syscall(SYS_write, 2, msg, sizeof(msg) - 1);
+    abort();
+  }
+}
