@@ -29,9 +29,12 @@ _current_handle = _lib.coro_current
 _park = _lib.coro_park
 _get_ident = _thread.get_ident
 
-# Per coroutine (threading.local state lives in the thread state, and every
-# coroutine has its own): the running Coroutine object.
+# Per OS thread, in that thread's own thread state: the reaper that frees a
+# non-main thread's scheduler when the thread exits.
 _local = _thread._local()
+# Guards every Coroutine's join bookkeeping; held only for a few
+# instructions, never across a park (a lock per coroutine costs memory).
+_join_guard = _thread.allocate_lock()
 # Per OS thread: ident -> _Scheduler.
 _schedulers = {}
 
@@ -43,7 +46,7 @@ class _Scheduler:
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
-        self.live = {}  # id -> Coroutine spawned here and not finished
+        self.live = {}  # handle -> Coroutine spawned here and not finished
         self.pending = None  # exception forwarded to the main coroutine
         self.running = False  # inside run()
 
@@ -152,8 +155,8 @@ class Coroutine:
 
     __slots__ = (
         "_handle", "_id", "_name", "_target", "_context", "_result",
-        "_exception", "_done", "_cancelled", "_guard", "_joiners",
-        "_join_waiters", "_sched", "__weakref__",
+        "_exception", "_done", "_cancelled", "_joiners", "_join_waiters",
+        "_sched", "__weakref__",
     )
 
     def __init__(self, handle, cid, name):
@@ -166,9 +169,8 @@ class Coroutine:
         self._exception = None
         self._done = False
         self._cancelled = False
-        self._guard = _thread.allocate_lock()
         self._joiners = 0
-        self._join_waiters = WaitQueue()
+        self._join_waiters = None  # a WaitQueue once someone joins
         self._sched = None
 
     @classmethod
@@ -210,11 +212,13 @@ class Coroutine:
         if self._sched is None:
             raise RuntimeError("the main coroutine of a thread cannot be joined")
         deadline = deadline_ns(timeout)
-        with self._guard:
+        with _join_guard:
             self._joiners += 1
+            if self._join_waiters is None:
+                self._join_waiters = WaitQueue()
             try:
                 while not self._done:
-                    if not self._join_waiters.wait(self._guard, deadline):
+                    if not self._join_waiters.wait(_join_guard, deadline):
                         if not self._done:
                             raise TimeoutError(
                                 errno.ETIMEDOUT,
@@ -229,7 +233,6 @@ class Coroutine:
     # -- running in the coroutine's own thread state --------------------
 
     def _bootstrap(self):
-        _local.coro = self
         if threading._trace_hook is not None:
             sys.settrace(threading._trace_hook)
         if threading._profile_hook is not None:
@@ -261,12 +264,13 @@ class Coroutine:
                 _lib.sched_interrupt_main()
             elif not self._joiners:
                 _report(self, exc)
-        with self._guard:
+        with _join_guard:
             self._result = result
             self._exception = exc
             self._done = True
-            self._join_waiters.wake_all()
-        sched.live.pop(self._id, None)
+            if self._join_waiters is not None:
+                self._join_waiters.wake_all()
+        sched.live.pop(self._handle, None)
 
 
 def _report(coro, exc):
@@ -284,6 +288,9 @@ def _report(coro, exc):
         )
 
 
+_MAX_STACK = 1 << 62  # beyond it size_t arithmetic in the engine would wrap
+
+
 def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
     """Create a coroutine running fn(*args, **kwargs) in a copy of the
     caller's contextvars context; it starts when the caller next waits.
@@ -299,9 +306,10 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
         if not isinstance(stack_size, int) or isinstance(stack_size, bool):
             raise TypeError("stack_size must be an int (bytes)")
         minimum = _lib.stack_minimum()
-        if stack_size < minimum:
+        if not minimum <= stack_size <= _MAX_STACK:
             raise ValueError(
-                f"stack_size must be at least {minimum} bytes; got {stack_size}"
+                f"stack_size must be between {minimum} and {_MAX_STACK} bytes;"
+                f" got {stack_size}"
             )
         size = stack_size
     sched = _schedulers.get(_get_ident()) or _scheduler()
@@ -316,17 +324,15 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
         raise _errors.spawn_error(e) from None
     if name is None:
         coro._name = f"coroutine-{coro._id}"
-    sched.live[coro._id] = coro
+    sched.live[coro._handle] = coro
     return coro
 
 
 def current():
     """The running Coroutine (the thread's main coroutine outside spawned
     ones)."""
-    coro = getattr(_local, "coro", None)
-    if coro is not None:
-        return coro
-    return (_schedulers.get(_get_ident()) or _scheduler()).main
+    sched = _schedulers.get(_get_ident()) or _scheduler()
+    return sched.live.get(_current_handle()) or sched.main
 
 
 def sleep(seconds):
@@ -473,7 +479,7 @@ def _after_fork_in_child():
     sched = _schedulers.get(ident)
     if sched is None:
         return
-    me = getattr(_local, "coro", None)
+    me = sched.live.get(_current_handle())
     sched.live.clear()
     sched.pending = None
     if me is not None:

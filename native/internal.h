@@ -115,6 +115,9 @@ static inline void *ip__stack_top(const ip_stack_t *st) {
 /* Installs the guard-page SIGSEGV handler (once per process) and an
  * alternate signal stack for the calling thread (once per thread). */
 IP_HIDDEN int ip__stack_install_guard_handler(void);
+/* Unmaps the calling thread's pooled stacks and its alternate signal stack;
+ * called when the thread's scheduler is destroyed. */
+IP_HIDDEN void ip__stack_thread_exit(void);
 
 /* ---- timers (timer.c): a binary min-heap on deadline ------------------ */
 

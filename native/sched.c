@@ -687,6 +687,7 @@ int interpose_sched_destroy(void) {
   pthread_mutex_destroy(&s->remote_lock);
   tls_sched = NULL;
   free(s);
+  ip__stack_thread_exit();
   return 0;
 }
 

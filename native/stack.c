@@ -41,6 +41,7 @@ static int handler_error;
 static __thread ip_stack_t *pool;
 static __thread size_t pool_len;
 static __thread int altstack_installed;
+static __thread void *altstack_ours; /* the sigaltstack we mapped, if any */
 
 
 static size_t page(void) {
@@ -106,6 +107,8 @@ static int map_stack(ip_stack_t *st, size_t usable) {
 
 
 int ip__stack_acquire(ip_stack_t *st, size_t usable) {
+  if (usable > SIZE_MAX / 4)
+    return -ENOMEM; /* rounding and the guard page would overflow size_t */
   usable = usable ? ip__stack_round(usable) : ip__stack_default_size();
   if (usable == ip__stack_default_size() && pool_len > 0) {
     *st = pool[--pool_len];
@@ -178,14 +181,30 @@ static void report_overflow(const ip_coro_t *co, const ip_stack_t *st,
 }
 
 
+/* Whether the lowest usable page of st has been touched.  A handler
+ * installed after ours (faulthandler.enable() once coroutines run) sees
+ * the fault first and re-raises it with raise(), which carries no fault
+ * address; a coroutine whose last page is in use has overflowed.  mincore
+ * is a plain system call, safe in a signal handler. */
+static int lowest_page_touched(const ip_stack_t *st) {
+  unsigned char resident = 0;
+  if (st->base == NULL)
+    return 0;
+  return mincore(st->base + st->guard, page(), &resident) == 0 &&
+         (resident & 1);
+}
+
+
 static void guard_handler(int sig, siginfo_t *si, void *uctx) {
   ip_sched_t *s = ip__sched_get();
   const char *addr = si->si_addr;
-  if (s != NULL && si->si_code > 0) {
+  if (s != NULL) {
     ip_coro_t *co = s->current;
     const ip_stack_t *st = co ? &co->stack : &s->hub_stack;
-    if (in_guard(st, addr)) {
-      report_overflow(co, st, addr);
+    int hit = si->si_code > 0 ? in_guard(st, addr)
+                              : si->si_code == SI_TKILL && lowest_page_touched(st);
+    if (hit) {
+      report_overflow(co, st, si->si_code > 0 ? addr : st->base);
       abort();
     }
   }
@@ -239,6 +258,24 @@ int ip__stack_install_guard_handler(void) {
     return err;
   }
   altstack_installed = 1;
+  altstack_ours = ss.ss_sp;
   return 0;
+}
+
+
+void ip__stack_thread_exit(void) {
+  while (pool_len > 0) {
+    pool_len--;
+    munmap(pool[pool_len].base, pool[pool_len].size);
+  }
+  free(pool);
+  pool = NULL;
+  if (altstack_ours != NULL) {
+    stack_t off = {.ss_flags = SS_DISABLE};
+    if (sigaltstack(&off, NULL) == 0)
+      munmap(altstack_ours, ALTSTACK_SIZE);
+    altstack_ours = NULL;
+    altstack_installed = 0;
+  }
 }
 

@@ -16,6 +16,7 @@
 ip__switch:
         .cfi_startproc
         sub     sp, sp, #176
+        .cfi_adjust_cfa_offset 176
         stp     x19, x20, [sp, #0]
         stp     x21, x22, [sp, #16]
         stp     x23, x24, [sp, #32]
@@ -32,7 +33,11 @@ ip__switch:
         str     x9, [x0]
         mov     sp, x1
         ldr     x9, [sp, #160]
+        mrs     x10, fpcr               /* writing FPCR is slow on some */
+        cmp     x9, x10                 /* cores: skip it when unchanged */
+        b.eq    1f
         msr     fpcr, x9
+1:
         ldp     d14, d15, [sp, #144]
         ldp     d12, d13, [sp, #128]
         ldp     d10, d11, [sp, #112]
@@ -44,6 +49,7 @@ ip__switch:
         ldp     x21, x22, [sp, #16]
         ldp     x19, x20, [sp, #0]
         add     sp, sp, #176
+        .cfi_adjust_cfa_offset -176
         ret
         .cfi_endproc
         .size   ip__switch, .-ip__switch

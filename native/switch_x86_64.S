@@ -15,12 +15,19 @@
 ip__switch:
         .cfi_startproc
         pushq   %rbp
+        .cfi_adjust_cfa_offset 8
         pushq   %rbx
+        .cfi_adjust_cfa_offset 8
         pushq   %r12
+        .cfi_adjust_cfa_offset 8
         pushq   %r13
+        .cfi_adjust_cfa_offset 8
         pushq   %r14
+        .cfi_adjust_cfa_offset 8
         pushq   %r15
+        .cfi_adjust_cfa_offset 8
         subq    $8, %rsp
+        .cfi_adjust_cfa_offset 8
         stmxcsr (%rsp)
         fnstcw  4(%rsp)
         movq    %rsp, (%rdi)
@@ -28,12 +35,19 @@ ip__switch:
         ldmxcsr (%rsp)
         fldcw   4(%rsp)
         addq    $8, %rsp
+        .cfi_adjust_cfa_offset -8
         popq    %r15
+        .cfi_adjust_cfa_offset -8
         popq    %r14
+        .cfi_adjust_cfa_offset -8
         popq    %r13
+        .cfi_adjust_cfa_offset -8
         popq    %r12
+        .cfi_adjust_cfa_offset -8
         popq    %rbx
+        .cfi_adjust_cfa_offset -8
         popq    %rbp
+        .cfi_adjust_cfa_offset -8
         ret
         .cfi_endproc
         .size   ip__switch, .-ip__switch
