@@ -1,7 +1,116 @@
-"""The command line: python -m interpose (demo | info)."""
+"""The command line: python -m interpose (run | env | info | demo)."""
 import argparse
 import os
+import shlex
 import sys
+
+USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
+                     (script.py | -m module | -c code) [args ...]
+
+Runs a Python program with libinterpose.so preloaded: its main code is the
+main coroutine, and blocking calls made in coroutines park them instead of
+the thread.  sys.argv, __main__, sys.path[0], the exit status and tracebacks
+are what plain python gives.
+
+options:
+  --stack-size N    default C stack per coroutine (bytes, or with K/M)
+  --no-main-hooks   leave the main coroutine's calls blocking
+  --stats           print the scheduler's statistics to stderr at exit
+"""
+
+
+def _fail(message, status=2):
+    sys.stderr.write(f"interpose: {message}\n")
+    return status
+
+
+def _load():
+    """The runtime's modules, or an error message for the user."""
+    from . import _compat
+
+    reason = _compat.unsupported_reason()
+    if reason:
+        return None, reason
+    try:
+        from . import _autostart
+    except ImportError as e:
+        return None, str(e).removeprefix("interpose: ")
+    return _autostart, None
+
+
+def _interpreter_options():
+    """Options given to the interpreter before '-m interpose' (-X dev, -W,
+    -u, ...), so the program runs under the same ones."""
+    orig = getattr(sys, "orig_argv", [])
+    for i, arg in enumerate(orig[1:], 1):
+        if arg == "-m" and orig[i + 1:i + 2] == ["interpose"]:
+            return orig[1:i]
+    return []
+
+
+def parse_run(argv):
+    """(options, target argv) for `interpose run`; raises SystemExit."""
+    opts = {"stack_size": None, "main_hooks": True, "stats": False}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(USAGE_RUN, end="")
+            raise SystemExit(0)
+        if arg == "--stack-size" or arg.startswith("--stack-size="):
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise SystemExit(_fail("--stack-size needs a value"))
+            opts["stack_size"] = value
+        elif arg == "--no-main-hooks":
+            opts["main_hooks"] = False
+        elif arg == "--stats":
+            opts["stats"] = True
+        elif arg in ("-m", "-c"):
+            if i + 1 >= len(argv):
+                raise SystemExit(_fail(f"{arg} needs an argument\n{USAGE_RUN}"))
+            return opts, argv[i:]
+        elif arg.startswith("-") and arg != "-":
+            raise SystemExit(_fail(f"unknown option {arg}\n{USAGE_RUN}"))
+        else:
+            return opts, argv[i:]
+        i += 1
+    raise SystemExit(_fail(f"nothing to run\n{USAGE_RUN}"))
+
+
+def _run(argv):
+    opts, target = parse_run(argv)
+    autostart, problem = _load()
+    if problem:
+        return _fail(problem)
+    if opts["stack_size"] is not None:
+        os.environ["INTERPOSE_STACK_SIZE"] = opts["stack_size"]
+        try:
+            from . import _native
+
+            _native._check_stack_size_env()
+        except ValueError as e:
+            return _fail(str(e).removeprefix("interpose: "))
+    env = autostart.environment(**opts)
+    exe = sys.executable
+    os.execve(exe, [exe, *_interpreter_options(), *target], env)
+
+
+def _env(args):
+    autostart, problem = _load()
+    if problem:
+        return _fail(problem)
+    env = autostart.environment(base={})
+    for name in ("LD_PRELOAD", "PYTHONPATH"):
+        first = env[name].split(":")[0]
+        sep = ":" if name == "LD_PRELOAD" else os.pathsep
+        print(f"export {name}={shlex.quote(first)}${{{name}:+{sep}${name}}}")
+    print("export INTERPOSE_AUTOSTART=1")
+    return 0
 
 
 def _info(args):
@@ -11,7 +120,7 @@ def _info(args):
     reason = _compat.unsupported_reason()
     print(f"interpreter supported: {'yes' if reason is None else 'no: ' + reason}")
     try:
-        from . import _native
+        from . import _autostart, _native, _sched
         from ._version import __version__
     except ImportError as e:
         print(f"native library: not usable: {e}")
@@ -20,8 +129,9 @@ def _info(args):
     print(f"native library: {_native.LIBRARY_PATH}")
     print(f"build id: {_native.lib.build_id().decode()}")
     print(f"default stack: {_native.lib.stack_default()} bytes")
-    preload = os.environ.get("LD_PRELOAD", "")
-    print(f"preloaded: {'yes' if 'libinterpose' in preload else 'no'}")
+    print(f"preloaded: {'yes' if _native.lib.preloaded() else 'no'}")
+    running = _autostart.booted() or _sched.statistics() != _sched.Statistics()
+    print(f"scheduler running: {'yes' if running else 'no'}")
     return 0
 
 
@@ -32,17 +142,23 @@ def _demo(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        return _run(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="interpose",
-        description="Run blocking Python code on coroutines.",
+        prog="interpose", description="Run blocking Python code on coroutines.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run a program on coroutines (see: interpose run -h)")
+    env = sub.add_parser("env", help="print shell lines that preload interpose"
+                                     " into every Python process started after them")
+    env.set_defaults(func=_env)
+    info = sub.add_parser("info", help="print the version, library and support")
+    info.set_defaults(func=_info)
     demo = sub.add_parser("demo", help="run the built-in demo (no arguments needed)")
     demo.add_argument("--coroutines", type=int, default=10_000,
                       help="how many coroutines to spawn (default 10000)")
     demo.set_defaults(func=_demo)
-    info = sub.add_parser("info", help="print the version, library and support")
-    info.set_defaults(func=_info)
     args = parser.parse_args(argv)
     return args.func(args)
 

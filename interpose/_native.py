@@ -54,6 +54,7 @@ _sz = ctypes.c_size_t
 SIGNATURES = {
     "interpose_abi_version": (_i, [], True),
     "interpose_build_id": (ctypes.c_char_p, [], True),
+    "interpose_preloaded": (_i, [], True),
     "interpose_py_bind": (_i, [ctypes.c_char_p, _p], True),
     "interpose_py_init": (_i, [ctypes.c_ulong, _p], True),
     "interpose_coro_spawn": (
@@ -70,6 +71,7 @@ SIGNATURES = {
     "interpose_coro_cancel": (_i, [_p, _u64], True),
     "interpose_coro_set_deadline": (_i64, [_i64], True),
     "interpose_coro_shield": (_i, [_i], True),
+    "interpose_coro_set_hooks": (_i, [_i], True),
     "interpose_wait_fd": (_i, [_i, _i, _i64], False),
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),

@@ -314,6 +314,8 @@ IP_HIDDEN void ip__fd_after_fork_child(void);
  * hooks on and no thread state attached (a hook entered with the GIL held
  * must block the thread instead, or it would switch with the GIL). */
 IP_HIDDEN ip_sched_t *ip__hook_sched(void);
+/* glibc's report of a fortified call's buffer overflow; never returns. */
+extern void __chk_fail(void) __attribute__((noreturn));
 /* Converts an internal result to the libc convention at the hook boundary. */
 static inline int ip__fail(int neg_errno) {
   errno = -neg_errno;
@@ -325,6 +327,35 @@ static inline int ip__fail(int neg_errno) {
 IP_HIDDEN int ip__block_on(ip_sched_t *s, int fd, int events,
                            int64_t deadline_ns, int check_first);
 IP_HIDDEN int64_t ip__deadline_after(int64_t timeout_ns);
+
+/* How a call that may block on fd is carried out. */
+typedef enum ip_mode {
+  IP_MODE_REAL,        /* the real call as it is: it will not park */
+  IP_MODE_RETRY,       /* non-blocking in the kernel: retry after EAGAIN */
+  IP_MODE_DONTWAIT,    /* a foreign socket: add MSG_DONTWAIT, then as RETRY */
+  IP_MODE_READY_FIRST, /* a foreign pipe or tty: wait until ready, then call */
+} ip_mode_t;
+
+IP_HIDDEN ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out);
+static inline ip_mode_t ip__io_mode_of(int fd) {
+  ip_sched_t *s;
+  return ip__io_mode(fd, &s);
+}
+/* Set once any scheduler exists in the process; until then every hook is
+ * a plain call to the real function (a preloaded ls pays one load). */
+IP_HIDDEN extern atomic_int ip__armed;
+static inline int ip__hooks_armed(void) {
+  return atomic_load_explicit(&ip__armed, memory_order_relaxed);
+}
+/* One attempt of a call; dontwait is MSG_DONTWAIT or 0.  Returns like the
+ * call, with errno set. */
+typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait);
+/* A call that would block on fd for events, carried out per ip__io_mode,
+ * honouring SO_RCVTIMEO / SO_SNDTIMEO (EAGAIN after the timeout). */
+IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
+                         void *ctx);
+/* The absolute deadline set by fd's socket timeout for events, or -1. */
+IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
 
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */

@@ -31,6 +31,9 @@
 IP_EXPORT int interpose_abi_version(void);
 /* Returns the SHA-256 of the native sources the library was built from. */
 IP_EXPORT const char *interpose_build_id(void);
+/* Returns 1 when this library's hooks are the ones the process resolves
+ * (it was preloaded), 0 when it was only loaded by ctypes. */
+IP_EXPORT int interpose_preloaded(void);
 
 /* ---- CPython bridge ----------------------------------------------------
  * Called once, GIL held, before anything below.  The library never links
@@ -79,6 +82,11 @@ IP_EXPORT int interpose_coro_unpark(void *handle, uint64_t gen, int result);
 /* Any thread.  Cancels the coroutine with the given id: its current and all
  * later parks return -ECANCELED.  Returns 1, or 0 if it is no longer alive. */
 IP_EXPORT int interpose_coro_cancel(void *handle, uint64_t id);
+/* GIL held.  Turns the running coroutine's hooks on (1) or off (0) and
+ * returns the previous setting.  With hooks on (the default for spawned
+ * coroutines; off for a thread's main coroutine until it asks), blocking
+ * libc calls made by the coroutine park it when the library is preloaded. */
+IP_EXPORT int interpose_coro_set_hooks(int on);
 /* GIL held.  Adds delta (+1 or -1) to the running coroutine's shield depth
  * and returns the new depth.  While it is positive, parks ignore
  * cancellation and the deadline: cleanup that must finish (re-acquiring a

@@ -21,7 +21,13 @@ static void *resolve(const char *name) {
 }
 
 
-#define RESOLVE(name) ip__real.name = resolve(#name)
+int interpose_preloaded(void) {
+  /* Preloaded, this library's close() is the one every caller gets. */
+  return dlsym(RTLD_DEFAULT, "close") == (void *) close;
+}
+
+
+#define RESOLVE(name) ip__real.name = resolve(#name);
 
 __attribute__((constructor)) static void real_init(void) {
   IP_REAL_FUNCTIONS(RESOLVE);

@@ -492,6 +492,7 @@ ip_sched_t *ip__sched_ensure(void) {
   s->main = root;
   s->current = root;
   tls_sched = s;
+  atomic_store(&ip__armed, 1);
   return s;
 fail:
   free(s);

@@ -1,0 +1,43 @@
+"""Boots interpose in a Python process started with `interpose run` or with
+the lines `interpose env` prints: this directory is put first on PYTHONPATH,
+so this module is imported as sitecustomize at start-up.  It boots the
+runtime only when INTERPOSE_AUTOSTART=1, then removes itself from sys.path
+and imports the sitecustomize it shadowed, if there is one.
+
+Kept compatible with any Python: an interpreter interpose does not support
+(a child process running another version) gets a one-line warning and runs
+without coroutines.
+"""
+import os
+import sys
+
+
+def _boot():
+    if os.environ.get("INTERPOSE_AUTOSTART") != "1":
+        return
+    try:
+        from interpose import _autostart
+    except ImportError as e:
+        sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
+        return
+    _autostart.boot()
+
+
+def _chain():
+    """Import the sitecustomize this one shadows, as Python would have."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    me = sys.modules.pop("sitecustomize")
+    try:
+        import sitecustomize  # noqa: F401  (the next one on sys.path)
+    except ImportError as e:
+        if getattr(e, "name", None) != "sitecustomize":
+            raise
+    finally:
+        # The import machinery that is running this module pops its name
+        # from sys.modules when it finishes: leave an entry there.
+        sys.modules.setdefault("sitecustomize", me)
+
+
+_boot()
+_chain()

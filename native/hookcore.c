@@ -1,0 +1,122 @@
+/* hookcore.c: what every hook shares: deciding whether the caller may park,
+ * and waiting for an fd the way a blocking call would.
+ *
+ * A hook may park only in a coroutine whose hooks are on, on a thread whose
+ * scheduler runs, with no thread state attached.  Everywhere else a call on
+ * an fd that we made non-blocking behind the user's back must still behave
+ * as blocking, so the hook blocks the thread in the real poll() and
+ * retries: that covers other threads, processes that never start the
+ * runtime, and hooks entered with the GIL held (faulthandler writing to a
+ * socket, os.set_blocking), which must never switch. */
+#include "internal.h"
+
+atomic_int ip__armed;
+
+
+ip_sched_t *ip__hook_sched(void) {
+  ip_sched_t *s = ip__tls_sched;
+  if (s == NULL || s->current == NULL || !s->current->hooks)
+    return NULL;
+  if (ip__py_tstate_attached(s))
+    return NULL;
+  return s;
+}
+
+
+int64_t ip__deadline_after(int64_t timeout_ns) {
+  return timeout_ns > 0 ? ip__now_ns() + timeout_ns : -1;
+}
+
+
+static int poll_events_of(int events) {
+  int ev = 0;
+  if (events & INTERPOSE_READABLE)
+    ev |= POLLIN;
+  if (events & INTERPOSE_WRITABLE)
+    ev |= POLLOUT;
+  return ev;
+}
+
+
+int ip__block_on(ip_sched_t *s, int fd, int events, int64_t deadline_ns,
+                 int check_first) {
+  int64_t timeout_ns = -1;
+  if (deadline_ns >= 0) {
+    timeout_ns = deadline_ns - ip__now_ns();
+    if (timeout_ns <= 0)
+      return -EAGAIN;
+  }
+  if (s != NULL) {
+    int r = ip__fd_wait(s, fd, events, timeout_ns, check_first);
+    if (r == INTERPOSE_PARK_TIMEOUT)
+      return -EAGAIN;
+    return r == -EPERM ? 0 : r; /* EPERM: a regular file, always ready */
+  }
+  struct pollfd p = {.fd = fd, .events = (short) poll_events_of(events)};
+  int timeout_ms = -1;
+  if (timeout_ns >= 0) {
+    int64_t ms = (timeout_ns + 999999) / 1000000; /* round up, never down */
+    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
+  }
+  int n = ip__real.poll(&p, 1, timeout_ms);
+  if (n < 0)
+    return -errno;
+  if (n == 0)
+    return -EAGAIN;
+  return (p.revents & POLLNVAL) ? -EBADF : 0;
+}
+
+
+/* Which timeout applies to a socket call waiting for events. */
+static int64_t socket_timeout_ns(int fd, int events) {
+  ip_fd_t *e = ip__fd_entry(fd);
+  if (e == NULL)
+    return 0;
+  return (events & INTERPOSE_WRITABLE) ? atomic_load(&e->snd_timeout_ns)
+                                       : atomic_load(&e->rcv_timeout_ns);
+}
+
+
+ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
+  *s_out = NULL;
+  if (!ip__hooks_armed())
+    return IP_MODE_REAL;
+  uint32_t st = ip__fd_state(fd);
+  if (!(st & IP_FD_KNOWN) || (st & IP_FD_USER_NB))
+    return IP_MODE_REAL; /* closed (the call reports it) or user non-blocking */
+  ip_sched_t *s = ip__hook_sched();
+  *s_out = s;
+  if (st & IP_FD_OURS_NB)
+    return IP_MODE_RETRY;
+  unsigned kind = st & IP_FD_KIND_MASK;
+  if (s == NULL || kind == IP_FD_REG)
+    return IP_MODE_REAL;
+  return kind == IP_FD_SOCKET ? IP_MODE_DONTWAIT : IP_MODE_READY_FIRST;
+}
+
+
+ssize_t ip__io(int fd, int events, ip_attempt_fn attempt, void *ctx) {
+  ip_sched_t *s;
+  ip_mode_t mode = ip__io_mode(fd, &s);
+  if (mode == IP_MODE_REAL)
+    return attempt(ctx, fd, 0);
+  if (mode == IP_MODE_READY_FIRST) {
+    int r = ip__block_on(s, fd, events, -1, 1);
+    return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0);
+  }
+  int flags = mode == IP_MODE_DONTWAIT ? MSG_DONTWAIT : 0;
+  int64_t deadline = ip__deadline_after(socket_timeout_ns(fd, events));
+  for (;;) {
+    ssize_t n = attempt(ctx, fd, flags);
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+      return n;
+    int r = ip__block_on(s, fd, events, deadline, 0);
+    if (r < 0)
+      return ip__fail(r);
+  }
+}
+
+
+int64_t ip__io_deadline(int fd, int events) {
+  return ip__deadline_after(socket_timeout_ns(fd, events));
+}

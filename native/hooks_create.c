@@ -1,0 +1,188 @@
+/* hooks_create.c: socket, socketpair, accept, accept4, pipe, pipe2,
+ * eventfd, and the creators whose only hook duty is to forget what was
+ * known about a reused fd number (open, openat, epoll_create).
+ *
+ * A socket or eventfd created by a coroutine with hooks on is made
+ * non-blocking in the kernel for life, while the user keeps seeing a
+ * blocking fd; SOCK_NONBLOCK / EFD_NONBLOCK from the user makes it the
+ * user's own non-blocking fd, passed through untouched.  Pipes are never
+ * made non-blocking: they are routinely handed to child processes, which
+ * would inherit the flag on the shared file description. */
+#include <stdarg.h>
+
+#include "internal.h"
+
+/* Everything below that is not static is a libc name this library
+ * interposes: export it. */
+#pragma GCC visibility push(default)
+
+
+static uint32_t socket_state(int type, int user_nonblock, int ours) {
+  uint32_t st = IP_FD_SOCKET;
+  if ((type & 0xf) == SOCK_STREAM)
+    st |= IP_FD_STREAM;
+  if (user_nonblock)
+    st |= IP_FD_USER_NB;
+  else if (ours)
+    st |= IP_FD_OURS_NB;
+  return st;
+}
+
+
+/* Records a new fd; ours: a hook-enabled coroutine created it. */
+static void note_created(int fd, uint32_t state, int ours) {
+  if (fd < 0 || !ip__hooks_armed())
+    return;
+  IP_SAVE_ERRNO({
+    ip__fd_forget(fd);
+    if (ours)
+      ip__fd_created(fd, state);
+  });
+}
+
+
+int socket(int domain, int type, int protocol) {
+  int ours = ip__hook_sched() != NULL;
+  int user_nb = (type & SOCK_NONBLOCK) != 0;
+  int fd = ip__real.socket(domain, type | (ours ? SOCK_NONBLOCK : 0),
+                           protocol);
+  note_created(fd, socket_state(type, user_nb, ours), ours);
+  return fd;
+}
+
+
+int socketpair(int domain, int type, int protocol, int sv[2]) {
+  int ours = ip__hook_sched() != NULL;
+  int user_nb = (type & SOCK_NONBLOCK) != 0;
+  int r = ip__real.socketpair(domain, type | (ours ? SOCK_NONBLOCK : 0),
+                              protocol, sv);
+  if (r == 0) {
+    note_created(sv[0], socket_state(type, user_nb, ours), ours);
+    note_created(sv[1], socket_state(type, user_nb, ours), ours);
+  }
+  return r;
+}
+
+
+/* accept4 with the blocking rules of the listening socket, and the new
+ * socket made ours when a hook-enabled coroutine accepts it. */
+static int do_accept(int fd, struct sockaddr *addr, socklen_t *len,
+                     int flags) {
+  ip_sched_t *s;
+  ip_mode_t mode = ip__io_mode(fd, &s);
+  int ours = s != NULL && !(flags & SOCK_NONBLOCK);
+  int real_flags = flags | (ours ? SOCK_NONBLOCK : 0);
+  int nfd;
+  if (mode == IP_MODE_REAL) {
+    nfd = real_flags ? ip__real.accept4(fd, addr, len, real_flags)
+                     : ip__real.accept(fd, addr, len);
+  } else if (mode != IP_MODE_RETRY) {
+    /* A listening socket that is blocking in the kernel: wait until a
+     * connection is queued, then accept (another process may still win
+     * the race, and then this blocks the thread, as the kernel would). */
+    int r = ip__block_on(s, fd, INTERPOSE_READABLE,
+                         ip__io_deadline(fd, INTERPOSE_READABLE), 1);
+    if (r < 0)
+      return ip__fail(r);
+    nfd = ip__real.accept4(fd, addr, len, real_flags);
+  } else {
+    int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
+    for (;;) {
+      nfd = ip__real.accept4(fd, addr, len, real_flags);
+      if (nfd >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+        break;
+      int r = ip__block_on(s, fd, INTERPOSE_READABLE, deadline, 0);
+      if (r < 0)
+        return ip__fail(r);
+    }
+  }
+  if (nfd >= 0) {
+    int stream = (ip__fd_state(fd) & IP_FD_STREAM) ? SOCK_STREAM : 0;
+    note_created(nfd, socket_state(stream, (flags & SOCK_NONBLOCK) != 0, ours),
+                 ours);
+  }
+  return nfd;
+}
+
+
+int accept(int fd, struct sockaddr *addr, socklen_t *len) {
+  return do_accept(fd, addr, len, 0);
+}
+
+
+int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+  return do_accept(fd, addr, len, flags);
+}
+
+
+int pipe2(int fds[2], int flags) {
+  int r = ip__real.pipe2(fds, flags);
+  if (r == 0) {
+    int ours = ip__hook_sched() != NULL;
+    uint32_t st = IP_FD_PIPE | ((flags & O_NONBLOCK) ? IP_FD_USER_NB : 0);
+    note_created(fds[0], st, ours);
+    note_created(fds[1], st, ours);
+  }
+  return r;
+}
+
+
+int pipe(int fds[2]) {
+  int r = ip__real.pipe(fds);
+  if (r == 0) {
+    int ours = ip__hook_sched() != NULL;
+    note_created(fds[0], IP_FD_PIPE, ours);
+    note_created(fds[1], IP_FD_PIPE, ours);
+  }
+  return r;
+}
+
+
+int eventfd(unsigned int initval, int flags) {
+  int ours = ip__hook_sched() != NULL && !(flags & EFD_NONBLOCK);
+  int fd = ip__real.eventfd(initval, flags | (ours ? EFD_NONBLOCK : 0));
+  uint32_t st = IP_FD_POLL | ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0) |
+                (ours ? IP_FD_OURS_NB : 0);
+  note_created(fd, st, ip__hook_sched() != NULL);
+  return fd;
+}
+
+
+/* Creators the hooks do not otherwise change: the new number's old
+ * knowledge must go. */
+#define OPEN_HOOK(name, ...)                                                  \
+  {                                                                           \
+    mode_t mode = 0;                                                          \
+    if (flags & (O_CREAT | O_TMPFILE)) {                                      \
+      va_list ap;                                                             \
+      va_start(ap, flags);                                                    \
+      mode = va_arg(ap, mode_t);                                              \
+      va_end(ap);                                                             \
+    }                                                                         \
+    int fd = ip__real.name(__VA_ARGS__, flags, mode);                         \
+    note_created(fd, 0, 0);                                                   \
+    return fd;                                                                \
+  }
+
+int open(const char *path, int flags, ...) OPEN_HOOK(open, path)
+int open64(const char *path, int flags, ...) OPEN_HOOK(open64, path)
+int openat(int dirfd, const char *path, int flags, ...)
+    OPEN_HOOK(openat, dirfd, path)
+int openat64(int dirfd, const char *path, int flags, ...)
+    OPEN_HOOK(openat64, dirfd, path)
+
+
+int epoll_create(int size) {
+  int fd = ip__real.epoll_create(size);
+  note_created(fd, 0, 0);
+  return fd;
+}
+
+
+int epoll_create1(int flags) {
+  int fd = ip__real.epoll_create1(flags);
+  note_created(fd, 0, 0);
+  return fd;
+}
+
+#pragma GCC visibility pop

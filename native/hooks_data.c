@@ -1,0 +1,468 @@
+/* hooks_data.c: read, readv, recv, recvfrom, recvmsg, recvmmsg, write,
+ * writev, send, sendto, sendmsg, sendmmsg and the fortified __*_chk
+ * variants.
+ *
+ * The rule is the kernel's blocking behaviour, minus blocking the thread:
+ *  - a read returns as soon as anything is there (with MSG_WAITALL on a
+ *    stream socket, once everything asked for is there, or EOF or an error
+ *    after a partial transfer returns the partial count);
+ *  - a write to a stream socket transfers everything, or returns the count
+ *    transferred before an error, a signal or SO_SNDTIMEO stopped it, and
+ *    fails with that error only when nothing was transferred;
+ *  - SO_RCVTIMEO / SO_SNDTIMEO give EAGAIN once the timeout has passed,
+ *    never before; without them there is no timeout;
+ *  - a signal for the main coroutine gives EINTR (or the partial count), as
+ *    the blocking call would, and CPython retries after running handlers.
+ * Pipes and ttys we did not make non-blocking are waited on first, then
+ * the real call is made; writes of more than PIPE_BUF bytes to a pipe go in
+ * PIPE_BUF pieces so no piece can block the thread. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Everything below that is not static is a libc name this library
+ * interposes: export it. */
+#pragma GCC visibility push(default)
+
+#define SMALL_IOV 16
+
+/* ---- iovec windows: the part of a caller's buffers not yet done ------- */
+
+typedef struct iovwin {
+  struct iovec *v;
+  int n;
+  struct iovec small[SMALL_IOV];
+} iovwin_t;
+
+
+static int iovwin_init(iovwin_t *w, const struct iovec *iov, int n) {
+  w->v = n <= SMALL_IOV ? w->small : malloc((size_t) n * sizeof(*iov));
+  if (w->v == NULL)
+    return -ENOMEM;
+  memcpy(w->v, iov, (size_t) n * sizeof(*iov));
+  w->n = n;
+  return 0;
+}
+
+
+static void iovwin_free(iovwin_t *w) {
+  if (w->v != w->small)
+    free(w->v);
+}
+
+
+static void iovwin_advance(iovwin_t *w, size_t done) {
+  while (w->n > 0 && done >= w->v->iov_len) {
+    done -= w->v->iov_len;
+    w->v++;
+    w->n--;
+  }
+  if (w->n > 0) {
+    w->v->iov_base = (char *) w->v->iov_base + done;
+    w->v->iov_len -= done;
+  }
+}
+
+
+static size_t iov_total(const struct iovec *iov, int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += iov[i].iov_len;
+  return total;
+}
+
+
+static int is_stream(int fd) {
+  return (ip__fd_state(fd) & IP_FD_STREAM) != 0;
+}
+
+/* ---- reads ------------------------------------------------------------ */
+
+typedef struct rcall {
+  int call; /* which function */
+  void *buf;
+  size_t len;
+  int flags;
+  struct sockaddr *from;
+  socklen_t *fromlen;
+  const struct iovec *iov;
+  int iovcnt;
+  struct msghdr *msg;
+} rcall_t;
+
+enum { R_READ, R_READV, R_RECV, R_RECVFROM, R_RECVMSG };
+
+
+static ssize_t read_attempt(void *ctx, int fd, int dontwait) {
+  rcall_t *c = ctx;
+  struct msghdr m;
+  switch (c->call) {
+  case R_READ:
+    return dontwait ? ip__real.recv(fd, c->buf, c->len, dontwait)
+                    : ip__real.read(fd, c->buf, c->len);
+  case R_READV:
+    if (!dontwait)
+      return ip__real.readv(fd, c->iov, c->iovcnt);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return ip__real.recvmsg(fd, &m, dontwait);
+  case R_RECV:
+    return ip__real.recv(fd, c->buf, c->len, c->flags | dontwait);
+  case R_RECVFROM:
+    return ip__real.recvfrom(fd, c->buf, c->len, c->flags | dontwait,
+                             c->from, c->fromlen);
+  default:
+    return ip__real.recvmsg(fd, c->msg, c->flags | dontwait);
+  }
+}
+
+
+/* MSG_WAITALL on a stream socket: keep reading the rest of the buffers
+ * until they are full, EOF, or an error (then the partial count). */
+static ssize_t read_rest(rcall_t *c, int fd, ssize_t first) {
+  struct iovec one = {c->buf, c->len};
+  const struct iovec *iov = c->call == R_RECVMSG ? c->msg->msg_iov : &one;
+  int iovcnt = c->call == R_RECVMSG ? (int) c->msg->msg_iovlen : 1;
+  size_t total = iov_total(iov, iovcnt);
+  if (first <= 0 || (size_t) first >= total)
+    return first;
+  iovwin_t w;
+  if (iovwin_init(&w, iov, iovcnt) < 0)
+    return first;
+  size_t done = (size_t) first;
+  iovwin_advance(&w, done);
+  rcall_t more = {.call = R_READV, .iov = w.v, .iovcnt = w.n};
+  while (done < total) {
+    more.iov = w.v;
+    more.iovcnt = w.n;
+    int saved = errno;
+    ssize_t n = ip__io(fd, INTERPOSE_READABLE, read_attempt, &more);
+    if (n <= 0) {
+      errno = saved;
+      break;
+    }
+    done += (size_t) n;
+    iovwin_advance(&w, (size_t) n);
+  }
+  iovwin_free(&w);
+  return (ssize_t) done;
+}
+
+
+static ssize_t do_read(rcall_t *c, int fd) {
+  ssize_t n = ip__io(fd, INTERPOSE_READABLE, read_attempt, c);
+  if ((c->flags & MSG_WAITALL) && c->call != R_READ && c->call != R_READV &&
+      !(c->flags & MSG_DONTWAIT) && is_stream(fd) &&
+      ip__io_mode_of(fd) != IP_MODE_REAL)
+    return read_rest(c, fd, n);
+  return n;
+}
+
+
+ssize_t read(int fd, void *buf, size_t len) {
+  rcall_t c = {.call = R_READ, .buf = buf, .len = len};
+  return do_read(&c, fd);
+}
+
+
+ssize_t readv(int fd, const struct iovec *iov, int iovcnt) {
+  rcall_t c = {.call = R_READV, .iov = iov, .iovcnt = iovcnt};
+  return do_read(&c, fd);
+}
+
+
+ssize_t recv(int fd, void *buf, size_t len, int flags) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.recv(fd, buf, len, flags);
+  rcall_t c = {.call = R_RECV, .buf = buf, .len = len, .flags = flags};
+  return do_read(&c, fd);
+}
+
+
+ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
+                 struct sockaddr *from, socklen_t *fromlen) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.recvfrom(fd, buf, len, flags, from, fromlen);
+  rcall_t c = {.call = R_RECVFROM, .buf = buf, .len = len, .flags = flags,
+               .from = from, .fromlen = fromlen};
+  return do_read(&c, fd);
+}
+
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.recvmsg(fd, msg, flags);
+  rcall_t c = {.call = R_RECVMSG, .msg = msg, .flags = flags};
+  return do_read(&c, fd);
+}
+
+
+ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen) {
+  if (len > buflen)
+    __chk_fail();
+  return read(fd, buf, len);
+}
+
+
+ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags) {
+  if (len > buflen)
+    __chk_fail();
+  return recv(fd, buf, len, flags);
+}
+
+
+ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen,
+                       int flags, struct sockaddr *from, socklen_t *fromlen) {
+  if (len > buflen)
+    __chk_fail();
+  return recvfrom(fd, buf, len, flags, from, fromlen);
+}
+
+/* ---- writes ----------------------------------------------------------- */
+
+typedef struct wcall {
+  int call;
+  const void *buf;
+  size_t len;
+  const struct iovec *iov;
+  int iovcnt;
+  const struct msghdr *msg;
+  int flags;
+  const struct sockaddr *to;
+  socklen_t tolen;
+} wcall_t;
+
+enum { W_WRITE, W_WRITEV, W_SEND, W_SENDTO, W_SENDMSG };
+
+
+static ssize_t write_attempt(void *ctx, int fd, int dontwait) {
+  wcall_t *c = ctx;
+  struct msghdr m;
+  switch (c->call) {
+  case W_WRITE:
+    return dontwait ? ip__real.send(fd, c->buf, c->len, dontwait)
+                    : ip__real.write(fd, c->buf, c->len);
+  case W_WRITEV:
+    if (!dontwait)
+      return ip__real.writev(fd, c->iov, c->iovcnt);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return ip__real.sendmsg(fd, &m, dontwait);
+  case W_SEND:
+    return ip__real.send(fd, c->buf, c->len, c->flags | dontwait);
+  case W_SENDTO:
+    return ip__real.sendto(fd, c->buf, c->len, c->flags | dontwait, c->to,
+                           c->tolen);
+  default:
+    return ip__real.sendmsg(fd, c->msg, c->flags | dontwait);
+  }
+}
+
+
+static void write_buffers(const wcall_t *c, struct iovec *one,
+                          const struct iovec **iov, int *iovcnt) {
+  one->iov_base = (void *) c->buf;
+  one->iov_len = c->len;
+  *iov = one;
+  *iovcnt = 1;
+  if (c->call == W_WRITEV) {
+    *iov = c->iov;
+    *iovcnt = c->iovcnt;
+  } else if (c->call == W_SENDMSG) {
+    *iov = c->msg->msg_iov;
+    *iovcnt = (int) c->msg->msg_iovlen;
+  }
+}
+
+
+/* The rest of a blocking write to a stream socket after `first` bytes:
+ * ancillary data and the address went with the first part. */
+static ssize_t write_rest(wcall_t *c, int fd, size_t first, size_t total) {
+  struct iovec one;
+  const struct iovec *iov;
+  int iovcnt;
+  write_buffers(c, &one, &iov, &iovcnt);
+  iovwin_t w;
+  if (iovwin_init(&w, iov, iovcnt) < 0)
+    return (ssize_t) first;
+  size_t done = first;
+  iovwin_advance(&w, done);
+  int flags = c->call == W_WRITE || c->call == W_WRITEV ? 0 : c->flags;
+  while (done < total) {
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = w.v;
+    m.msg_iovlen = (size_t) w.n;
+    wcall_t more = {.call = W_SENDMSG, .msg = &m, .flags = flags};
+    int saved = errno;
+    ssize_t n = ip__io(fd, INTERPOSE_WRITABLE, write_attempt, &more);
+    if (n <= 0) {
+      errno = saved;
+      break;
+    }
+    done += (size_t) n;
+    iovwin_advance(&w, (size_t) n);
+  }
+  iovwin_free(&w);
+  return (ssize_t) done;
+}
+
+
+/* A write of more than PIPE_BUF bytes to a pipe that is blocking in the
+ * kernel: wait until writable, then write at most PIPE_BUF bytes, which a
+ * writable pipe always takes without blocking. */
+static ssize_t write_pipe_pieces(wcall_t *c, ip_sched_t *s, int fd) {
+  struct iovec one;
+  const struct iovec *iov;
+  int iovcnt;
+  write_buffers(c, &one, &iov, &iovcnt);
+  size_t done = 0;
+  for (int i = 0; i < iovcnt; i++) {
+    size_t off = 0;
+    while (off < iov[i].iov_len) {
+      int r = ip__block_on(s, fd, INTERPOSE_WRITABLE, -1, 1);
+      if (r < 0)
+        return done ? (ssize_t) done : ip__fail(r);
+      size_t piece = iov[i].iov_len - off;
+      if (piece > PIPE_BUF)
+        piece = PIPE_BUF;
+      ssize_t n = ip__real.write(fd, (char *) iov[i].iov_base + off, piece);
+      if (n < 0)
+        return done ? (ssize_t) done : -1;
+      off += (size_t) n;
+      done += (size_t) n;
+    }
+  }
+  return (ssize_t) done;
+}
+
+
+static ssize_t do_write(wcall_t *c, int fd) {
+  ip_sched_t *s;
+  ip_mode_t mode = ip__io_mode(fd, &s);
+  if (mode == IP_MODE_READY_FIRST) {
+    struct iovec one;
+    const struct iovec *iov;
+    int iovcnt;
+    write_buffers(c, &one, &iov, &iovcnt);
+    int pipe = (ip__fd_state(fd) & IP_FD_KIND_MASK) == IP_FD_PIPE;
+    if (pipe && (c->call == W_WRITE || c->call == W_WRITEV) &&
+        iov_total(iov, iovcnt) > PIPE_BUF)
+      return write_pipe_pieces(c, s, fd);
+  }
+  ssize_t n = ip__io(fd, INTERPOSE_WRITABLE, write_attempt, c);
+  if (n <= 0 || mode == IP_MODE_REAL || !is_stream(fd))
+    return n;
+  struct iovec one;
+  const struct iovec *iov;
+  int iovcnt;
+  write_buffers(c, &one, &iov, &iovcnt);
+  size_t total = iov_total(iov, iovcnt);
+  return (size_t) n < total ? write_rest(c, fd, (size_t) n, total) : n;
+}
+
+
+ssize_t write(int fd, const void *buf, size_t len) {
+  wcall_t c = {.call = W_WRITE, .buf = buf, .len = len};
+  return do_write(&c, fd);
+}
+
+
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
+  wcall_t c = {.call = W_WRITEV, .iov = iov, .iovcnt = iovcnt};
+  return do_write(&c, fd);
+}
+
+
+ssize_t send(int fd, const void *buf, size_t len, int flags) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.send(fd, buf, len, flags);
+  wcall_t c = {.call = W_SEND, .buf = buf, .len = len, .flags = flags};
+  return do_write(&c, fd);
+}
+
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags,
+               const struct sockaddr *to, socklen_t tolen) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.sendto(fd, buf, len, flags, to, tolen);
+  wcall_t c = {.call = W_SENDTO, .buf = buf, .len = len, .flags = flags,
+               .to = to, .tolen = tolen};
+  return do_write(&c, fd);
+}
+
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.sendmsg(fd, msg, flags);
+  wcall_t c = {.call = W_SENDMSG, .msg = msg, .flags = flags};
+  return do_write(&c, fd);
+}
+
+/* ---- batches of datagrams --------------------------------------------- */
+
+typedef struct mcall {
+  struct mmsghdr *vec;
+  unsigned vlen;
+  int flags;
+  struct timespec *timeout;
+} mcall_t;
+
+
+static ssize_t recvmmsg_attempt(void *ctx, int fd, int dontwait) {
+  mcall_t *c = ctx;
+  return ip__real.recvmmsg(fd, c->vec, c->vlen, c->flags | dontwait,
+                           c->timeout);
+}
+
+
+static ssize_t sendmmsg_attempt(void *ctx, int fd, int dontwait) {
+  mcall_t *c = ctx;
+  return ip__real.sendmmsg(fd, c->vec, c->vlen, c->flags | dontwait);
+}
+
+
+/* The blocking recvmmsg waits for the first datagram, then takes what is
+ * queued; with MSG_WAITFORONE that is the kernel's rule too.  Without it
+ * the kernel would also wait for further datagrams until vlen or the
+ * timeout: this returns what is queued once the first arrives, which every
+ * caller must handle anyway (the kernel checks its timeout only between
+ * datagrams). */
+int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
+             struct timespec *timeout) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.recvmmsg(fd, vec, vlen, flags, timeout);
+  mcall_t c = {vec, vlen, flags, NULL};
+  if (ip__io_mode_of(fd) == IP_MODE_REAL)
+    return ip__real.recvmmsg(fd, vec, vlen, flags, timeout);
+  ssize_t n = ip__io(fd, INTERPOSE_READABLE, recvmmsg_attempt, &c);
+  if (n > 0 && (unsigned) n < vlen) {
+    int saved = errno;
+    int more = ip__real.recvmmsg(fd, vec + n, vlen - (unsigned) n,
+                                 flags | MSG_DONTWAIT, NULL);
+    n += more > 0 ? more : 0;
+    errno = saved;
+  }
+  return (int) n;
+}
+
+
+int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
+  if (flags & MSG_DONTWAIT)
+    return ip__real.sendmmsg(fd, vec, vlen, flags);
+  unsigned sent = 0;
+  while (sent < vlen) {
+    mcall_t c = {vec + sent, vlen - sent, flags, NULL};
+    ssize_t n = ip__io(fd, INTERPOSE_WRITABLE, sendmmsg_attempt, &c);
+    if (n <= 0)
+      return sent ? (int) sent : (int) n;
+    sent += (unsigned) n;
+  }
+  return (int) sent;
+}
+
+#pragma GCC visibility pop

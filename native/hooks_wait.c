@@ -1,0 +1,366 @@
+/* hooks_wait.c: poll, ppoll, select, pselect, epoll_wait, epoll_pwait.
+ *
+ * A zero timeout is the real call.  Otherwise the hook looks with the real
+ * call and a zero timeout; if nothing is ready it registers the running
+ * coroutine as a waiter on every fd, looks once more (an edge could have
+ * passed before the registration), and parks until an fd may be ready, the
+ * timeout passes or a signal arrives; then it looks again.  The answer the
+ * caller gets always comes from the real call with a zero timeout, so the
+ * revents, the fd sets and the counts are exactly the kernel's.
+ *
+ * Known difference: ppoll, pselect and epoll_pwait install their signal
+ * mask only for the real zero-timeout calls, not while the coroutine is
+ * parked (other coroutines run then, under the thread's own mask).  Python
+ * never passes a mask. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Everything below that is not static is a libc name this library
+ * interposes: export it. */
+#pragma GCC visibility push(default)
+
+#define SMALL_WAITERS 8
+
+
+static int64_t ms_to_ns(int timeout_ms) {
+  return timeout_ms < 0 ? -1 : (int64_t) timeout_ms * 1000000;
+}
+
+
+static int64_t ts_to_ns(const struct timespec *ts) {
+  if (ts == NULL)
+    return -1;
+  return (int64_t) ts->tv_sec * 1000000000 + ts->tv_nsec;
+}
+
+
+static int events_of_poll(short events) {
+  int ev = 0;
+  if (events & (POLLIN | POLLPRI | POLLRDNORM | POLLRDBAND | POLLRDHUP))
+    ev |= INTERPOSE_READABLE;
+  if (events & (POLLOUT | POLLWRNORM | POLLWRBAND))
+    ev |= INTERPOSE_WRITABLE;
+  /* Errors and hang-ups are reported even when nothing is asked for. */
+  return ev ? ev : INTERPOSE_READABLE;
+}
+
+
+/* Parks until one of fds may be ready (0), the deadline passes
+ * (INTERPOSE_PARK_TIMEOUT) or the park fails (-errno).  probe() is called
+ * after the registration; a nonzero answer returns at once. */
+static int wait_any(ip_sched_t *s, const int *fds, const short *events,
+                    int n, int64_t deadline_ns, int (*probe)(void *),
+                    void *probe_arg) {
+  ip_waiter_t small[SMALL_WAITERS];
+  ip_waiter_t *w = n <= SMALL_WAITERS ? small : calloc((size_t) n, sizeof(*w));
+  if (w == NULL)
+    return -ENOMEM;
+  ip_coro_t *co = s->current;
+  uint64_t gen = ip__prepare(co);
+  int watched = 0, r = 0;
+  for (int i = 0; i < n; i++) {
+    if (fds[i] < 0)
+      continue;
+    w[watched] = (ip_waiter_t){.co = co, .gen = gen, .fd = fds[i],
+                               .events = events_of_poll(events[i])};
+    int wr = ip__fd_watch(s, &w[watched]);
+    if (wr == 0)
+      watched++;
+    else /* EBADF, EPERM (a regular file: always ready): let probe see it */
+      r = 1;
+  }
+  if (r == 0)
+    r = probe(probe_arg);
+  if (r == 0) {
+    int64_t timeout = -1;
+    if (deadline_ns >= 0) {
+      timeout = deadline_ns - ip__now_ns();
+      timeout = timeout > 0 ? timeout : 0;
+    }
+    r = ip__park(s, timeout);
+  } else {
+    r = r < 0 ? r : 0;
+  }
+  for (int i = 0; i < watched; i++)
+    ip__fd_unwatch(s, &w[i]);
+  if (w != small)
+    free(w);
+  return r;
+}
+
+/* ---- poll ------------------------------------------------------------- */
+
+typedef struct pollctx {
+  struct pollfd *fds;
+  nfds_t n;
+  const sigset_t *mask;
+} pollctx_t;
+
+
+static int poll_now(pollctx_t *p) {
+  struct timespec zero = {0, 0};
+  if (p->mask != NULL)
+    return ip__real.ppoll(p->fds, p->n, &zero, p->mask);
+  return ip__real.poll(p->fds, p->n, 0);
+}
+
+
+static int poll_probe(void *arg) {
+  int r = poll_now(arg);
+  return r < 0 ? -errno : r;
+}
+
+
+static int cooperative_poll(ip_sched_t *s, pollctx_t *p, int64_t timeout_ns) {
+  int64_t deadline = timeout_ns < 0 ? -1 : ip__now_ns() + timeout_ns;
+  int small_fds[SMALL_WAITERS];
+  short small_ev[SMALL_WAITERS];
+  int *fds = small_fds;
+  short *ev = small_ev;
+  if (p->n > SMALL_WAITERS) {
+    fds = malloc(p->n * sizeof(*fds));
+    ev = malloc(p->n * sizeof(*ev));
+    if (fds == NULL || ev == NULL) {
+      free(fds);
+      free(ev);
+      return ip__fail(-ENOMEM);
+    }
+  }
+  for (nfds_t i = 0; i < p->n; i++) {
+    fds[i] = p->fds[i].fd;
+    ev[i] = p->fds[i].events;
+  }
+  int r;
+  for (;;) {
+    r = poll_now(p);
+    if (r != 0)
+      break;
+    int w = wait_any(s, fds, ev, (int) p->n, deadline, poll_probe, p);
+    if (w == INTERPOSE_PARK_TIMEOUT) {
+      r = poll_now(p);
+      break;
+    }
+    if (w < 0) {
+      r = ip__fail(w);
+      break;
+    }
+  }
+  if (fds != small_fds) {
+    free(fds);
+    free(ev);
+  }
+  return r;
+}
+
+
+int poll(struct pollfd *fds, nfds_t n, int timeout_ms) {
+  ip_sched_t *s;
+  if (timeout_ms == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
+    return ip__real.poll(fds, n, timeout_ms);
+  pollctx_t p = {fds, n, NULL};
+  return cooperative_poll(s, &p, ms_to_ns(timeout_ms));
+}
+
+
+int __poll_chk(struct pollfd *fds, nfds_t n, int timeout_ms, size_t fdslen) {
+  if (fdslen / sizeof(*fds) < n)
+    __chk_fail();
+  return poll(fds, n, timeout_ms);
+}
+
+
+int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
+          const sigset_t *mask) {
+  ip_sched_t *s;
+  int64_t ns = ts_to_ns(timeout);
+  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
+      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
+                   timeout->tv_nsec >= 1000000000)))
+    return ip__real.ppoll(fds, n, timeout, mask);
+  pollctx_t p = {fds, n, mask};
+  return cooperative_poll(s, &p, ns);
+}
+
+/* ---- select ----------------------------------------------------------- */
+
+typedef struct selctx {
+  int nfds;
+  fd_set *sets[3];
+  fd_set saved[3];
+  const sigset_t *mask;
+} selctx_t;
+
+
+/* The real select with a zero timeout on fresh copies of the caller's
+ * sets; the sets keep the answer. */
+static int select_now(selctx_t *c) {
+  for (int i = 0; i < 3; i++)
+    if (c->sets[i])
+      *c->sets[i] = c->saved[i];
+  if (c->mask != NULL) {
+    struct timespec zero = {0, 0};
+    return ip__real.pselect(c->nfds, c->sets[0], c->sets[1], c->sets[2],
+                            &zero, c->mask);
+  }
+  struct timeval zero = {0, 0};
+  return ip__real.select(c->nfds, c->sets[0], c->sets[1], c->sets[2], &zero);
+}
+
+
+static int select_probe(void *arg) {
+  int r = select_now(arg);
+  return r < 0 ? -errno : r;
+}
+
+
+static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
+                              int64_t *left_ns) {
+  int64_t deadline = timeout_ns < 0 ? -1 : ip__now_ns() + timeout_ns;
+  for (int i = 0; i < 3; i++)
+    if (c->sets[i])
+      c->saved[i] = *c->sets[i];
+  int r = select_now(c);
+  if (r != 0)
+    return r;
+  int n = 0;
+  int *fds = malloc((size_t) c->nfds * sizeof(*fds));
+  short *ev = malloc((size_t) c->nfds * sizeof(*ev));
+  if (fds == NULL || ev == NULL) {
+    free(fds);
+    free(ev);
+    return ip__fail(-ENOMEM);
+  }
+  for (int fd = 0; fd < c->nfds; fd++) {
+    short e = 0;
+    if (c->sets[0] && FD_ISSET(fd, &c->saved[0]))
+      e |= POLLIN;
+    if (c->sets[1] && FD_ISSET(fd, &c->saved[1]))
+      e |= POLLOUT;
+    if (c->sets[2] && FD_ISSET(fd, &c->saved[2]))
+      e |= POLLPRI;
+    if (e) {
+      fds[n] = fd;
+      ev[n++] = e;
+    }
+  }
+  for (;;) {
+    int w = wait_any(s, fds, ev, n, deadline, select_probe, c);
+    if (w == INTERPOSE_PARK_TIMEOUT) {
+      r = select_now(c);
+      break;
+    }
+    if (w < 0) {
+      r = ip__fail(w);
+      break;
+    }
+    r = select_now(c);
+    if (r != 0)
+      break;
+  }
+  free(fds);
+  free(ev);
+  if (deadline >= 0) {
+    int64_t left = deadline - ip__now_ns();
+    *left_ns = left > 0 ? left : 0;
+  }
+  return r;
+}
+
+
+int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
+  ip_sched_t *s;
+  int64_t ns = tv ? (int64_t) tv->tv_sec * 1000000000 +
+                        (int64_t) tv->tv_usec * 1000
+                  : -1;
+  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
+      nfds < 0 || nfds > FD_SETSIZE ||
+      (tv && (tv->tv_sec < 0 || tv->tv_usec < 0)))
+    return ip__real.select(nfds, r, w, e, tv);
+  selctx_t c = {.nfds = nfds, .sets = {r, w, e}};
+  int64_t left = 0;
+  int n = cooperative_select(s, &c, ns, &left);
+  if (tv != NULL) { /* Linux reports the time not slept */
+    tv->tv_sec = left / 1000000000;
+    tv->tv_usec = (left % 1000000000) / 1000;
+  }
+  return n;
+}
+
+
+int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e,
+            const struct timespec *timeout, const sigset_t *mask) {
+  ip_sched_t *s;
+  int64_t ns = ts_to_ns(timeout);
+  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
+      nfds < 0 || nfds > FD_SETSIZE ||
+      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
+                   timeout->tv_nsec >= 1000000000)))
+    return ip__real.pselect(nfds, r, w, e, timeout, mask);
+  selctx_t c = {.nfds = nfds, .sets = {r, w, e}, .mask = mask};
+  int64_t left = 0;
+  return cooperative_select(s, &c, ns, &left);
+}
+
+/* ---- epoll_wait ------------------------------------------------------- */
+
+typedef struct epctx {
+  int epfd;
+  struct epoll_event *events;
+  int max;
+  const sigset_t *mask;
+} epctx_t;
+
+
+static int epoll_now(epctx_t *c) {
+  if (c->mask != NULL)
+    return ip__real.epoll_pwait(c->epfd, c->events, c->max, 0, c->mask);
+  return ip__real.epoll_wait(c->epfd, c->events, c->max, 0);
+}
+
+
+static int epoll_probe(void *arg) {
+  int r = epoll_now(arg);
+  return r < 0 ? -errno : r;
+}
+
+
+/* An epoll fd is itself pollable: readable while its ready list is not
+ * empty. */
+static int cooperative_epoll(ip_sched_t *s, epctx_t *c, int timeout_ms) {
+  int64_t timeout = ms_to_ns(timeout_ms);
+  int64_t deadline = timeout < 0 ? -1 : ip__now_ns() + timeout;
+  short ev = POLLIN;
+  for (;;) {
+    int r = epoll_now(c);
+    if (r != 0)
+      return r;
+    int w = wait_any(s, &c->epfd, &ev, 1, deadline, epoll_probe, c);
+    if (w == INTERPOSE_PARK_TIMEOUT)
+      return epoll_now(c);
+    if (w < 0)
+      return ip__fail(w);
+  }
+}
+
+
+int epoll_wait(int epfd, struct epoll_event *events, int max, int timeout) {
+  ip_sched_t *s;
+  if (timeout == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
+    return ip__real.epoll_wait(epfd, events, max, timeout);
+  epctx_t c = {epfd, events, max, NULL};
+  return cooperative_epoll(s, &c, timeout);
+}
+
+
+int epoll_pwait(int epfd, struct epoll_event *events, int max, int timeout,
+                const sigset_t *mask) {
+  ip_sched_t *s;
+  if (timeout == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
+    return ip__real.epoll_pwait(epfd, events, max, timeout, mask);
+  epctx_t c = {epfd, events, max, mask};
+  return cooperative_epoll(s, &c, timeout);
+}
+
+#pragma GCC visibility pop
