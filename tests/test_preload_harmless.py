@@ -1,0 +1,115 @@
+"""Preloaded into processes that never start the runtime, the library
+changes nothing: output, errors and exit status are the same as without it
+(issue #3, "harmless elsewhere")."""
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from interpose import _native
+
+pytestmark = pytest.mark.timeout(120)
+
+LIB = _native.LIBRARY_PATH
+
+
+def _run(argv, preload, **kw):
+    env = dict(os.environ)
+    env.pop("INTERPOSE_AUTOSTART", None)
+    if preload:
+        env["LD_PRELOAD"] = LIB
+    else:
+        env.pop("LD_PRELOAD", None)
+    return subprocess.run(argv, capture_output=True, timeout=60, env=env, **kw)
+
+
+def _same(argv, **kw):
+    plain = _run(argv, False, **kw)
+    hooked = _run(argv, True, **kw)
+    assert (hooked.returncode, hooked.stdout, hooked.stderr) == (
+        plain.returncode, plain.stdout, plain.stderr)
+    return plain
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    (tmp_path / "hello.txt").write_text("hello from the test server\n")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("argv", [
+    ["ls", "-la", "/"],
+    ["ls", "/no/such/dir"],
+    ["sh", "-c", "echo out; echo err >&2; exit 3"],
+    ["sh", "-c", "printf 'a\\nb\\n' | sort -r | cat -n"],
+    ["sleep", "0.05"],
+    ["git", "--version"],
+    ["cat", "/proc/self/cmdline"],
+], ids=lambda a: " ".join(a)[:40])
+def test_command_is_unchanged_by_the_preload(argv):
+    if shutil.which(argv[0]) is None:
+        pytest.fail(f"{argv[0]} is needed by this test and is not installed")
+    if argv[0] == "cat":  # the command line differs by nothing, but check it ran
+        assert b"/proc/self/cmdline" in _same(argv).stdout
+        return
+    _same(argv)
+
+
+def test_curl_against_local_server_is_unchanged(http_server):
+    if shutil.which("curl") is None:
+        pytest.fail("curl is needed by this test and is not installed")
+    r = _same(["curl", "-sS", f"{http_server}/hello.txt"])
+    assert r.stdout == b"hello from the test server\n"
+    _same(["curl", "-sS", f"{http_server}/missing", "-o", "/dev/null", "-w", "%{http_code}"])
+
+
+def test_plain_python_script_is_unchanged(tmp_path, http_server):
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import os, socket, sys, time, urllib.request, subprocess\n"
+        f"print(urllib.request.urlopen('{http_server}/hello.txt').read())\n"
+        "a, b = socket.socketpair()\n"
+        "a.sendall(b'x' * 100000)\n"
+        "print(len(b.recv(10)), os.get_blocking(a.fileno()))\n"
+        "time.sleep(0.01)\n"
+        "print(subprocess.run(['echo', 'child'], capture_output=True).stdout)\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', 1), timeout=2)\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__, e.errno)\n"
+        "sys.exit(7)\n"
+    )
+    r = _same([sys.executable, str(script)])
+    assert r.returncode == 7
+
+
+def test_python_with_preload_but_no_autostart_runs_without_hooks(tmp_path):
+    # The runtime stays off: a blocking recv blocks (times out via
+    # settimeout, as with plain Python) and no scheduler exists.
+    code = ("import socket, interpose; a, b = socket.socketpair();"
+            " a.settimeout(0.1)\n"
+            "try:\n    a.recv(1)\nexcept TimeoutError:\n    print('timeout')\n"
+            "print(interpose.statistics())\n")
+    env_path = os.path.dirname(os.path.dirname(_native.__file__))
+    r = _same([sys.executable, "-c", code], cwd=env_path)
+    assert b"timeout" in r.stdout
