@@ -172,16 +172,6 @@ int openat64(int dirfd, const char *path, int flags, ...)
     OPEN_HOOK(openat64, dirfd, path)
 
 
-/* vfork() shares the parent's memory until the child execs, without the
- * atfork handlers that give a forked child its own scheduler: a hook
- * called in the child (CPython's _posixsubprocess closes and dup2s fds
- * there) would change the parent's fd table, remove the parent's fds from
- * the parent's epoll set, or even park the parent's coroutine.  So vfork is
- * fork here: slower for a large process, and always correct.  posix_spawn
- * is unaffected: glibc's child uses internal calls no hook sees. */
-pid_t vfork(void) { return fork(); }
-
-
 int epoll_create(int size) {
   int fd = ip__real.epoll_create(size);
   note_created(fd, 0, 0);

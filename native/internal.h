@@ -15,6 +15,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <stdatomic.h>
@@ -231,7 +232,7 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(setsockopt) X(close) X(dup) X(dup2) X(dup3) X(open) X(open64) X(openat)   \
   X(openat64) X(epoll_create) X(epoll_create1) X(getaddrinfo)                 \
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
-  X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r)
+  X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
