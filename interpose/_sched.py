@@ -197,6 +197,11 @@ class Coroutine:
         """Make this coroutine's current and later waits fail with ECANCELED
         (interpose.Cancelled).  Returns False if it has already finished.
         Callable from any coroutine or OS thread."""
+        if self._sched is None:
+            raise RuntimeError(
+                "the main coroutine of a thread cannot be cancelled; use a"
+                " deadline() or raise in it instead"
+            )
         if self._done:
             return False
         self._cancelled = True
@@ -445,10 +450,15 @@ def run(fn, /, *args, **kwargs):
         raise RuntimeError("interpose.run() is already running on this thread")
     sched.running = True
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     finally:
         sched.running = False
         _shutdown(sched)
+    # A SystemExit/KeyboardInterrupt a coroutine forwarded while the main
+    # coroutine was already runnable has not been raised by a wait yet.
+    if sched.pending is not None:
+        _raise_pending(sched)
+    return result
 
 
 def _shutdown(sched):

@@ -10,15 +10,39 @@ from . import _sched
 from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 
-def _timeout_of(blocking, timeout):
-    """threading's (blocking, timeout) convention -> deadline or None."""
-    if timeout is not None and timeout != -1 and timeout < 0:
+# Each primitive takes (blocking, timeout) exactly as its standard twin
+# does; these return the deadline (None = forever, 0 = do not wait).
+
+def _lock_timeout(blocking, timeout):
+    """threading.Lock: -1 is forever, other negatives are errors."""
+    if timeout != -1 and timeout < 0:
         raise ValueError("timeout value must be a non-negative number")
     if not blocking:
-        if timeout not in (None, -1):
+        if timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
         return 0
-    return deadline_ns(None if timeout in (None, -1) else timeout)
+    return deadline_ns(None if timeout == -1 else timeout)
+
+
+def _semaphore_timeout(blocking, timeout):
+    """threading.Semaphore: None is forever; a negative timeout tries once."""
+    if not blocking:
+        if timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        return 0
+    if timeout is not None and timeout <= 0:
+        return 0
+    return deadline_ns(timeout)
+
+
+def _queue_timeout(block, timeout):
+    """queue.Queue: None is forever, negatives are errors, and the timeout
+    is ignored when block is false."""
+    if not block:
+        return 0
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return deadline_ns(timeout)
 
 
 class Event:
@@ -65,7 +89,7 @@ class Lock:
         return self._locked
 
     def acquire(self, blocking=True, timeout=-1):
-        deadline = _timeout_of(blocking, timeout)
+        deadline = _lock_timeout(blocking, timeout)
         with self._guard:
             while self._locked:
                 if deadline == 0 or not self._waiters.wait(self._guard, deadline):
@@ -221,7 +245,7 @@ class Semaphore:
         self._waiters = WaitQueue()
 
     def acquire(self, blocking=True, timeout=None):
-        deadline = _timeout_of(blocking, timeout)
+        deadline = _semaphore_timeout(blocking, timeout)
         with self._guard:
             while self._value == 0:
                 if deadline == 0 or not self._waiters.wait(self._guard, deadline):
@@ -268,7 +292,7 @@ class Queue:
         return 0 < self.maxsize <= len(self._items)
 
     def put(self, item, block=True, timeout=None):
-        deadline = _timeout_of(block, timeout)
+        deadline = _queue_timeout(block, timeout)
         with self._guard:
             while 0 < self.maxsize <= len(self._items):
                 if deadline == 0 or not self._not_full.wait(self._guard, deadline):
@@ -279,7 +303,7 @@ class Queue:
             self._not_empty.wake_one()
 
     def get(self, block=True, timeout=None):
-        deadline = _timeout_of(block, timeout)
+        deadline = _queue_timeout(block, timeout)
         with self._guard:
             while not self._items:
                 if deadline == 0 or not self._not_empty.wait(self._guard, deadline):

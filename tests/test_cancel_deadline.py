@@ -690,13 +690,7 @@ def test_wait_writable_wakes_when_peer_drains():
     def main():
         a, b = socket.socketpair()
         try:
-            a.setblocking(False)
-            sent = 0
-            try:
-                while True:
-                    sent += a.send(b"x" * 65536)
-            except BlockingIOError:
-                pass
+            sent = _fill_send_buffer(a)
             w = interpose.spawn(interpose.wait_writable, a)
             wait_all_blocked([w])
             assert not w.done()
@@ -708,6 +702,70 @@ def test_wait_writable_wakes_when_peer_drains():
                 except BlockingIOError:
                     break
             assert w.join() is True
+        finally:
+            a.close()
+            b.close()
+
+    interpose.run(main)
+
+
+def _fill_send_buffer(sock):
+    sock.setblocking(False)
+    sent = 0
+    try:
+        while True:
+            sent += sock.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    return sent
+
+
+def test_wait_readable_and_writable_on_same_fd_wake_separately():
+    """One coroutine waits to read and one to write on the same socket:
+    data arriving wakes only the reader, draining the peer wakes the
+    writer."""
+    def main():
+        a, b = socket.socketpair()
+        try:
+            sent = _fill_send_buffer(a)
+            r = interpose.spawn(interpose.wait_readable, a)
+            w = interpose.spawn(interpose.wait_writable, a)
+            wait_all_blocked([r, w])
+            assert not r.done() and not w.done()
+            b.send(b"ping")
+            assert r.join() is True
+            wait_all_blocked([w])
+            assert not w.done()
+            b.setblocking(False)
+            received = 0
+            while received < sent:
+                try:
+                    received += len(b.recv(1 << 20))
+                except BlockingIOError:
+                    break
+            assert w.join() is True
+            assert a.recv(16) == b"ping"
+        finally:
+            a.close()
+            b.close()
+
+    interpose.run(main)
+
+
+def test_wait_readable_after_cancelled_wait_on_same_fd_still_works():
+    def main():
+        a, b = socket.socketpair()
+        try:
+            first = interpose.spawn(interpose.wait_readable, a)
+            wait_all_blocked([first])
+            first.cancel()
+            with pytest.raises(interpose.Cancelled):
+                first.join()
+            second = interpose.spawn(interpose.wait_readable, a)
+            wait_all_blocked([second])
+            assert not second.done()
+            b.send(b"x")
+            assert second.join() is True
         finally:
             a.close()
             b.close()

@@ -4,6 +4,8 @@ threading.excepthook, SystemExit/KeyboardInterrupt forwarding to the main
 coroutine, trace/profile inheritance, and per-coroutine contextvars and
 threading.local state."""
 import contextvars
+import math
+import platform
 import sys
 import threading
 import time
@@ -64,12 +66,13 @@ def test_coroutines_start_in_spawn_order():
     interpose.run(main)
 
 
-def test_kwargs_named_like_spawn_options_reach_function_only_via_spawn_rules():
+def test_spawn_keeps_name_and_stack_size_and_passes_other_kwargs():
     def main():
         def f(*args, **kwargs):
             return args, kwargs
 
-        c = interpose.spawn(f, 1, 2, key="v")
+        c = interpose.spawn(f, 1, 2, key="v", name="n", stack_size=1 << 20)
+        assert c.name == "n"
         assert c.join() == ((1, 2), {"key": "v"})
 
     interpose.run(main)
@@ -167,28 +170,74 @@ def test_joining_the_main_coroutine_raises_runtimeerror():
     interpose.run(main)
 
 
-def test_join_from_plain_os_thread():
-    """A plain thread (no scheduler of its own yet) joins a coroutine that
-    runs on the main thread."""
+_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
+
+
+def _in_epoll_wait(native_id):
+    """True when the OS thread is blocked in epoll_wait: the hub of a
+    thread whose coroutines are all parked."""
+    base = f"/proc/self/task/{native_id}/"
+    try:
+        with open(base + "wchan") as f:
+            if "epoll" in f.read():
+                return True
+    except OSError:
+        pass
+    try:
+        with open(base + "syscall") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
+    return first.isdigit() and int(first) in numbers
+
+
+@pytest.mark.parametrize("outcome", ["result", "exception"])
+def test_join_from_plain_os_thread(outcome):
+    """A plain thread (no scheduler of its own until it waits) joins a
+    coroutine running on the main thread, and is parked in join() when the
+    coroutine finishes."""
     def main():
         ev = interpose.Event()
 
         def target():
             ev.wait()
+            if outcome == "exception":
+                raise KeyError("across")
             return "across"
 
         c = interpose.spawn(target)
         wait_all_blocked([c])
         out = []
-        t = threading.Thread(target=lambda: out.append(c.join()), daemon=True)
+        info = {}
+
+        def joiner():
+            info["tid"] = threading.get_native_id()
+            try:
+                out.append(c.join())
+            except KeyError as exc:
+                out.append(exc)
+
+        t = threading.Thread(target=joiner, daemon=True)
         t.start()
-        # Let the thread park in join() (or not: both orders must work).
-        interpose.sleep(SHORT)
+        end = time.monotonic() + 20
+        while "tid" not in info or not _in_epoll_wait(info["tid"]):
+            assert time.monotonic() < end, "the joining thread never parked"
+            interpose.sleep(0.001)
         ev.set()
-        assert c.join() == "across"
+        # Park the main coroutine so target can run (t.join() alone would
+        # block this OS thread and with it the coroutine).
+        if outcome == "exception":
+            with pytest.raises(KeyError):
+                c.join()
+        else:
+            assert c.join() == "across"
         t.join(20)
         assert not t.is_alive()
-        assert out == ["across"]
+        if outcome == "exception":
+            assert isinstance(out[0], KeyError)
+        else:
+            assert out == ["across"]
 
     interpose.run(main)
 
@@ -306,6 +355,49 @@ def test_failed_spawn_leaves_nothing_behind():
     with pytest.raises(ValueError):
         interpose.spawn(lambda: None, stack_size=1)
     assert interpose.statistics().coroutines_alive == before
+
+
+# ---- sleep -------------------------------------------------------------
+
+
+def test_sleeps_end_in_deadline_order_and_never_early():
+    def main():
+        woke = []
+
+        def sleeper(seconds):
+            t0 = time.monotonic()
+            interpose.sleep(seconds)
+            elapsed = _elapsed_since(t0)
+            woke.append(seconds)
+            return elapsed
+
+        durations = [0.06, 0.02, 0.04, 0.0]
+        cs = [interpose.spawn(sleeper, d) for d in durations]
+        for c, d in zip(cs, durations):
+            assert c.join() >= d
+        assert woke == sorted(durations)
+
+    interpose.run(main)
+
+
+def test_sleep_zero_lets_other_coroutines_run():
+    def main():
+        log = []
+        c = interpose.spawn(log.append, "other")
+        interpose.sleep(0)
+        assert log == ["other"]
+        c.join()
+
+    interpose.run(main)
+
+
+@pytest.mark.parametrize("bad,error", [
+    (-1, ValueError), (math.nan, ValueError), ("1", TypeError),
+    (None, TypeError), (True, TypeError),
+])
+def test_sleep_bad_argument(bad, error):
+    with pytest.raises(error):
+        interpose.sleep(bad)
 
 
 # ---- run() -------------------------------------------------------------
@@ -552,6 +644,40 @@ def test_systemexit_in_joined_coroutine_reaches_joiner():
     assert proc.returncode == 0, proc.stderr
     assert "join raised SystemExit 3" in proc.stdout
     assert "main continued" in proc.stdout
+
+
+def test_systemexit_in_coroutine_after_main_was_already_woken_is_not_lost():
+    """The main coroutine is woken (Event set) earlier in the same round in
+    which another coroutine raises SystemExit, so the interrupt finds it
+    already runnable.  Acceptable: ev.wait() raises SystemExit, or run()
+    raises it when main returns.  Unacceptable: run() returns normally and
+    the SystemExit pops out of some later, unrelated wait."""
+    proc = run_snippet("""
+        import interpose
+
+        def bad():
+            raise SystemExit(4)
+
+        def main():
+            ev = interpose.Event()
+            interpose.spawn(ev.set)
+            interpose.spawn(bad)
+            ev.wait()
+            return "main returned"
+
+        try:
+            print("run returned:", interpose.run(main), flush=True)
+        except SystemExit as e:
+            print("run raised SystemExit", e.code, flush=True)
+        try:
+            interpose.sleep(0)
+            print("later wait ok", flush=True)
+        except SystemExit as e:
+            print("later unrelated wait raised SystemExit", e.code, flush=True)
+    """, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert "run raised SystemExit 4" in proc.stdout, proc.stdout
+    assert "later wait ok" in proc.stdout, proc.stdout
 
 
 def test_uncaught_systemexit_in_coroutine_exits_the_process_with_its_code():

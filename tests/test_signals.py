@@ -28,11 +28,19 @@ def _env():
     return env
 
 
+def _default_sigint():
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: restore the default so the child installs its
+    # KeyboardInterrupt handler however the test run was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(code):
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True,
+        stderr=subprocess.PIPE, text=True, env=_env(),
+        start_new_session=True, preexec_fn=_default_sigint,
     )
 
 
@@ -42,7 +50,8 @@ def _start_in_bash(code):
     return subprocess.Popen(
         ["bash", "-c", script, sys.executable, textwrap.dedent(code)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True,
+        stderr=subprocess.PIPE, text=True, env=_env(),
+        start_new_session=True, preexec_fn=_default_sigint,
     )
 
 

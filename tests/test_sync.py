@@ -15,6 +15,7 @@ from conftest import wait_all_blocked
 pytestmark = pytest.mark.timeout(30)
 
 SHORT = 0.05  # a timeout that must expire; asserted as a lower bound only
+LONG_ENOUGH = 60  # a timeout that must not expire
 
 
 def _run(fn, *args):
@@ -485,6 +486,28 @@ def test_condition_wait_timeout_returns_false_with_lock_reacquired(make_lock):
     _run(main)
 
 
+def test_condition_wait_releases_recursive_rlock_fully_and_restores_it():
+    def main():
+        rlock = interpose.RLock()
+        cond = interpose.Condition(rlock)
+
+        def notifier():
+            with cond:  # possible only if wait() released both levels
+                cond.notify()
+            return "notified"
+
+        with cond:
+            with cond:
+                n = interpose.spawn(notifier)
+                assert cond.wait(LONG_ENOUGH) is True
+                assert n.join() == "notified"
+            # One level released: still owned, another coroutine cannot enter.
+            assert interpose.spawn(rlock.acquire, blocking=False).join() is False
+        assert interpose.spawn(rlock.acquire, blocking=False).join() is True
+
+    _run(main)
+
+
 def test_condition_wait_for_returns_when_predicate_true():
     def main():
         cond = interpose.Condition()
@@ -713,6 +736,42 @@ def test_queue_task_done_too_often_raises_valueerror():
         q.task_done()
         with pytest.raises(ValueError):
             q.task_done()
+
+    _run(main)
+
+
+@pytest.mark.parametrize("call", ["get", "put"])
+@pytest.mark.parametrize("timeout", [-1, -0.5])
+def test_queue_negative_timeout_raises_valueerror(call, timeout):
+    """queue.Queue raises ValueError for any negative timeout; -1 is not
+    "forever" as it is for Lock.acquire.  The deadline turns a wait that
+    blocks instead into a failure rather than a hang."""
+    def main():
+        q = interpose.Queue(maxsize=1)
+        if call == "put":
+            q.put("fill")
+        with interpose.deadline(1):
+            with pytest.raises(ValueError):
+                if call == "get":
+                    q.get(timeout=timeout)
+                else:
+                    q.put("more", timeout=timeout)
+
+    _run(main)
+
+
+@pytest.mark.parametrize("timeout", [-1, -2])
+def test_semaphore_negative_timeout_does_not_block(timeout):
+    """threading.Semaphore(0).acquire(timeout=-1) returns False at once.
+    Acceptable here: False or ValueError.  Unacceptable: blocking."""
+    def main():
+        sem = interpose.Semaphore(0)
+        with interpose.deadline(1):
+            try:
+                result = sem.acquire(timeout=timeout)
+            except ValueError:
+                result = False
+        assert result is False
 
     _run(main)
 
