@@ -7,7 +7,8 @@ Layout:
   _waitqueue   the parking primitive the sync primitives share
   _sync        cooperative Event, Lock, RLock, Semaphore, Condition, Queue
   _errors      exceptions
-  _demo        the no-argument demo (python -m interpose demo)
+  _demo_echo   the no-argument echo demo (python -m interpose demo)
+  _autostart   boots the runtime in a preloaded process (with _boot/)
   __main__     the command line
 """
 from ._errors import Cancelled as Cancelled

@@ -136,9 +136,29 @@ def _info(args):
 
 
 def _demo(args):
-    from . import _demo
+    """The echo demo (interpose/_demo_echo.py).  It needs the hooks, so it
+    first re-executes itself under the preload, as `run` does; a marker in
+    the environment stops a second re-execution."""
+    autostart, problem = _load()
+    if problem:
+        return _fail(problem)
+    if os.environ.get(_DEMO_MARKER) != "1":
+        env = autostart.environment()
+        env[_DEMO_MARKER] = "1"
+        argv = ["-m", "interpose", "demo", "--seconds", str(args.seconds),
+                "--clients", str(args.clients)]
+        os.execve(sys.executable,
+                  [sys.executable, *_interpreter_options(), *argv], env)
+    if not autostart.booted():
+        return _fail("the demo re-executed itself under the preload, but the"
+                     " runtime did not start (is INTERPOSE_AUTOSTART or"
+                     " PYTHONPATH overridden?)", 1)
+    from . import _demo_echo
 
-    return _demo.main(coroutines=args.coroutines)
+    return _demo_echo.main(seconds=args.seconds, clients=args.clients)
+
+
+_DEMO_MARKER = "INTERPOSE_DEMO_PRELOADED"
 
 
 def main(argv=None):
@@ -155,9 +175,12 @@ def main(argv=None):
     env.set_defaults(func=_env)
     info = sub.add_parser("info", help="print the version, library and support")
     info.set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="run the built-in demo (no arguments needed)")
-    demo.add_argument("--coroutines", type=int, default=10_000,
-                      help="how many coroutines to spawn (default 10000)")
+    demo = sub.add_parser("demo", help="echo server and clients on coroutines in"
+                                       " one process, for a few seconds")
+    demo.add_argument("--seconds", type=float, default=3,
+                      help="how long the clients run (default 3)")
+    demo.add_argument("--clients", type=int, default=100,
+                      help="client coroutines, and as many server ones (default 100)")
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return args.func(args)

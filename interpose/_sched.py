@@ -118,6 +118,24 @@ def _install_signal_wakeup():
         return
     # The pipe stays open for the life of the process, like the wakeup fd.
     _lib.sched_set_signal_fd(r)
+    global _signal_pipe
+    _signal_pipe = (r, w)
+
+
+# The wakeup pipe interpose installed, if it did: (read end, write end).
+_signal_pipe = None
+
+
+def _renew_signal_wakeup():
+    """A forked child must not share the parent's wakeup pipe: the child's
+    hub would drain bytes meant for the parent's."""
+    global _signal_pipe
+    if _signal_pipe is None or signal.set_wakeup_fd(-1) != _signal_pipe[1]:
+        return  # not ours, or replaced by the program: leave it alone
+    for fd in _signal_pipe:
+        os.close(fd)
+    _signal_pipe = None
+    _install_signal_wakeup()
 
 
 def prepare():
@@ -480,20 +498,32 @@ def _shutdown_at_exit():
 
 
 def _after_fork_in_child():
-    """Only the forking coroutine survives a fork (the engine already gave
-    the thread a fresh scheduler); forget every other one."""
-    ident = _get_ident()
-    for key in list(_schedulers):
-        if key != ident:
-            del _schedulers[key]
-    sched = _schedulers.get(ident)
+    """Only the forking coroutine survives a fork (the engine has already
+    given the thread a fresh scheduler and invalidated every other
+    coroutine): mark the others finished, as threading marks threads lost
+    in a fork, so joining one returns at once (raising Cancelled)."""
+    me_handle = _current_handle()
+    survivor = None
+    for sched in _schedulers.values():
+        for coro in [*sched.live.values(), sched.main]:
+            if coro._handle == me_handle and coro._id == _lib.coro_id(me_handle):
+                survivor = coro
+            elif not coro._done:
+                coro._done = True
+                coro._exception = _errors.Cancelled(
+                    f"interpose: {coro!r} did not survive fork()")
+            coro._joiners = 0
+            coro._join_waiters = None
+    sched = _schedulers.get(_get_ident())
+    _schedulers.clear()
     if sched is None:
         return
-    me = sched.live.get(_current_handle())
-    sched.live.clear()
+    _schedulers[_get_ident()] = sched
+    sched.live = {me_handle: survivor} if survivor is not sched.main else {}
     sched.pending = None
-    if me is not None:
-        sched.main = me
+    if survivor is not None:
+        sched.main = survivor
+    _renew_signal_wakeup()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

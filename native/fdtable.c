@@ -44,6 +44,7 @@
 #define TOP_SIZE (1u << 15) /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
 
 static ip_fd_t *_Atomic chunks[TOP_SIZE];
+static _Atomic uint64_t next_desc = 1;
 
 
 static void entry_init(ip_fd_t *e) {
@@ -131,6 +132,7 @@ static uint32_t classify(int fd, ip_fd_t *e) {
   if (flags >= 0 && (flags & O_NONBLOCK))
     state |= IP_FD_USER_NB;
   errno = saved;
+  atomic_store(&e->desc, atomic_fetch_add(&next_desc, 1));
   atomic_store(&e->state, state);
   return state;
 }
@@ -153,6 +155,7 @@ void ip__fd_created(int fd, uint32_t state) {
     return;
   atomic_store(&e->rcv_timeout_ns, 0);
   atomic_store(&e->snd_timeout_ns, 0);
+  atomic_store(&e->desc, atomic_fetch_add(&next_desc, 1));
   atomic_store(&e->state, state | IP_FD_KNOWN | IP_FD_TRACKED);
 }
 
@@ -189,29 +192,95 @@ void ip__fd_forget(int fd) {
 }
 
 
+void ip__fd_forget_range(unsigned first, unsigned last) {
+  for (unsigned top = first >> CHUNK_SHIFT; top < TOP_SIZE; top++) {
+    ip_fd_t *chunk = atomic_load(&chunks[top]);
+    if (chunk == NULL)
+      continue;
+    unsigned base = top << CHUNK_SHIFT;
+    for (unsigned i = 0; i < CHUNK_SIZE; i++) {
+      unsigned fd = base + i;
+      if (fd < first)
+        continue;
+      if (fd > last)
+        return;
+      if (atomic_load(&chunk[i].state) != 0) /* waiters imply a known fd */
+        ip__fd_forget((int) fd);
+    }
+  }
+}
+
+
 void ip__fd_copy(int oldfd, int newfd) {
   ip_fd_t *from = ip__fd_entry(oldfd);
   ip_fd_t *to = ip__fd_entry(newfd);
   if (from == NULL || to == NULL)
     return;
   uint32_t state = ip__fd_state(oldfd);
+  if (state == 0) {
+    atomic_store(&to->state, 0);
+    return;
+  }
+  atomic_fetch_or(&from->state, IP_FD_SHARED);
   atomic_store(&to->rcv_timeout_ns, atomic_load(&from->rcv_timeout_ns));
   atomic_store(&to->snd_timeout_ns, atomic_load(&from->snd_timeout_ns));
-  atomic_store(&to->state, state ? state | IP_FD_TRACKED : 0);
+  atomic_store(&to->desc, atomic_load(&from->desc));
+  atomic_store(&to->state, state | IP_FD_TRACKED | IP_FD_SHARED);
 }
 
 
-void ip__fd_set_user_nonblock(int fd, int on) {
+typedef struct desc_update {
+  uint64_t desc;
+  int what; /* 0: user O_NONBLOCK; SO_RCVTIMEO / SO_SNDTIMEO */
+  int64_t value;
+} desc_update_t;
+
+
+static void apply_update(ip_fd_t *e, const desc_update_t *u) {
+  if (u->what == 0 && u->value)
+    atomic_fetch_or(&e->state, IP_FD_USER_NB);
+  else if (u->what == 0)
+    atomic_fetch_and(&e->state, ~IP_FD_USER_NB);
+  else if (u->what == SO_RCVTIMEO)
+    atomic_store(&e->rcv_timeout_ns, u->value);
+  else
+    atomic_store(&e->snd_timeout_ns, u->value);
+}
+
+
+static void update_if_same_desc(ip_fd_t *e, int fd, void *arg) {
+  (void) fd;
+  const desc_update_t *u = arg;
+  if ((atomic_load(&e->state) & IP_FD_KNOWN) && atomic_load(&e->desc) == u->desc)
+    apply_update(e, u);
+}
+
+
+static void each_entry(void (*fn)(ip_fd_t *e, int fd, void *arg), void *arg);
+
+
+/* Applies an update to fd and, when the description was duplicated, to
+ * every fd sharing it (a table scan: dups are rare). */
+static void update_desc(int fd, int what, int64_t value) {
   ip_fd_t *e = ip__fd_entry(fd);
   if (e == NULL)
     return;
   uint32_t state = atomic_load(&e->state);
   if (!(state & IP_FD_KNOWN))
     return;
-  if (on)
-    atomic_fetch_or(&e->state, IP_FD_USER_NB);
+  desc_update_t u = {atomic_load(&e->desc), what, value};
+  if (state & IP_FD_SHARED)
+    each_entry(update_if_same_desc, &u);
   else
-    atomic_fetch_and(&e->state, ~IP_FD_USER_NB);
+    apply_update(e, &u);
+}
+
+
+void ip__fd_set_user_nonblock(int fd, int on) { update_desc(fd, 0, on != 0); }
+
+
+void ip__fd_set_timeout(int fd, int optname, int64_t ns) {
+  update_desc(fd, optname, ns);
 }
 
 

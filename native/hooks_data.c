@@ -31,16 +31,18 @@
 /* ---- iovec windows: the part of a caller's buffers not yet done ------- */
 
 typedef struct iovwin {
-  struct iovec *v;
-  int n;
+  struct iovec *v;    /* the first buffer not yet done */
+  int n;              /* buffers from v on */
+  struct iovec *base; /* the copy: small, or malloc'd */
   struct iovec small[SMALL_IOV];
 } iovwin_t;
 
 
 static int iovwin_init(iovwin_t *w, const struct iovec *iov, int n) {
-  w->v = n <= SMALL_IOV ? w->small : malloc((size_t) n * sizeof(*iov));
-  if (w->v == NULL)
+  w->base = n <= SMALL_IOV ? w->small : malloc((size_t) n * sizeof(*iov));
+  if (w->base == NULL)
     return -ENOMEM;
+  w->v = w->base;
   memcpy(w->v, iov, (size_t) n * sizeof(*iov));
   w->n = n;
   return 0;
@@ -48,8 +50,8 @@ static int iovwin_init(iovwin_t *w, const struct iovec *iov, int n) {
 
 
 static void iovwin_free(iovwin_t *w) {
-  if (w->v != w->small)
-    free(w->v);
+  if (w->base != w->small)
+    free(w->base);
 }
 
 

@@ -1,5 +1,5 @@
 /* hooks_state.c: fcntl, fcntl64, ioctl(FIONBIO), setsockopt (the socket
- * timeouts), close, dup, dup2, dup3.
+ * timeouts), close, close_range, closefrom, dup, dup2, dup3.
  *
  * These keep the fd table true and the user's view intact: F_GETFL hides
  * the O_NONBLOCK we set, F_SETFL and FIONBIO record the user's wish without
@@ -8,6 +8,8 @@
  * the real call (see fdtable.c for why before).  Every command the hooks do
  * not need passes through untouched; getsockopt is not hooked at all,
  * because the kernel keeps the timeouts we are told about. */
+#include <limits.h>
+#include <linux/close_range.h>
 #include <stdarg.h>
 #include <stdint.h>
 
@@ -108,13 +110,11 @@ int setsockopt(int fd, int level, int name, const void *value,
       (name != SO_RCVTIMEO && name != SO_SNDTIMEO) ||
       len < sizeof(struct timeval))
     return r;
-  ip_fd_t *e = ip__fd_entry(fd);
-  if (e != NULL && (ip__fd_state(fd) & IP_FD_KNOWN)) {
+  if (ip__fd_state(fd) & IP_FD_KNOWN) {
     const struct timeval *tv = value;
-    int64_t ns = (int64_t) tv->tv_sec * 1000000000 +
-                 (int64_t) tv->tv_usec * 1000;
-    atomic_store(name == SO_RCVTIMEO ? &e->rcv_timeout_ns : &e->snd_timeout_ns,
-                 ns);
+    IP_SAVE_ERRNO(ip__fd_set_timeout(fd, name,
+                                     (int64_t) tv->tv_sec * 1000000000 +
+                                         (int64_t) tv->tv_usec * 1000));
   }
   return r;
 }
@@ -124,6 +124,21 @@ int close(int fd) {
   if (ip__hooks_armed())
     ip__fd_forget(fd);
   return ip__real.close(fd);
+}
+
+
+/* os.closerange and subprocess close fds in bulk with these. */
+int close_range(unsigned int first, unsigned int last, int flags) {
+  if (ip__hooks_armed() && !(flags & CLOSE_RANGE_CLOEXEC) && first <= last)
+    ip__fd_forget_range(first, last);
+  return ip__real.close_range(first, last, flags);
+}
+
+
+void closefrom(int lowfd) {
+  if (ip__hooks_armed() && lowfd >= 0)
+    ip__fd_forget_range((unsigned) lowfd, UINT_MAX);
+  ip__real.closefrom(lowfd);
 }
 
 

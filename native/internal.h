@@ -183,6 +183,7 @@ typedef struct ip_coro {
   int timer_result; /* what the armed timer wakes the park with */
   int hooks;        /* 1: blocking libc calls made here park this coroutine */
   struct ip_coro *free_next;
+  struct ip_coro *all_next; /* every struct ever allocated, for fork */
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
 } ip_coro_t;
 
@@ -206,6 +207,7 @@ typedef struct ip_sched {
   int64_t last_poll_ns; /* when the hub last polled while work was queued */
   interpose_stats_t stats;
   pid_t pid; /* detects use in a forked child */
+  struct ip_sched *all_next; /* every live scheduler, for fork */
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
@@ -232,7 +234,8 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(setsockopt) X(close) X(dup) X(dup2) X(dup3) X(open) X(open64) X(openat)   \
   X(openat64) X(epoll_create) X(epoll_create1) X(getaddrinfo)                 \
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
-  X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)
+  X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
+  X(close_range) X(closefrom)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -259,11 +262,15 @@ enum ip_fd_kind {
 #define IP_FD_OURS_NB 0x20u   /* we set O_NONBLOCK; the user sees blocking */
 #define IP_FD_USER_NB 0x40u   /* the user asked for non-blocking I/O */
 #define IP_FD_STREAM 0x80u    /* SOCK_STREAM socket: writes transfer all */
+#define IP_FD_SHARED 0x100u   /* a dup shares the file description */
 
 typedef struct ip_fd {
   _Atomic uint32_t state; /* IP_FD_* bits */
   _Atomic int64_t rcv_timeout_ns; /* SO_RCVTIMEO; 0 = none */
   _Atomic int64_t snd_timeout_ns; /* SO_SNDTIMEO; 0 = none */
+  /* Names the open file description: dups share it, and with it the
+   * user's O_NONBLOCK and the socket timeouts. */
+  _Atomic uint64_t desc;
   atomic_flag lock; /* guards the fields below */
   /* Invariant: non-NULL exactly while the fd is in that scheduler's epoll
    * set; registrations are tagged with gen, which grows on every removal. */
@@ -291,9 +298,14 @@ IP_HIDDEN void ip__fd_created(int fd, uint32_t state);
 /* fd is about to be closed or replaced: unregister it, wake its waiters
  * with -EBADF and forget what was known about it. */
 IP_HIDDEN void ip__fd_forget(int fd);
+/* ip__fd_forget for every known fd from first to last, inclusive. */
+IP_HIDDEN void ip__fd_forget_range(unsigned first, unsigned last);
 /* newfd now shares oldfd's open file description (dup and friends). */
 IP_HIDDEN void ip__fd_copy(int oldfd, int newfd);
+/* Record the user's O_NONBLOCK / a socket timeout for fd and every dup of
+ * its file description. */
 IP_HIDDEN void ip__fd_set_user_nonblock(int fd, int on);
+IP_HIDDEN void ip__fd_set_timeout(int fd, int optname, int64_t ns);
 /* Registers w (its co and gen filled in) as waiting on fd; 0, -EBADF, or
  * -EPERM for a file epoll cannot watch (always ready). */
 IP_HIDDEN int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w);

@@ -22,8 +22,14 @@ static void *resolve(const char *name) {
 
 
 int interpose_preloaded(void) {
-  /* Preloaded, this library's close() is the one every caller gets. */
-  return dlsym(RTLD_DEFAULT, "close") == (void *) close;
+  /* Preloaded, the close() every caller gets is defined in this library.
+   * (Taking close's address here would not tell: a reference from inside
+   * the library resolves like any other, to libc's when not preloaded.) */
+  Dl_info theirs, ours;
+  void *resolved = dlsym(RTLD_DEFAULT, "close");
+  return resolved != NULL && dladdr(resolved, &theirs) &&
+         dladdr((void *) &ip__real, &ours) &&
+         theirs.dli_fbase == ours.dli_fbase;
 }
 
 

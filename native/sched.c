@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -44,6 +45,8 @@ __thread ip_sched_t *ip__tls_sched;
 
 static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
 static ip_coro_t *coro_free; /* guarded by coro_lock */
+static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
+static ip_sched_t *sched_all; /* guarded by coro_lock */
 static _Atomic uint64_t next_id = 1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -77,6 +80,10 @@ static ip_coro_t *coro_alloc(void) {
     co = calloc(1, sizeof(*co));
     if (co == NULL)
       return NULL;
+    pthread_mutex_lock(&coro_lock);
+    co->all_next = coro_all;
+    coro_all = co;
+    pthread_mutex_unlock(&coro_lock);
   }
   /* The generation survives reuse; start a fresh one so wakes aimed at the
    * previous incarnation miss. */
@@ -430,17 +437,50 @@ fail_epoll:
 }
 
 
+/* Makes a coroutine that did not survive a fork unreachable: every wake
+ * aimed at it misses (a new generation, already woken) and cancel finds no
+ * id.  Its thread state was deleted by CPython; its stack is unmapped. */
+static void invalidate(ip_coro_t *co) {
+  uint64_t gen = ip__park_gen(co) + 1;
+  atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
+  co->id = 0;
+  co->tstate = NULL;
+  co->body = NULL; /* its reference died with the parent's objects' owner */
+  if (co->stack.base != NULL) {
+    munmap(co->stack.base, co->stack.size);
+    co->stack.base = NULL;
+  }
+}
+
+
 /* In a forked child only the forking thread exists, and of its coroutines
- * only the running one: CPython deletes every other thread state, so they
- * are forgotten without touching them (their stacks and structs leak, as a
- * forked child's other threads do).  The child gets a fresh epoll set,
+ * only the running one: CPython deletes every other thread state.  Every
+ * other coroutine, of every scheduler, is invalidated without being
+ * resumed, and its struct goes back to the free list; Python objects that
+ * still hold its handle then find it gone.  Other threads' schedulers are
+ * left allocated (their threads are gone, like a forked child's other
+ * threads).  The forking thread's scheduler gets a fresh epoll set,
  * eventfd, queues, timers and hub, and the forking coroutine becomes the
  * thread's main coroutine. */
 static void sched_after_fork_child(void) {
   ip_sched_t *s = tls_sched;
+  ip_coro_t *survivor = s ? s->current : NULL;
+  pthread_mutex_init(&coro_lock, NULL);
+  coro_free = NULL;
+  for (ip_coro_t *co = coro_all; co != NULL; co = co->all_next) {
+    if (co == survivor)
+      continue;
+    invalidate(co);
+    co->free_next = coro_free;
+    coro_free = co;
+  }
+  for (ip_sched_t *other = sched_all; other != NULL; other = other->all_next)
+    if (&other->root != survivor)
+      invalidate(&other->root);
+  sched_all = s;
   if (s == NULL)
     return;
-  ip_coro_t *survivor = s->current;
+  s->all_next = NULL;
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);
   ip__heap_free(&s->timers);
@@ -491,6 +531,10 @@ ip_sched_t *ip__sched_ensure(void) {
   name_copy(root, "main");
   s->main = root;
   s->current = root;
+  pthread_mutex_lock(&coro_lock);
+  s->all_next = sched_all;
+  sched_all = s;
+  pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
   atomic_store(&ip__armed, 1);
   return s;
@@ -680,6 +724,14 @@ int interpose_sched_destroy(void) {
   if (s->current != &s->root || s->stats.alive != 0 ||
       !ip__queue_empty(&s->runq))
     return -EBUSY;
+  pthread_mutex_lock(&coro_lock);
+  for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {
+    if (*p == s) {
+      *p = s->all_next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&coro_lock);
   ip__fd_drop_sched(s);
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);

@@ -17,9 +17,19 @@ def _boot():
         return
     try:
         from interpose import _autostart
-    except ImportError as e:
-        sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
-        return
+    except ImportError:
+        # A source checkout that is not installed: import the package this
+        # file belongs to, without leaving its directory on sys.path.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+        sys.path.insert(0, root)
+        try:
+            from interpose import _autostart
+        except ImportError as e:
+            sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
+            return
+        finally:
+            sys.path.remove(root)
     _autostart.boot()
 
 
