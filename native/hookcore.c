@@ -96,6 +96,12 @@ ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
 
 
 ssize_t ip__io(int fd, int events, ip_attempt_fn attempt, void *ctx) {
+  return ip__io_until(fd, events, attempt, ctx, IP_SOCKET_TIMEOUT);
+}
+
+
+ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt, void *ctx,
+                     int64_t deadline) {
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(fd, &s);
   if (mode == IP_MODE_REAL)
@@ -104,8 +110,13 @@ ssize_t ip__io(int fd, int events, ip_attempt_fn attempt, void *ctx) {
     int r = ip__block_on(s, fd, events, -1, 1);
     return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0);
   }
-  int flags = mode == IP_MODE_DONTWAIT ? MSG_DONTWAIT : 0;
-  int64_t deadline = ip__deadline_after(socket_timeout_ns(fd, events));
+  /* Socket calls always carry MSG_DONTWAIT, even on a socket we made
+   * non-blocking: its O_NONBLOCK lives in a file description that another
+   * process may share and change (see the dup2 hook). */
+  int socket = (ip__fd_state(fd) & IP_FD_KIND_MASK) == IP_FD_SOCKET;
+  int flags = mode == IP_MODE_DONTWAIT || socket ? MSG_DONTWAIT : 0;
+  if (deadline == IP_SOCKET_TIMEOUT)
+    deadline = ip__deadline_after(socket_timeout_ns(fd, events));
   for (;;) {
     ssize_t n = attempt(ctx, fd, flags);
     if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))

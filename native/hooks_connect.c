@@ -24,17 +24,23 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
   int r = ip__real.connect(fd, addr, len);
   if (r == 0 || errno != EINPROGRESS)
     return r;
-  r = ip__block_on(s, fd, INTERPOSE_WRITABLE,
-                   ip__io_deadline(fd, INTERPOSE_WRITABLE), 0);
-  if (r == -EAGAIN)
-    return ip__fail(-EINPROGRESS);
-  if (r < 0)
-    return ip__fail(r);
-  int err = 0;
-  socklen_t err_len = sizeof(err);
-  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0)
-    return -1;
-  return err ? ip__fail(-err) : 0;
+  int64_t deadline = ip__io_deadline(fd, INTERPOSE_WRITABLE);
+  for (;;) {
+    r = ip__block_on(s, fd, INTERPOSE_WRITABLE, deadline, 0);
+    if (r == -EAGAIN)
+      return ip__fail(-EINPROGRESS);
+    if (r < 0)
+      return ip__fail(r);
+    /* Asking the kernel again, as its own blocking connect does, reports
+     * the outcome and leaves the socket as a failed blocking connect would
+     * (reading SO_ERROR instead would leave it half-connecting, and a
+     * retry would fail with ECONNABORTED). */
+    r = ip__real.connect(fd, addr, len);
+    if (r == 0 || errno == EISCONN)
+      return 0;
+    if (errno != EALREADY && errno != EINPROGRESS)
+      return -1;
+  }
 }
 
 #pragma GCC visibility pop

@@ -2,12 +2,12 @@
  * eventfd, and the creators whose only hook duty is to forget what was
  * known about a reused fd number (open, openat, epoll_create).
  *
- * A socket or eventfd created by a coroutine with hooks on is made
- * non-blocking in the kernel for life, while the user keeps seeing a
- * blocking fd; SOCK_NONBLOCK / EFD_NONBLOCK from the user makes it the
- * user's own non-blocking fd, passed through untouched.  Pipes are never
- * made non-blocking: they are routinely handed to child processes, which
- * would inherit the flag on the shared file description. */
+ * A socket created by a coroutine with hooks on is made non-blocking in
+ * the kernel for life, while the user keeps seeing a blocking fd;
+ * SOCK_NONBLOCK from the user makes it the user's own non-blocking fd,
+ * passed through untouched.  Pipes and eventfds are never made
+ * non-blocking: pipes are routinely handed to child processes, which would
+ * inherit the flag on the shared file description, and see eventfd below. */
 #include <stdarg.h>
 
 #include "internal.h"
@@ -138,11 +138,13 @@ int pipe(int fds[2]) {
 }
 
 
+/* An eventfd stays as the user made it, like a pipe: glibc's
+ * eventfd_read/eventfd_write (os.eventfd_read) use internal read/write
+ * calls no hook sees, which would fail with EAGAIN on an eventfd we had
+ * made non-blocking.  Hooked reads and writes wait for readiness first. */
 int eventfd(unsigned int initval, int flags) {
-  int ours = ip__hook_sched() != NULL && !(flags & EFD_NONBLOCK);
-  int fd = ip__real.eventfd(initval, flags | (ours ? EFD_NONBLOCK : 0));
-  uint32_t st = IP_FD_POLL | ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0) |
-                (ours ? IP_FD_OURS_NB : 0);
+  int fd = ip__real.eventfd(initval, flags);
+  uint32_t st = IP_FD_POLL | ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0);
   note_created(fd, st, ip__hook_sched() != NULL);
   return fd;
 }

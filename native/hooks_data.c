@@ -1,6 +1,6 @@
 /* hooks_data.c: read, readv, recv, recvfrom, recvmsg, recvmmsg, write,
- * writev, send, sendto, sendmsg, sendmmsg and the fortified __*_chk
- * variants.
+ * writev, send, sendto, sendmsg, sendmmsg, sendfile, the fortified __*_chk
+ * variants, and eventfd_read/eventfd_write.
  *
  * The rule is the kernel's blocking behaviour, minus blocking the thread:
  *  - a read returns as soon as anything is there (with MSG_WAITALL on a
@@ -17,6 +17,7 @@
  * the real call is made; writes of more than PIPE_BUF bytes to a pipe go in
  * PIPE_BUF pieces so no piece can block the thread. */
 #include <limits.h>
+#include <sys/sendfile.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,7 +125,7 @@ static ssize_t read_attempt(void *ctx, int fd, int dontwait) {
 
 /* MSG_WAITALL on a stream socket: keep reading the rest of the buffers
  * until they are full, EOF, or an error (then the partial count). */
-static ssize_t read_rest(rcall_t *c, int fd, ssize_t first) {
+static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
   struct iovec one = {c->buf, c->len};
   const struct iovec *iov = c->call == R_RECVMSG ? c->msg->msg_iov : &one;
   int iovcnt = c->call == R_RECVMSG ? (int) c->msg->msg_iovlen : 1;
@@ -141,7 +142,8 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first) {
     more.iov = w.v;
     more.iovcnt = w.n;
     int saved = errno;
-    ssize_t n = ip__io(fd, INTERPOSE_READABLE, read_attempt, &more);
+    ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, &more,
+                             deadline);
     if (n <= 0) {
       errno = saved;
       break;
@@ -155,11 +157,12 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
-  ssize_t n = ip__io(fd, INTERPOSE_READABLE, read_attempt, c);
+  int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
+  ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c, deadline);
   if ((c->flags & MSG_WAITALL) && c->call != R_READ && c->call != R_READV &&
       !(c->flags & MSG_DONTWAIT) && is_stream(fd) &&
       ip__io_mode_of(fd) != IP_MODE_REAL)
-    return read_rest(c, fd, n);
+    return read_rest(c, fd, n, deadline);
   return n;
 }
 
@@ -283,7 +286,8 @@ static void write_buffers(const wcall_t *c, struct iovec *one,
 
 /* The rest of a blocking write to a stream socket after `first` bytes:
  * ancillary data and the address went with the first part. */
-static ssize_t write_rest(wcall_t *c, int fd, size_t first, size_t total) {
+static ssize_t write_rest(wcall_t *c, int fd, size_t first, size_t total,
+                          int64_t deadline) {
   struct iovec one;
   const struct iovec *iov;
   int iovcnt;
@@ -301,7 +305,8 @@ static ssize_t write_rest(wcall_t *c, int fd, size_t first, size_t total) {
     m.msg_iovlen = (size_t) w.n;
     wcall_t more = {.call = W_SENDMSG, .msg = &m, .flags = flags};
     int saved = errno;
-    ssize_t n = ip__io(fd, INTERPOSE_WRITABLE, write_attempt, &more);
+    ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, &more,
+                             deadline);
     if (n <= 0) {
       errno = saved;
       break;
@@ -356,7 +361,8 @@ static ssize_t do_write(wcall_t *c, int fd) {
         iov_total(iov, iovcnt) > PIPE_BUF)
       return write_pipe_pieces(c, s, fd);
   }
-  ssize_t n = ip__io(fd, INTERPOSE_WRITABLE, write_attempt, c);
+  int64_t deadline = ip__io_deadline(fd, INTERPOSE_WRITABLE);
+  ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, c, deadline);
   if (n <= 0 || mode == IP_MODE_REAL || !is_stream(fd))
     return n;
   struct iovec one;
@@ -364,7 +370,8 @@ static ssize_t do_write(wcall_t *c, int fd) {
   int iovcnt;
   write_buffers(c, &one, &iov, &iovcnt);
   size_t total = iov_total(iov, iovcnt);
-  return (size_t) n < total ? write_rest(c, fd, (size_t) n, total) : n;
+  return (size_t) n < total ? write_rest(c, fd, (size_t) n, total, deadline)
+                            : n;
 }
 
 
@@ -403,6 +410,64 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     return ip__real.sendmsg(fd, msg, flags);
   wcall_t c = {.call = W_SENDMSG, .msg = msg, .flags = flags};
   return do_write(&c, fd);
+}
+
+/* ---- calls glibc implements with internal reads and writes ------------- */
+
+/* glibc's eventfd_read/eventfd_write call its internal read/write, which no
+ * hook sees: go through the hooked ones (os.eventfd_read uses these). */
+int eventfd_read(int fd, eventfd_t *value) {
+  return read(fd, value, sizeof(*value)) == sizeof(*value) ? 0 : -1;
+}
+
+
+int eventfd_write(int fd, eventfd_t value) {
+  return write(fd, &value, sizeof(value)) == sizeof(value) ? 0 : -1;
+}
+
+/* ---- sendfile --------------------------------------------------------- */
+
+/* A blocking sendfile to a stream socket sends count bytes, or stops at the
+ * end of the input, an error, a signal or SO_SNDTIMEO (then the partial
+ * count).  Both names: CPython, built with _FILE_OFFSET_BITS=64, calls
+ * sendfile64. */
+static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
+                           int out, int in, off_t *offset, size_t count) {
+  ip_sched_t *s;
+  ip_mode_t mode = ip__io_mode(out, &s);
+  if (mode == IP_MODE_REAL || count == 0)
+    return real(out, in, offset, count);
+  int64_t deadline = ip__io_deadline(out, INTERPOSE_WRITABLE);
+  size_t done = 0;
+  for (;;) {
+    if (mode != IP_MODE_RETRY) { /* blocking in the kernel: wait first */
+      int r = ip__block_on(s, out, INTERPOSE_WRITABLE, deadline, 1);
+      if (r < 0)
+        return done ? (ssize_t) done : ip__fail(r);
+    }
+    ssize_t n = real(out, in, offset, count - done);
+    if (n > 0) {
+      done += (size_t) n;
+      if (done == count || !is_stream(out))
+        return (ssize_t) done;
+      continue;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+      return done ? (ssize_t) done : n;
+    int r = ip__block_on(s, out, INTERPOSE_WRITABLE, deadline, 0);
+    if (r < 0)
+      return done ? (ssize_t) done : ip__fail(r);
+  }
+}
+
+
+ssize_t sendfile(int out, int in, off_t *offset, size_t count) {
+  return do_sendfile(ip__real.sendfile, out, in, offset, count);
+}
+
+
+ssize_t sendfile64(int out, int in, off64_t *offset, size_t count) {
+  return do_sendfile(ip__real.sendfile64, out, in, offset, count);
 }
 
 /* ---- batches of datagrams --------------------------------------------- */

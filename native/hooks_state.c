@@ -150,6 +150,23 @@ int dup(int fd) {
 }
 
 
+/* A socket we made non-blocking, dup2'ed onto a standard fd in a forked
+ * child, is on its way to another program (subprocess's stdin=sock,
+ * inetd-style servers), which must find it blocking as the user created
+ * it.  O_NONBLOCK is cleared on the shared file description; the processes
+ * that keep using it through the hooks are unaffected, because hooked
+ * socket calls carry MSG_DONTWAIT, and the new fd is foreign from now on. */
+static void hand_over_blocking(int oldfd, int newfd) {
+  uint32_t st = ip__fd_state(oldfd);
+  if (!ip__forked_child || newfd > 2 || !(st & IP_FD_OURS_NB) ||
+      (st & IP_FD_USER_NB))
+    return;
+  int fl = ip__real.fcntl(newfd, F_GETFL);
+  if (fl >= 0 && ip__real.fcntl(newfd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+    ip__fd_forget(newfd); /* reclassified, as foreign, on next use */
+}
+
+
 /* dup2 and dup3 close newfd first, unless oldfd is not open: then they
  * fail with EBADF and newfd must stay as it is. */
 static int do_dup2(int oldfd, int newfd, int flags, int three) {
@@ -159,7 +176,10 @@ static int do_dup2(int oldfd, int newfd, int flags, int three) {
   int r = three ? ip__real.dup3(oldfd, newfd, flags)
                 : ip__real.dup2(oldfd, newfd);
   if (r >= 0 && oldfd != newfd && ip__hooks_armed())
-    IP_SAVE_ERRNO(ip__fd_copy(oldfd, newfd));
+    IP_SAVE_ERRNO({
+      ip__fd_copy(oldfd, newfd);
+      hand_over_blocking(oldfd, newfd);
+    });
   return r;
 }
 

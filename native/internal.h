@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -235,7 +236,7 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(openat64) X(epoll_create) X(epoll_create1) X(getaddrinfo)                 \
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
-  X(close_range) X(closefrom)
+  X(close_range) X(closefrom) X(sendfile) X(sendfile64)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -367,9 +368,18 @@ typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait);
  * honouring SO_RCVTIMEO / SO_SNDTIMEO (EAGAIN after the timeout). */
 IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
                          void *ctx);
+/* ip__io with an absolute deadline (-1: none) that bounds the whole of a
+ * call made of several attempts, as SO_RCVTIMEO / SO_SNDTIMEO bound the
+ * kernel's; IP_SOCKET_TIMEOUT: start the socket's timeout now. */
+#define IP_SOCKET_TIMEOUT (-2)
+IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
+                               void *ctx, int64_t deadline);
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
+/* Set in a forked child (by the atfork handler), where fds may be on their
+ * way to a program that exec replaces us with. */
+IP_HIDDEN extern int ip__forked_child;
 
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */
 

@@ -462,8 +462,12 @@ static void invalidate(ip_coro_t *co) {
  * threads).  The forking thread's scheduler gets a fresh epoll set,
  * eventfd, queues, timers and hub, and the forking coroutine becomes the
  * thread's main coroutine. */
+int ip__forked_child;
+
+
 static void sched_after_fork_child(void) {
   ip_sched_t *s = tls_sched;
+  ip__forked_child = 1;
   ip_coro_t *survivor = s ? s->current : NULL;
   pthread_mutex_init(&coro_lock, NULL);
   coro_free = NULL;

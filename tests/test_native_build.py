@@ -146,7 +146,8 @@ def header_functions():
 
 # Hooked names that are not calls the engine itself makes through the real
 # table: the fortified variants and vfork (which the library turns into fork).
-EXTRA_HOOKS = {"__read_chk", "__recv_chk", "__recvfrom_chk", "__poll_chk", "vfork"}
+EXTRA_HOOKS = {"__read_chk", "__recv_chk", "__recvfrom_chk", "__poll_chk", "vfork",
+               "eventfd_read", "eventfd_write"}
 
 
 def hooked_functions():
