@@ -28,10 +28,6 @@ TIME_LINE = re.compile(r"^time (\d+) Succ Cnt (\d+) Fail Cnt (\d+)$")
 TOTAL_LINE = re.compile(r"^total Succ Cnt (\d+) Fail Cnt (\d+)$")
 READY_TIMEOUT = 30
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(SERVER), reason="examples/ is not part of this tree")
-
-
 def _env(**extra):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

@@ -694,11 +694,6 @@ def test_socket_handed_to_a_child_process_is_blocking_there():
     assert out == ["child blocking: True", "child read: b'for the child'"]
 
 
-needs_eventfd = pytest.mark.skipif(not hasattr(os, "eventfd"),
-                                   reason="os.eventfd needs Python 3.10+")
-
-
-@needs_eventfd
 @pytest.mark.timeout(120)
 def test_eventfd_read_parks_until_written():
     # os.read on an eventfd goes through the read hook.
@@ -724,7 +719,6 @@ def test_eventfd_read_parks_until_written():
                    "EFD_NONBLOCK: EAGAIN False"]
 
 
-@needs_eventfd
 @pytest.mark.timeout(120)
 def test_eventfd_read_function_parks_until_written():
     # os.eventfd_read calls glibc's eventfd_read(), which reads through

@@ -330,7 +330,7 @@ def self_signed_cert(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     if proc.returncode != 0:
-        pytest.skip(f"openssl could not make a certificate: {proc.stderr}")
+        pytest.fail(f"openssl could not make a certificate: {proc.stderr}")
     return str(cert), str(key)
 
 
