@@ -17,6 +17,7 @@ from ._sched import Coroutine as Coroutine
 from ._sched import Statistics as Statistics
 from ._sched import current as current
 from ._sched import deadline as deadline
+from ._sched import no_hooks as no_hooks
 from ._sched import run as run
 from ._sched import sleep as sleep
 from ._sched import spawn as spawn
@@ -45,6 +46,7 @@ __all__ = [
     "__version__",
     "current",
     "deadline",
+    "no_hooks",
     "run",
     "sleep",
     "spawn",

@@ -442,6 +442,23 @@ class deadline:
         return False
 
 
+class no_hooks:
+    """Context manager: inside it, blocking libc calls made by the running
+    coroutine block the thread as they would without interpose (for code
+    that must not switch, or to compare).  Nests; restores on exit."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self):
+        _scheduler()
+        self._previous = _lib.coro_set_hooks(0)
+        return self
+
+    def __exit__(self, *exc_info):
+        _lib.coro_set_hooks(self._previous)
+        return False
+
+
 class shielded:
     """Context manager (private): waits inside ignore cancellation and
     deadlines, for cleanup that must complete."""

@@ -497,3 +497,23 @@ def test_sendfile_to_a_blocking_socket_blocks_like_libc():
         f.close(); a.close(); b.close()
     """)
     assert out == [f"sendfile: {4 << 20} drained: {4 << 20}"]
+
+
+@pytest.mark.timeout(60)
+def test_no_hooks_blocks_the_thread_and_restores():
+    # Inside no_hooks() a blocking sleep blocks the thread (the ticker does
+    # not tick meanwhile); after it, sleeps cooperate again.
+    out = check_ok(run_hooked("""
+        ticks = []
+        def ticker():
+            for i in range(5):
+                time.sleep(0.01)
+                ticks.append(i)
+        t = interpose.spawn(ticker)
+        with interpose.no_hooks():
+            time.sleep(0.2)
+            print("ticks while blocked", len(ticks))
+        t.join()
+        print("ticks after", len(ticks))
+    """))
+    assert out == ["ticks while blocked 0", "ticks after 5"]
