@@ -123,36 +123,23 @@ static ssize_t read_attempt(void *ctx, int fd, int dontwait) {
 }
 
 
+/* Continues a blocking stream transfer that has done `done` of the `total`
+ * bytes of iov; defined with the writes. */
+static ssize_t transfer_rest(int fd, int events, const struct iovec *iov,
+                             int iovcnt, size_t done, int flags,
+                             int64_t deadline);
+
+
 /* MSG_WAITALL on a stream socket: keep reading the rest of the buffers
  * until they are full, EOF, or an error (then the partial count). */
 static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
   struct iovec one = {c->buf, c->len};
   const struct iovec *iov = c->call == R_RECVMSG ? c->msg->msg_iov : &one;
   int iovcnt = c->call == R_RECVMSG ? (int) c->msg->msg_iovlen : 1;
-  size_t total = iov_total(iov, iovcnt);
-  if (first <= 0 || (size_t) first >= total)
+  if (first <= 0 || (size_t) first >= iov_total(iov, iovcnt))
     return first;
-  iovwin_t w;
-  if (iovwin_init(&w, iov, iovcnt) < 0)
-    return first;
-  size_t done = (size_t) first;
-  iovwin_advance(&w, done);
-  rcall_t more = {.call = R_READV, .iov = w.v, .iovcnt = w.n};
-  while (done < total) {
-    more.iov = w.v;
-    more.iovcnt = w.n;
-    int saved = errno;
-    ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, &more,
-                             deadline);
-    if (n <= 0) {
-      errno = saved;
-      break;
-    }
-    done += (size_t) n;
-    iovwin_advance(&w, (size_t) n);
-  }
-  iovwin_free(&w);
-  return (ssize_t) done;
+  return transfer_rest(fd, INTERPOSE_READABLE, iov, iovcnt, (size_t) first,
+                       c->flags & ~MSG_WAITALL, deadline);
 }
 
 
@@ -284,29 +271,25 @@ static void write_buffers(const wcall_t *c, struct iovec *one,
 }
 
 
-/* The rest of a blocking write to a stream socket after `first` bytes:
- * ancillary data and the address went with the first part. */
-static ssize_t write_rest(wcall_t *c, int fd, size_t first, size_t total,
-                          int64_t deadline) {
-  struct iovec one;
-  const struct iovec *iov;
-  int iovcnt;
-  write_buffers(c, &one, &iov, &iovcnt);
+static ssize_t transfer_rest(int fd, int events, const struct iovec *iov,
+                             int iovcnt, size_t done, int flags,
+                             int64_t deadline) {
+  size_t total = iov_total(iov, iovcnt);
   iovwin_t w;
   if (iovwin_init(&w, iov, iovcnt) < 0)
-    return (ssize_t) first;
-  size_t done = first;
+    return (ssize_t) done;
   iovwin_advance(&w, done);
-  int flags = c->call == W_WRITE || c->call == W_WRITEV ? 0 : c->flags;
   while (done < total) {
     struct msghdr m;
     memset(&m, 0, sizeof(m));
     m.msg_iov = w.v;
     m.msg_iovlen = (size_t) w.n;
-    wcall_t more = {.call = W_SENDMSG, .msg = &m, .flags = flags};
-    int saved = errno;
-    ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, &more,
-                             deadline);
+    rcall_t rc = {.call = R_RECVMSG, .msg = &m, .flags = flags};
+    wcall_t wc = {.call = W_SENDMSG, .msg = &m, .flags = flags};
+    int saved = errno; /* a partial count hides the error that ended it */
+    ssize_t n = events == INTERPOSE_READABLE
+                    ? ip__io_until(fd, events, read_attempt, &rc, deadline)
+                    : ip__io_until(fd, events, write_attempt, &wc, deadline);
     if (n <= 0) {
       errno = saved;
       break;
@@ -370,8 +353,12 @@ static ssize_t do_write(wcall_t *c, int fd) {
   int iovcnt;
   write_buffers(c, &one, &iov, &iovcnt);
   size_t total = iov_total(iov, iovcnt);
-  return (size_t) n < total ? write_rest(c, fd, (size_t) n, total, deadline)
-                            : n;
+  if ((size_t) n >= total)
+    return n;
+  /* Ancillary data and the address went with the first part. */
+  int flags = c->call == W_WRITE || c->call == W_WRITEV ? 0 : c->flags;
+  return transfer_rest(fd, INTERPOSE_WRITABLE, iov, iovcnt, (size_t) n, flags,
+                       deadline);
 }
 
 

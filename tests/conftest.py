@@ -2,6 +2,7 @@
 thread states, wait until coroutines are parked."""
 import ctypes
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,30 @@ def live_thread_states():
         n += 1
         ts = api.PyThreadState_Next(ts)
     return n
+
+
+# epoll_wait, epoll_pwait and epoll_pwait2, by system call number.
+_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
+
+
+def in_epoll_wait(native_id):
+    """True when the OS thread is blocked in epoll_wait: the hub of a thread
+    whose coroutines are all parked (read from /proc, not ordered by
+    sleeps)."""
+    base = f"/proc/self/task/{native_id}/"
+    try:
+        with open(base + "wchan") as f:
+            if "epoll" in f.read():
+                return True
+    except OSError:
+        pass
+    try:
+        with open(base + "syscall") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
+    return first.isdigit() and int(first) in numbers
 
 
 def wait_all_blocked(coroutines):

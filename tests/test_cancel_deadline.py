@@ -5,7 +5,6 @@ earliest and leaving the block restores the previous one.  Covers
 coroutines parked in sleep, Event.wait, Lock.acquire and wait_readable."""
 import errno
 import os
-import platform
 import socket
 import threading
 import time
@@ -13,7 +12,7 @@ import time
 import pytest
 
 import interpose
-from conftest import wait_all_blocked
+from conftest import wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -314,26 +313,6 @@ def test_condition_wait_interrupted_reacquires_lock_before_raising(how, make_loc
     interpose.run(main)
 
 
-_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
-
-
-def _in_epoll_wait(native_id):
-    """True when the OS thread is blocked in epoll_wait (its scheduler has
-    nothing to run)."""
-    base = f"/proc/self/task/{native_id}/"
-    try:
-        with open(base + "wchan") as f:
-            if "epoll" in f.read():
-                return True
-    except OSError:
-        pass
-    try:
-        with open(base + "syscall") as f:
-            first = f.read().split()[0]
-    except (OSError, IndexError):
-        return False
-    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
-    return first.isdigit() and int(first) in numbers
 
 
 @pytest.mark.parametrize("kind", ["sleep", "event", "wait_readable"])
@@ -350,7 +329,7 @@ def test_cancel_from_another_os_thread(kind):
         def canceller():
             try:
                 end = time.monotonic() + 20
-                while not _in_epoll_wait(main_tid):
+                while not in_epoll_wait(main_tid):
                     assert time.monotonic() < end, "main thread never parked"
                     time.sleep(0.001)
                 assert c.cancel() is True

@@ -5,7 +5,6 @@ coroutine, trace/profile inheritance, and per-coroutine contextvars and
 threading.local state."""
 import contextvars
 import math
-import platform
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ import traceback
 import pytest
 
 import interpose
-from conftest import live_thread_states, run_snippet, wait_all_blocked
+from conftest import live_thread_states, run_snippet, wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -170,26 +169,6 @@ def test_joining_the_main_coroutine_raises_runtimeerror():
     interpose.run(main)
 
 
-_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
-
-
-def _in_epoll_wait(native_id):
-    """True when the OS thread is blocked in epoll_wait: the hub of a
-    thread whose coroutines are all parked."""
-    base = f"/proc/self/task/{native_id}/"
-    try:
-        with open(base + "wchan") as f:
-            if "epoll" in f.read():
-                return True
-    except OSError:
-        pass
-    try:
-        with open(base + "syscall") as f:
-            first = f.read().split()[0]
-    except (OSError, IndexError):
-        return False
-    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
-    return first.isdigit() and int(first) in numbers
 
 
 @pytest.mark.parametrize("outcome", ["result", "exception"])
@@ -221,7 +200,7 @@ def test_join_from_plain_os_thread(outcome):
         t = threading.Thread(target=joiner, daemon=True)
         t.start()
         end = time.monotonic() + 20
-        while "tid" not in info or not _in_epoll_wait(info["tid"]):
+        while "tid" not in info or not in_epoll_wait(info["tid"]):
             assert time.monotonic() < end, "the joining thread never parked"
             interpose.sleep(0.001)
         ev.set()

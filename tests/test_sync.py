@@ -2,7 +2,6 @@
 threading/queue semantics between coroutines of one scheduler, and wake-ups
 that cross OS threads (a plain thread with no scheduler releasing a parked
 coroutine, and a coroutine releasing a plain thread parked in a wait)."""
-import platform
 import queue
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 
 import interpose
-from conftest import wait_all_blocked
+from conftest import wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -778,32 +777,12 @@ def test_semaphore_negative_timeout_does_not_block(timeout):
 
 # ---- across OS threads -------------------------------------------------
 
-_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
-
-
-def _in_epoll_wait(native_id):
-    """True when the OS thread is blocked in epoll_wait: the hub of a
-    thread whose coroutines are all parked."""
-    base = f"/proc/self/task/{native_id}/"
-    try:
-        with open(base + "wchan") as f:
-            if "epoll" in f.read():
-                return True
-    except OSError:
-        pass
-    try:
-        with open(base + "syscall") as f:
-            first = f.read().split()[0]
-    except (OSError, IndexError):
-        return False
-    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
-    return first.isdigit() and int(first) in numbers
 
 
 def _wait_in_epoll(native_id, limit=20.0):
     """Poll (from another OS thread) until native_id sleeps in epoll_wait."""
     end = time.monotonic() + limit
-    while not _in_epoll_wait(native_id):
+    while not in_epoll_wait(native_id):
         if time.monotonic() > end:
             raise AssertionError(f"thread {native_id} never blocked in epoll_wait")
         time.sleep(0.001)
@@ -958,7 +937,7 @@ def test_coroutine_release_wakes_plain_thread_blocked_in_wait(kind):
             interpose.sleep(0.001)
             assert time.monotonic() - started < 20, "thread never started"
         tid = result["tid"]
-        while not _in_epoll_wait(tid):
+        while not in_epoll_wait(tid):
             interpose.sleep(0.001)
             assert time.monotonic() - started < 20, "thread never parked"
 
