@@ -231,13 +231,15 @@ void ip__fd_copy(int oldfd, int newfd) {
 
 typedef struct desc_update {
   uint64_t desc;
-  int what; /* 0: user O_NONBLOCK; SO_RCVTIMEO / SO_SNDTIMEO */
+  int what; /* 0: user O_NONBLOCK; SO_RCVTIMEO / SO_SNDTIMEO; -1: not ours */
   int64_t value;
 } desc_update_t;
 
 
 static void apply_update(ip_fd_t *e, const desc_update_t *u) {
-  if (u->what == 0 && u->value)
+  if (u->what == -1)
+    atomic_fetch_and(&e->state, ~IP_FD_OURS_NB);
+  else if (u->what == 0 && u->value)
     atomic_fetch_or(&e->state, IP_FD_USER_NB);
   else if (u->what == 0)
     atomic_fetch_and(&e->state, ~IP_FD_USER_NB);
@@ -281,6 +283,18 @@ void ip__fd_set_user_nonblock(int fd, int on) { update_desc(fd, 0, on != 0); }
 
 void ip__fd_set_timeout(int fd, int optname, int64_t ns) {
   update_desc(fd, optname, ns);
+}
+
+
+int ip__fd_hand_over(int fd) {
+  uint32_t st = ip__fd_state(fd);
+  if (!(st & IP_FD_OURS_NB) || (st & IP_FD_USER_NB))
+    return 0;
+  int fl = ip__real.fcntl(fd, F_GETFL);
+  if (fl < 0 || ip__real.fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+    return 0;
+  update_desc(fd, -1, 0);
+  return 1;
 }
 
 

@@ -1,5 +1,6 @@
 /* hooks_state.c: fcntl, fcntl64, ioctl(FIONBIO), setsockopt (the socket
- * timeouts), close, close_range, closefrom, dup, dup2, dup3.
+ * timeouts), close, close_range, closefrom, dup, dup2, dup3, and
+ * posix_spawn_file_actions_adddup2.
  *
  * These keep the fd table true and the user's view intact: F_GETFL hides
  * the O_NONBLOCK we set, F_SETFL and FIONBIO record the user's wish without
@@ -151,19 +152,22 @@ int dup(int fd) {
 
 
 /* A socket we made non-blocking, dup2'ed onto a standard fd in a forked
- * child, is on its way to another program (subprocess's stdin=sock,
- * inetd-style servers), which must find it blocking as the user created
- * it.  O_NONBLOCK is cleared on the shared file description; the processes
- * that keep using it through the hooks are unaffected, because hooked
- * socket calls carry MSG_DONTWAIT, and the new fd is foreign from now on. */
+ * child or in a posix_spawn file action, is on its way to another program
+ * (subprocess's stdin=sock, inetd-style servers), which must find it
+ * blocking as the user created it.  O_NONBLOCK is cleared on the shared
+ * file description; the processes that keep using it through the hooks are
+ * unaffected, because hooked socket calls carry MSG_DONTWAIT. */
 static void hand_over_blocking(int oldfd, int newfd) {
-  uint32_t st = ip__fd_state(oldfd);
-  if (!ip__forked_child || newfd > 2 || !(st & IP_FD_OURS_NB) ||
-      (st & IP_FD_USER_NB))
-    return;
-  int fl = ip__real.fcntl(newfd, F_GETFL);
-  if (fl >= 0 && ip__real.fcntl(newfd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+  if (ip__forked_child && newfd <= 2 && ip__fd_hand_over(oldfd))
     ip__fd_forget(newfd); /* reclassified, as foreign, on next use */
+}
+
+
+int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions,
+                                     int fd, int newfd) {
+  if (ip__hooks_armed() && newfd >= 0 && newfd <= 2 && fd != newfd)
+    IP_SAVE_ERRNO(ip__fd_hand_over(fd));
+  return ip__real.posix_spawn_file_actions_adddup2(actions, fd, newfd);
 }
 
 

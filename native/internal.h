@@ -15,6 +15,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/sendfile.h>
+#include <spawn.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -236,7 +237,8 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(openat64) X(epoll_create) X(epoll_create1) X(getaddrinfo)                 \
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
-  X(close_range) X(closefrom) X(sendfile) X(sendfile64)
+  X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
+  X(posix_spawn_file_actions_adddup2)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -307,6 +309,11 @@ IP_HIDDEN void ip__fd_copy(int oldfd, int newfd);
  * its file description. */
 IP_HIDDEN void ip__fd_set_user_nonblock(int fd, int on);
 IP_HIDDEN void ip__fd_set_timeout(int fd, int optname, int64_t ns);
+/* fd, a socket we made non-blocking, is being handed to another program as
+ * a standard fd: clear O_NONBLOCK on its file description, which is then no
+ * longer ours (hooked socket calls carry MSG_DONTWAIT and do not care).
+ * Returns 1 if it changed anything.  errno is kept. */
+IP_HIDDEN int ip__fd_hand_over(int fd);
 /* Registers w (its co and gen filled in) as waiting on fd; 0, -EBADF, or
  * -EPERM for a file epoll cannot watch (always ready). */
 IP_HIDDEN int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w);
@@ -410,6 +417,7 @@ IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
 IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
+IP_HIDDEN size_t ip__pyver_default_stack(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 
 #endif /* IP_INTERNAL_H */

@@ -129,8 +129,9 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
 IP_EXPORT int interpose_sched_interrupt_main(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
-/* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE or
- * 1 MiB) and the smallest accepted one. */
+/* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
+ * 1 MiB on CPython 3.11 and 3.12, 4 MiB on 3.13) and the smallest accepted
+ * one. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
 

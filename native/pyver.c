@@ -13,6 +13,10 @@
 /* 3.12 moved the current thread state from a process-wide variable into a
  * thread-local one (gh-95174 and the per-interpreter GIL work, PEP 684). */
 static int ip_py312;
+/* 3.13 counts C recursion against a fixed limit of 10,000 levels
+ * (Py_C_RECURSION_LIMIT) instead of the recursion limit: nested repr or
+ * json.loads reach about 1.5 MiB of C stack before RecursionError. */
+static int ip_py313;
 
 
 int ip__pyver_select(unsigned long hexversion) {
@@ -21,7 +25,20 @@ int ip__pyver_select(unsigned long hexversion) {
   if (major != 3 || minor < 11 || minor > 13)
     return -ENOTSUP;
   ip_py312 = minor >= 12;
+  ip_py313 = minor >= 13;
   return 0;
+}
+
+
+/* The default usable C stack per coroutine: enough for CPython's own
+ * recursion checks to fire before the guard page does.  Virtual only: an
+ * idle coroutine touches one page of it. */
+size_t ip__pyver_default_stack(void) {
+  if (ip_py313) {
+    return 4 * 1024 * 1024;
+  } else { /* 3.11, 3.12: recursion through __repr__ needs 456 KiB */
+    return 1024 * 1024;
+  }
 }
 
 

@@ -25,7 +25,6 @@
 
 #define POOL_MAX 256
 #define MIN_USABLE (16 * 1024)
-#define DEFAULT_USABLE (1024 * 1024)
 /* Faults this far below a guard page still count as overflows: one frame
  * can jump past a single guard page. */
 #define GUARD_SLACK (64 * 1024)
@@ -60,12 +59,13 @@ size_t ip__stack_round(size_t usable) {
 
 
 /* INTERPOSE_STACK_SIZE accepts bytes with an optional K or M suffix; a
- * value that does not parse is ignored in favour of the 1 MiB default, and
- * the Python side reports it before the library ever reads it. */
+ * value that does not parse is ignored in favour of the interpreter's
+ * default (pyver.c), and the Python side reports it before the library
+ * ever reads it.  Read once, when the first coroutine is spawned. */
 size_t ip__stack_default_size(void) {
   if (default_usable)
     return default_usable;
-  size_t size = DEFAULT_USABLE;
+  size_t size = ip__pyver_default_stack();
   const char *env = getenv("INTERPOSE_STACK_SIZE");
   if (env && *env) {
     char *end;
