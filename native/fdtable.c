@@ -47,9 +47,12 @@ static ip_fd_t *_Atomic chunks[TOP_SIZE];
 static _Atomic uint64_t next_desc = 1;
 
 
-static void entry_init(ip_fd_t *e) {
-  atomic_flag_clear(&e->lock);
-  ip__queue_init(&e->waiters);
+/* The waiters of e, set up on first use (the entry lock is held): a fresh
+ * chunk is left all zero, so that its pages cost nothing until used. */
+static ip_link_t *waiters_of(ip_fd_t *e) {
+  if (e->waiters.next == NULL)
+    ip__queue_init(&e->waiters);
+  return &e->waiters;
 }
 
 
@@ -59,11 +62,12 @@ ip_fd_t *ip__fd_entry(int fd) {
   unsigned top = (unsigned) fd >> CHUNK_SHIFT;
   ip_fd_t *chunk = atomic_load_explicit(&chunks[top], memory_order_acquire);
   if (chunk == NULL) {
+    /* All zero is a valid entry: unknown state, clear lock (C11 leaves
+     * the clear representation of atomic_flag unspecified; every ABI we
+     * build for uses 0), no waiters list yet. */
     ip_fd_t *fresh = calloc(CHUNK_SIZE, sizeof(*fresh));
     if (fresh == NULL)
       return NULL;
-    for (unsigned i = 0; i < CHUNK_SIZE; i++)
-      entry_init(&fresh[i]);
     if (atomic_compare_exchange_strong(&chunks[top], &chunk, fresh))
       chunk = fresh;
     else
@@ -172,7 +176,8 @@ static void unregister(ip_fd_t *e, int fd) {
 
 
 static void wake_waiters(ip_fd_t *e, int ready, int result) {
-  for (ip_link_t *l = e->waiters.next; l != &e->waiters; l = l->next) {
+  ip_link_t *q = waiters_of(e);
+  for (ip_link_t *l = q->next; l != q; l = l->next) {
     ip_waiter_t *w = container_of(l, ip_waiter_t, link);
     if (w->events & ready)
       ip__wake(w->co, w->gen, result, 0);
@@ -312,7 +317,8 @@ static uint32_t wanted(const ip_fd_t *e, uint32_t state) {
   if (state & IP_FD_TRACKED)
     return EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   int events = 0;
-  for (const ip_link_t *l = e->waiters.next; l != &e->waiters; l = l->next)
+  const ip_link_t *q = e->waiters.next ? &e->waiters : NULL;
+  for (const ip_link_t *l = q ? q->next : NULL; l != q; l = l->next)
     events |= container_of(l, ip_waiter_t, link)->events;
   return events ? epoll_events_of(events) : 0;
 }
@@ -361,7 +367,7 @@ int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w) {
   if (!(ip__fd_state(w->fd) & IP_FD_KNOWN))
     return -EBADF;
   lock(e);
-  ip__queue_push_back(&e->waiters, &w->link);
+  ip__queue_push_back(waiters_of(e), &w->link);
   int r = sync_registration(s, e, w->fd);
   if (r < 0)
     ip__queue_remove(&w->link);
@@ -450,6 +456,10 @@ static void each_entry(void (*fn)(ip_fd_t *e, int fd, void *arg), void *arg) {
 
 static void drop_if_in(ip_fd_t *e, int fd, void *arg) {
   (void) fd;
+  /* Only s's own thread registers fds in s, and a registered fd is known:
+   * an unknown entry cannot be in s (and its page need not be touched). */
+  if (atomic_load(&e->state) == 0)
+    return;
   lock(e);
   if (e->reg_sched == arg) {
     e->reg_sched = NULL; /* the epoll set itself is being closed */
@@ -468,12 +478,17 @@ void ip__fd_drop_sched(ip_sched_t *s) {
 static void reset_after_fork(ip_fd_t *e, int fd, void *arg) {
   (void) fd;
   (void) arg;
-  /* Only this thread exists: no lock can be held by anyone alive. */
+  /* Only this thread exists: no lock can be held by anyone alive, and
+   * every waiter belonged to a coroutine that is gone.  Untouched entries
+   * stay untouched. */
+  if (atomic_load(&e->state) == 0 && e->reg_sched == NULL &&
+      e->waiters.next == NULL)
+    return;
   atomic_flag_clear(&e->lock);
   e->reg_sched = NULL;
   e->reg_events = 0;
   e->gen++;
-  ip__queue_init(&e->waiters);
+  e->waiters.next = e->waiters.prev = NULL;
 }
 
 
