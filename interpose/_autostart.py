@@ -52,7 +52,7 @@ def _print_statistics():
 def environment(stack_size=None, main_hooks=True, stats=False, base=None):
     """The environment that makes a Python process boot interpose."""
     env = dict(os.environ if base is None else base)
-    env["LD_PRELOAD"] = _prepend(_native.LIBRARY_PATH, env.get("LD_PRELOAD"), ":")
+    env["LD_PRELOAD"] = _preload_list(env.get("LD_PRELOAD"))
     env["PYTHONPATH"] = _prepend(BOOT_DIR, env.get("PYTHONPATH"), os.pathsep)
     env["INTERPOSE_AUTOSTART"] = "1"
     if stack_size is not None:
@@ -64,8 +64,21 @@ def environment(stack_size=None, main_hooks=True, stats=False, base=None):
     return env
 
 
+# Sanitizer runtimes must come first in LD_PRELOAD or they refuse to start
+# (scripts/asan-tests preloads them for the whole test suite).
+_SANITIZER_RUNTIMES = ("libasan", "libubsan", "libtsan", "liblsan",
+                       "libclang_rt.")
+
+
+def _preload_list(existing):
+    """LD_PRELOAD with the library in front, behind any sanitizer runtime."""
+    items = [i for i in (existing or "").split(":") if i and i != _native.LIBRARY_PATH]
+    first = [i for i in items if os.path.basename(i).startswith(_SANITIZER_RUNTIMES)]
+    rest = [i for i in items if i not in first]
+    return ":".join([*first, _native.LIBRARY_PATH, *rest])
+
+
 def _prepend(value, existing, sep):
-    """value first, then the existing entries (ld.so also accepts spaces in
-    LD_PRELOAD; an entry with spaces stays whole)."""
+    """value first, then the existing entries."""
     items = [i for i in (existing or "").split(sep) if i and i != value]
     return sep.join([value, *items])

@@ -112,6 +112,7 @@ IP_HIDDEN size_t ip__stack_round(size_t usable);
 /* 0 or -errno (-ENOMEM when the process is out of memory mappings). */
 IP_HIDDEN int ip__stack_acquire(ip_stack_t *st, size_t usable);
 IP_HIDDEN void ip__stack_release(ip_stack_t *st);
+IP_HIDDEN void ip__stack_unmap(ip_stack_t *st);
 static inline void *ip__stack_top(const ip_stack_t *st) {
   return st->base + st->size;
 }
@@ -187,6 +188,7 @@ typedef struct ip_coro {
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
+  void *san_fake; /* AddressSanitizer's fake stack while switched away */
 } ip_coro_t;
 
 typedef struct ip_sched {
@@ -210,6 +212,9 @@ typedef struct ip_sched {
   interpose_stats_t stats;
   pid_t pid; /* detects use in a forked child */
   struct ip_sched *all_next; /* every live scheduler, for fork */
+  void *hub_san_fake;        /* SANITIZE=1 only: see sched.c */
+  void *root_stack_bottom;
+  size_t root_stack_size;
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;

@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -168,9 +167,62 @@ uint64_t ip__prepare(ip_coro_t *co) {
 }
 
 
-static void switch_to_hub(ip_sched_t *s, ip_coro_t *co) {
+/* ---- stack switches as AddressSanitizer must see them ----------------
+ * ASan keeps the bounds of the stack it believes is running; interceptors
+ * such as vfork's clear shadow memory up to that stack's top.  Under
+ * SANITIZE=1 every switch is announced with the sanitizer fiber API;
+ * otherwise these are empty. */
+#ifdef IP_SANITIZE
+#include <sanitizer/common_interface_defs.h>
+
+static void stack_bounds(ip_sched_t *s, ip_coro_t *co, const void **bottom,
+                         size_t *size) {
+  const ip_stack_t *st = co ? &co->stack : &s->hub_stack;
+  if (co == &s->root) {
+    *bottom = s->root_stack_bottom;
+    *size = s->root_stack_size;
+  } else {
+    *bottom = st->base + st->guard;
+    *size = st->size - st->guard;
+  }
+}
+
+
+static void san_leave(ip_sched_t *s, void **fake, ip_coro_t *to) {
+  const void *bottom;
+  size_t size;
+  stack_bounds(s, to, &bottom, &size);
+  __sanitizer_start_switch_fiber(fake, bottom, size);
+}
+
+
+static void san_arrive(void *fake) {
+  __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+}
+
+
+static void root_stack_bounds(ip_sched_t *s) {
+  pthread_attr_t attr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    void *addr;
+    pthread_attr_getstack(&attr, &addr, &s->root_stack_size);
+    s->root_stack_bottom = addr;
+    pthread_attr_destroy(&attr);
+  }
+}
+#else  /* !IP_SANITIZE */
+#define san_leave(s, fake, to) ((void) (fake))
+#define san_arrive(fake) ((void) (fake))
+#define root_stack_bounds(s) ((void) (s))
+#endif /* IP_SANITIZE */
+
+
+/* dying: the coroutine will never be resumed (its fake stack goes). */
+static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
   s->stats.switches++;
+  san_leave(s, dying ? NULL : &co->san_fake, NULL);
   ip__switch(&co->sp, s->hub_sp);
+  san_arrive(co->san_fake);
 }
 
 
@@ -224,7 +276,7 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   } else {
     co->state = IP_CORO_PARKED;
     s->stats.parks++;
-    switch_to_hub(s, co);
+    switch_to_hub(s, co, 0);
     s = co->sched; /* a fork may have replaced the scheduler's insides */
     result = co->wake_result;
   }
@@ -254,8 +306,10 @@ static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   co->state = IP_CORO_RUNNING;
   s->current = co;
   s->stats.switches++;
+  san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
+  san_arrive(s->hub_san_fake);
   s->current = NULL;
   if (s->dead != NULL)
     reclaim_dead(s);
@@ -387,6 +441,7 @@ static void fire_timers(ip_sched_t *s) {
 
 static void hub_main(void *arg) {
   (void) arg;
+  san_arrive(NULL); /* a fresh stack: nothing to restore */
   for (;;) {
     ip_sched_t *s = tls_sched;
     take_remote(s);
@@ -446,10 +501,8 @@ static void invalidate(ip_coro_t *co) {
   co->id = 0;
   co->tstate = NULL;
   co->body = NULL; /* its reference died with the parent's objects' owner */
-  if (co->stack.base != NULL) {
-    munmap(co->stack.base, co->stack.size);
-    co->stack.base = NULL;
-  }
+  if (co->stack.base != NULL)
+    ip__stack_unmap(&co->stack);
 }
 
 
@@ -533,6 +586,7 @@ ip_sched_t *ip__sched_ensure(void) {
   root->deadline_ns = -1;
   root->timer.index = SIZE_MAX;
   name_copy(root, "main");
+  root_stack_bounds(s);
   s->main = root;
   s->current = root;
   pthread_mutex_lock(&coro_lock);
@@ -597,6 +651,7 @@ fail:
 /* Entered on a fresh stack by the first switch to a spawned coroutine. */
 void ip__coro_main(void *arg) {
   ip_coro_t *co = arg;
+  san_arrive(NULL);
   ip__py_run_body(co);
   ip_sched_t *s = tls_sched;
   if (co == s->main) {
@@ -606,7 +661,7 @@ void ip__coro_main(void *arg) {
   }
   co->state = IP_CORO_DEAD;
   s->dead = co;
-  switch_to_hub(s, co);
+  switch_to_hub(s, co, 1);
   ip__fatal(__FILE__, __LINE__, "a dead coroutine was resumed");
 }
 

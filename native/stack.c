@@ -23,6 +23,10 @@
 
 #include "internal.h"
 
+#ifdef IP_SANITIZE
+#include <sanitizer/asan_interface.h>
+#endif
+
 #define POOL_MAX 256
 #define MIN_USABLE (16 * 1024)
 /* Faults this far below a guard page still count as overflows: one frame
@@ -106,12 +110,29 @@ static int map_stack(ip_stack_t *st, size_t usable) {
 }
 
 
+/* Every stack a coroutine ran on is unmapped through here: under ASan the
+ * dead frames' redzones would otherwise stay poisoned in the shadow of an
+ * address range that a later mapping (even a heap one) reuses. */
+void ip__stack_unmap(ip_stack_t *st) {
+#ifdef IP_SANITIZE
+  __asan_unpoison_memory_region(st->base + st->guard, st->size - st->guard);
+#endif
+  munmap(st->base, st->size);
+  st->base = NULL;
+}
+
+
 int ip__stack_acquire(ip_stack_t *st, size_t usable) {
   if (usable > SIZE_MAX / 4)
     return -ENOMEM; /* rounding and the guard page would overflow size_t */
   usable = usable ? ip__stack_round(usable) : ip__stack_default_size();
   if (usable == ip__stack_default_size() && pool_len > 0) {
     *st = pool[--pool_len];
+#ifdef IP_SANITIZE
+    /* The previous coroutine died inside its frames: their redzones are
+     * still poisoned in ASan's shadow of this stack. */
+    __asan_unpoison_memory_region(st->base + st->guard, st->size - st->guard);
+#endif
     return 0;
   }
   return map_stack(st, usable);
@@ -130,8 +151,7 @@ void ip__stack_release(ip_stack_t *st) {
       return;
     }
   }
-  IP_SAVE_ERRNO(munmap(st->base, st->size));
-  st->base = NULL;
+  IP_SAVE_ERRNO(ip__stack_unmap(st));
 }
 
 
@@ -266,7 +286,7 @@ int ip__stack_install_guard_handler(void) {
 void ip__stack_thread_exit(void) {
   while (pool_len > 0) {
     pool_len--;
-    munmap(pool[pool_len].base, pool[pool_len].size);
+    ip__stack_unmap(&pool[pool_len]);
   }
   free(pool);
   pool = NULL;

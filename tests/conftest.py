@@ -217,10 +217,17 @@ def kernel_nonblocking(fd):
 
 def _snippet_env(env):
     full_env = dict(os.environ)
-    for name in ("LD_PRELOAD", "INTERPOSE_AUTOSTART", "INTERPOSE_MAIN_HOOKS"):
-        full_env.pop(name, None)  # never inherit a preload from the test runner
+    # Never inherit interpose's preload from the test runner; the sanitizer
+    # runtimes that scripts/asan-tests preloads must stay.
+    sanitizers = [p for p in full_env.pop("LD_PRELOAD", "").split(":")
+                  if os.path.basename(p).startswith(("libasan", "libubsan"))]
+    for name in ("INTERPOSE_AUTOSTART", "INTERPOSE_MAIN_HOOKS"):
+        full_env.pop(name, None)
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
+    preload = [p for p in full_env.get("LD_PRELOAD", "").split(":") if p]
+    if sanitizers + preload:
+        full_env["LD_PRELOAD"] = ":".join(sanitizers + preload)
     return full_env
 
 

@@ -21,7 +21,10 @@ import pytest
 
 from conftest import ROOT
 
-EXAMPLES = os.path.join(ROOT, "examples")
+# The examples of this checkout (ROOT is where the interpose package under
+# test lives, which under scripts/asan-tests is a temporary copy).
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples")
 SERVER = os.path.join(EXAMPLES, "echo_server.py")
 CLIENT = os.path.join(EXAMPLES, "echo_client.py")
 TIME_LINE = re.compile(r"^time (\d+) Succ Cnt (\d+) Fail Cnt (\d+)$")

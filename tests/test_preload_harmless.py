@@ -18,11 +18,14 @@ LIB = _native.LIBRARY_PATH
 
 
 def _run(argv, preload, **kw):
+    # Whatever the test run itself preloads (scripts/asan-tests: the
+    # sanitizer runtimes, which must stay first) is in both runs.
     env = dict(os.environ)
     env.pop("INTERPOSE_AUTOSTART", None)
+    base = env.get("LD_PRELOAD", "")
     if preload:
-        env["LD_PRELOAD"] = LIB
-    else:
+        env["LD_PRELOAD"] = f"{base}:{LIB}" if base else LIB
+    elif not base:
         env.pop("LD_PRELOAD", None)
     return subprocess.run(argv, capture_output=True, timeout=60, env=env, **kw)
 

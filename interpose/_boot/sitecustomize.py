@@ -15,21 +15,19 @@ import sys
 def _boot():
     if os.environ.get("INTERPOSE_AUTOSTART") != "1":
         return
+    # Import the package this file belongs to, whose library is the one
+    # preloaded, even if another copy of interpose comes first on sys.path
+    # (a source checkout next to an installed one); the script then finds it
+    # in sys.modules.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, root)
     try:
         from interpose import _autostart
-    except ImportError:
-        # A source checkout that is not installed: import the package this
-        # file belongs to, without leaving its directory on sys.path.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))))
-        sys.path.insert(0, root)
-        try:
-            from interpose import _autostart
-        except ImportError as e:
-            sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
-            return
-        finally:
-            sys.path.remove(root)
+    except ImportError as e:
+        sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
+        return
+    finally:
+        sys.path.remove(root)
     _autostart.boot()
 
 
