@@ -33,7 +33,8 @@ struct job {
   job_t *next;
   job_fn run;
   ip_coro_t *co;
-  uint64_t gen;
+  _Atomic uint64_t gen; /* the park generation the worker must wake */
+  atomic_int done;      /* set by the worker before it reads gen */
   atomic_int owners; /* 2 while both the coroutine and the worker hold it */
   int herrno;
   int err;           /* errno after the call */
@@ -86,7 +87,8 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&pool_lock);
     j->run(j);
     j->herrno = h_errno;
-    ip__wake(j->co, j->gen, 0, 0);
+    atomic_store(&j->done, 1);
+    ip__wake(j->co, atomic_load(&j->gen), 0, 0);
     job_release(j);
     pthread_mutex_lock(&pool_lock);
   }
@@ -135,7 +137,8 @@ static int submit(job_t *j) {
  * not interrupted by signals either. */
 static int run_parked(ip_sched_t *s, job_t *j) {
   j->co = s->current;
-  j->gen = ip__prepare(j->co);
+  atomic_store(&j->gen, ip__prepare(j->co));
+  atomic_store(&j->done, 0);
   atomic_store(&j->owners, 2);
   int r = submit(j);
   if (r < 0)
@@ -144,14 +147,14 @@ static int run_parked(ip_sched_t *s, job_t *j) {
     r = ip__park(s, -1);
     if (r != -EINTR)
       break;
-    j->gen = ip__prepare(j->co);
-    /* The worker may have finished meanwhile: its wake hit the old gen. */
-    if (atomic_load(&j->owners) == 1) {
+    /* Park again for a new generation.  The worker sets done before it
+     * reads gen, and this side stores gen before it reads done: either the
+     * worker's wake carries the new gen, or done is seen here. */
+    atomic_store(&j->gen, ip__prepare(j->co));
+    if (atomic_load(&j->done)) {
       r = 0;
       break;
     }
-    /* A wake by the worker for the new gen can race only after this
-     * point; the worker reads j->gen when it finishes. */
   }
   if (r != 0) {
     job_release(j); /* abandoned: the worker frees it */
