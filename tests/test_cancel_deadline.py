@@ -3,6 +3,7 @@ raise interpose.Cancelled (ECANCELED) and join() raises it too; a deadline
 makes every wait past it raise TimeoutError, nested deadlines keep the
 earliest and leaving the block restores the previous one.  Covers
 coroutines parked in sleep, Event.wait, Lock.acquire and wait_readable."""
+import contextlib
 import errno
 import os
 import socket
@@ -13,6 +14,18 @@ import pytest
 
 import interpose
 from conftest import wait_all_blocked, in_epoll_wait
+
+
+@contextlib.contextmanager
+def _socketpair():
+    """A connected socket pair, closed when the block ends."""
+    a, b = socket.socketpair()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -435,15 +448,11 @@ def test_deadline_not_reached_lets_waits_complete():
 
 def test_deadline_wait_timeout_shorter_than_deadline_returns_false():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             with interpose.deadline(LONG):
                 assert interpose.wait_readable(a, timeout=SHORT) is False
                 assert interpose.Event().wait(SHORT) is False
                 assert interpose.Lock().acquire(timeout=SHORT) is True
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
@@ -568,39 +577,30 @@ def test_deadline_and_cancel_cancel_wins_when_first():
 
 def test_wait_readable_timeout_returns_false_not_early():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             t0 = time.monotonic()
             assert interpose.wait_readable(a, timeout=SHORT) is False
             assert _elapsed_since(t0) >= SHORT
             t0 = time.monotonic()
             assert interpose.wait_readable(a.fileno(), timeout=SHORT) is False
             assert _elapsed_since(t0) >= SHORT
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_readable_timeout_zero_polls():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             assert interpose.wait_readable(a, timeout=0) is False
             b.send(b"x")
             assert interpose.wait_readable(a, timeout=0) is True
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_readable_returns_true_when_data_arrives_from_another_coroutine():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             def reader():
                 assert interpose.wait_readable(a) is True
                 return a.recv(16)
@@ -614,61 +614,45 @@ def test_wait_readable_returns_true_when_data_arrives_from_another_coroutine():
 
             interpose.spawn(writer).join()
             assert r.join() == b"hello"
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_readable_wakes_on_peer_close():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             r = interpose.spawn(interpose.wait_readable, a)
             wait_all_blocked([r])
             b.close()
             assert r.join() is True
             assert a.recv(1) == b""
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_readable_several_waiters_on_one_fd_all_wake():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             cs = [interpose.spawn(interpose.wait_readable, a, 60) for _ in range(3)]
             wait_all_blocked(cs)
             b.send(b"x")
             assert [c.join() for c in cs] == [True, True, True]
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_writable_ready_socket_returns_true():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             assert interpose.wait_writable(a) is True
             assert interpose.wait_writable(a, timeout=0) is True
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_writable_wakes_when_peer_drains():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             sent = _fill_send_buffer(a)
             w = interpose.spawn(interpose.wait_writable, a)
             wait_all_blocked([w])
@@ -681,9 +665,6 @@ def test_wait_writable_wakes_when_peer_drains():
                 except BlockingIOError:
                     break
             assert w.join() is True
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
@@ -704,8 +685,7 @@ def test_wait_readable_and_writable_on_same_fd_wake_separately():
     data arriving wakes only the reader, draining the peer wakes the
     writer."""
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             sent = _fill_send_buffer(a)
             r = interpose.spawn(interpose.wait_readable, a)
             w = interpose.spawn(interpose.wait_writable, a)
@@ -724,17 +704,13 @@ def test_wait_readable_and_writable_on_same_fd_wake_separately():
                     break
             assert w.join() is True
             assert a.recv(16) == b"ping"
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 
 
 def test_wait_readable_after_cancelled_wait_on_same_fd_still_works():
     def main():
-        a, b = socket.socketpair()
-        try:
+        with _socketpair() as (a, b):
             first = interpose.spawn(interpose.wait_readable, a)
             wait_all_blocked([first])
             first.cancel()
@@ -745,9 +721,6 @@ def test_wait_readable_after_cancelled_wait_on_same_fd_still_works():
             assert not second.done()
             b.send(b"x")
             assert second.join() is True
-        finally:
-            a.close()
-            b.close()
 
     interpose.run(main)
 

@@ -94,6 +94,16 @@ def _wait_parked_in_epoll(pid):
     raise AssertionError("the child never parked in epoll_wait")
 
 
+def _signal_and_finish(proc, signum):
+    """Send signum once the child is parked, then collect its output; the
+    child's process group is killed whatever happens."""
+    try:
+        _signal_when_parked(proc, signum)
+        return proc.communicate(timeout=30)
+    finally:
+        _kill(proc)
+
+
 def _signal_when_parked(proc, signum):
     pid = _read_ready(proc)
     _wait_parked_in_epoll(pid)
@@ -145,11 +155,7 @@ def test_sigint_while_every_coroutine_parked_raises_keyboardinterrupt_from_run(p
             """
         )
     )
-    try:
-        _signal_when_parked(proc, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGINT)
     assert proc.returncode == 0, (out, err)
     assert out.strip() == "caught 0", (out, err)  # run() also cancelled the rest
     assert err == ""
@@ -175,11 +181,7 @@ _UNCAUGHT_SIGINT = """
 @pytest.mark.timeout(60)
 def test_sigint_uncaught_kills_process_with_sigint():
     proc = _start(_UNCAUGHT_SIGINT)
-    try:
-        _signal_when_parked(proc, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGINT)
     assert proc.returncode == -signal.SIGINT, (proc.returncode, out, err)
     assert "run returned" not in out
     assert "KeyboardInterrupt" in err
@@ -189,11 +191,7 @@ def test_sigint_uncaught_kills_process_with_sigint():
 @pytest.mark.timeout(60)
 def test_sigint_uncaught_gives_shell_exit_status_130():
     proc = _start_in_bash(_UNCAUGHT_SIGINT)
-    try:
-        _signal_when_parked(proc, signal.SIGINT)  # the python child, not bash
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGINT)  # the python child, not bash
     assert proc.returncode == 0, (out, err)
     assert out.strip().splitlines()[-1] == "status=130", (out, err)
 
@@ -218,11 +216,7 @@ def test_sigint_while_main_sleeps_outside_run_raises_keyboardinterrupt():
         sys.exit(3)
         """
     )
-    try:
-        _signal_when_parked(proc, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGINT)
     assert proc.returncode == 0, (out, err)
     # The other coroutine was untouched; the atexit shutdown cancelled it.
     assert out.strip() == "caught False", (out, err)
@@ -327,11 +321,7 @@ def test_custom_signal_handler_runs_in_main_coroutine_and_waits_continue():
         print(json.dumps(report), flush=True)
         """
     )
-    try:
-        _signal_when_parked(proc, signal.SIGUSR1)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGUSR1)
     assert proc.returncode == 0, (out, err)
     assert err == ""
     report = json.loads(out)
@@ -377,11 +367,7 @@ def test_signal_handler_exception_raises_from_main_coroutine_wait():
         sys.exit(3)
         """
     )
-    try:
-        _signal_when_parked(proc, signal.SIGUSR1)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        _kill(proc)
+    out, err = _signal_and_finish(proc, signal.SIGUSR1)
     assert proc.returncode == 0, (out, err)
     assert out.strip() == "stopped True 0", (out, err)
     assert err == ""
