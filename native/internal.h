@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -205,6 +206,10 @@ typedef struct ip_sched {
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
+  int signal_forward_fd; /* the program's own wakeup fd, or -1 */
+  uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
+  /* Per signal 1..64: wakeup bytes that a re-trip wrote, not to forward. */
+  unsigned retripped[64];
   int is_main_thread;
   ip_heap_t timers;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
@@ -243,7 +248,8 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
   X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
-  X(posix_spawn_file_actions_adddup2)
+  X(posix_spawn_file_actions_adddup2) X(sem_wait) X(sem_timedwait)          \
+  X(sem_clockwait) X(sem_post)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -389,6 +395,7 @@ IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
+IP_HIDDEN void ip__sem_after_fork_child(void);
 /* Set in a forked child (by the atfork handler), where fds may be on their
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
@@ -409,6 +416,7 @@ typedef struct ip_pyapi {
   void *(*PyThreadState_GetUnchecked)(void);
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
+  int (*PyErr_SetInterruptEx)(int signum);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;

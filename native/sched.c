@@ -217,9 +217,16 @@ static void root_stack_bounds(ip_sched_t *s) {
 #endif /* IP_SANITIZE */
 
 
+/* The blocking monitor reads the switch count and the running coroutine
+ * from another thread: they are stored atomically. */
+static void bump_switches(ip_sched_t *s) {
+  __atomic_store_n(&s->stats.switches, s->stats.switches + 1, __ATOMIC_RELAXED);
+}
+
+
 /* dying: the coroutine will never be resumed (its fake stack goes). */
 static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
-  s->stats.switches++;
+  bump_switches(s);
   san_leave(s, dying ? NULL : &co->san_fake, NULL);
   ip__switch(&co->sp, s->hub_sp);
   san_arrive(co->san_fake);
@@ -257,6 +264,22 @@ static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
 }
 
 
+/* Trips again, for CPython to run in the main coroutine, the signals whose
+ * Python handlers first ran in another coroutine.  Runs as the main
+ * coroutine resumes, before any Python code of it. */
+static void retrip_deferred(ip_sched_t *s) {
+  uint64_t mask = s->deferred_signals;
+  s->deferred_signals = 0;
+  for (int sig = 1; mask != 0; sig++, mask >>= 1) {
+    if (mask & 1u) {
+      if (s->signal_forward_fd >= 0)
+        s->retripped[sig - 1]++; /* CPython writes the wakeup byte again */
+      ip__py.PyErr_SetInterruptEx(sig);
+    }
+  }
+}
+
+
 int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   ip_coro_t *co = s->current;
   IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
@@ -279,6 +302,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     switch_to_hub(s, co, 0);
     s = co->sched; /* a fork may have replaced the scheduler's insides */
     result = co->wake_result;
+    if (co == s->main && s->deferred_signals != 0)
+      retrip_deferred(s);
   }
   if (ip__timer_armed(&co->timer))
     ip__heap_remove(&s->timers, &co->timer);
@@ -304,13 +329,13 @@ static void reclaim_dead(ip_sched_t *s) {
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
-  s->current = co;
-  s->stats.switches++;
+  __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
+  bump_switches(s);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
   san_arrive(s->hub_san_fake);
-  s->current = NULL;
+  __atomic_store_n(&s->current, NULL, __ATOMIC_RELAXED);
   if (s->dead != NULL)
     reclaim_dead(s);
 }
@@ -356,6 +381,33 @@ static void drain_fd(int fd) {
   while (ip__real.read(fd, buf, sizeof(buf)) > 0) {
   }
 }
+
+
+/* The signal wakeup pipe carries one byte per signal (its number); the
+ * program's own wakeup fd, if it set one, gets the same bytes, as if
+ * CPython had written them there.  A full or broken fd loses bytes, as
+ * CPython's own write would. */
+static void drain_signal_fd(ip_sched_t *s) {
+  char buf[256];
+  ssize_t n;
+  while ((n = ip__real.read(s->signal_fd, buf, sizeof(buf))) > 0) {
+    if (s->signal_forward_fd < 0)
+      continue;
+    size_t kept = 0;
+    for (ssize_t i = 0; i < n; i++) {
+      unsigned char sig = (unsigned char) buf[i];
+      if (sig >= 1 && sig <= 64 && s->retripped[sig - 1] > 0)
+        s->retripped[sig - 1]--; /* the program saw this signal already */
+      else
+        buf[kept++] = buf[i];
+    }
+    if (kept > 0) {
+      ssize_t IP_UNUSED w = ip__real.write(s->signal_forward_fd, buf, kept);
+    }
+  }
+}
+
+
 
 
 /* Returns the epoll timeout: 0 when work is queued, -1 with no timer, else
@@ -419,7 +471,7 @@ static void poll_events(ip_sched_t *s) {
     if (data == TAG_EVENTFD) {
       drain_fd(s->evfd);
     } else if (data == TAG_SIGNAL) {
-      drain_fd(s->signal_fd);
+      drain_signal_fd(s);
       wake_main_for_signal(s);
     } else {
       ip__fd_dispatch(s, data, ev[i].events);
@@ -535,6 +587,7 @@ static void sched_after_fork_child(void) {
     if (&other->root != survivor)
       invalidate(&other->root);
   sched_all = s;
+  ip__sem_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;
@@ -547,6 +600,7 @@ static void sched_after_fork_child(void) {
     ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
   s->main = survivor;
   s->dead = NULL;
+  s->deferred_signals = 0; /* they were the parent's to run */
   s->stats.alive = survivor != &s->root;
   survivor->timer.index = SIZE_MAX;
 }
@@ -570,6 +624,7 @@ ip_sched_t *ip__sched_ensure(void) {
   if (s == NULL)
     return NULL;
   s->signal_fd = -1;
+  s->signal_forward_fd = -1;
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
@@ -773,6 +828,38 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+void *interpose_sched_self(void) { return tls_sched; }
+
+
+void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro) {
+  ip_sched_t *s = sched;
+  *switches = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
+  ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
+  *coro = co;
+  return co == NULL ? NULL : __atomic_load_n(&co->tstate, __ATOMIC_RELAXED);
+}
+
+
+int interpose_sched_defer_signal(int signum) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->is_main_thread || signum < 1 || signum > 64)
+    return -EINVAL;
+  s->deferred_signals |= UINT64_C(1) << (signum - 1);
+  if (s->current != s->main)
+    ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+  return 0;
+}
+
+
+int interpose_sched_set_signal_forward(int fd) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->is_main_thread)
+    return -EINVAL;
+  s->signal_forward_fd = fd;
+  return 0;
 }
 
 
