@@ -18,14 +18,23 @@
  * the second sem_trywait, and sem_post loads the waiter count after the
  * real post, both behind full fences: one of the two always sees the other.
  *
+ * A process-shared semaphore (sem_open, or sem_init with pshared: the
+ * locks of multiprocessing) can be posted by another process, whose
+ * sem_post no hook here sees: its waiters poll it instead, with a backoff
+ * from 1 ms to 50 ms between tries.
+ *
  * Lock waits are not cancellation points and ignore coroutine deadlines
  * (the park is shielded): CPython treats any error but EINTR/ETIMEDOUT
  * from sem_wait as fatal for the lock, and a cancelled lock wait has no way
  * to surface in Python.  The main coroutine still gets EINTR for a signal,
  * so Ctrl-C interrupts Lock.acquire, Thread.join, Event.wait, Queue.get. */
 #include <semaphore.h>
+#include <string.h>
 
 #include "internal.h"
+
+#define SHARED_POLL_FIRST_NS 1000000
+#define SHARED_POLL_MAX_NS 50000000
 
 typedef struct sem_waiter {
   ip_link_t link; /* in its bucket; unlinked by the waker or the waiter */
@@ -122,11 +131,24 @@ static int64_t deadline_of(clockid_t clk, const struct timespec *abstime) {
 }
 
 
+/* glibc's sem_t on 64-bit targets (struct new_sem) is { uint64_t data;
+ * int private; int pad; }, private being 0 (FUTEX_PRIVATE) for sem_init
+ * with pshared 0 and 128 (FUTEX_SHARED) for process-shared and sem_open
+ * semaphores.  Anything but 0 counts as shared, which is only slower. */
+_Static_assert(sizeof(void *) == 8, "the sem_t layout below is glibc's 64-bit one");
+static int sem_process_shared(const sem_t *sem) {
+  int private;
+  memcpy(&private, (const char *) sem + sizeof(uint64_t), sizeof(private));
+  return private != 0;
+}
+
+
 /* Waits for a token like sem_timedwait on the monotonic deadline (-1:
  * forever): 0, or -1 with errno EINTR or ETIMEDOUT. */
 static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
   ip_coro_t *co = s->current;
   sem_waiter_t w = {.sem = sem, .co = co};
+  int64_t poll_ns = sem_process_shared(sem) ? SHARED_POLL_FIRST_NS : -1;
   for (;;) {
     if (sem_trywait(sem) == 0)
       return 0;
@@ -143,6 +165,10 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
     if (sem_trywait(sem) == 0) {
       delist(&w);
       return 0;
+    }
+    if (poll_ns > 0 && (timeout < 0 || timeout > poll_ns)) {
+      timeout = poll_ns;
+      poll_ns = poll_ns * 2 < SHARED_POLL_MAX_NS ? poll_ns * 2 : SHARED_POLL_MAX_NS;
     }
     co->shield++;
     int r = ip__park(s, timeout);

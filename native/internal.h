@@ -186,6 +186,11 @@ typedef struct ip_coro {
   ip_timer_t timer;
   int timer_result; /* what the armed timer wakes the park with */
   int hooks;        /* 1: blocking libc calls made here park this coroutine */
+  /* Time slice (see ip__yield_if_due): when the hub last resumed it, its
+   * hooked calls since, and an EINTR a yield swallowed for the next park. */
+  int64_t resumed_ns;
+  unsigned hook_calls;
+  int pending_eintr;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
@@ -231,6 +236,9 @@ IP_HIDDEN int ip__park(ip_sched_t *s, int64_t timeout_ns);
 IP_HIDDEN uint64_t ip__prepare(ip_coro_t *co);
 IP_HIDDEN void ip__coro_main(void *arg);
 IP_HIDDEN int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front);
+/* At a hooked call: lets the others run first if the running coroutine
+ * has held the thread for a whole time slice. */
+IP_HIDDEN void ip__yield_if_due(ip_sched_t *s);
 static inline uint64_t ip__park_gen(ip_coro_t *co) {
   return atomic_load(&co->park_word) >> IP_PARK_STATE_BITS;
 }

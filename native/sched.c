@@ -288,6 +288,10 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   int result;
   if (atomic_load(&co->cancelled) && !co->shield)
     return -ECANCELED;
+  if (co->pending_eintr) {
+    co->pending_eintr = 0;
+    return -EINTR;
+  }
   if ((w & 3u) != IP_PARK_ARMED)
     return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
   int r = arm_timer(s, co, timeout_ns, &co->timer_result);
@@ -361,12 +365,36 @@ static void run_round(ip_sched_t *s) {
   ip_link_t batch;
   ip__queue_init(&batch);
   ip__queue_splice(&batch, &s->runq);
+  int64_t round_start = ip__now_ns(); /* one clock read per round */
   while (!ip__queue_empty(&batch)) {
     ip_link_t *l = batch.next;
     ip__queue_remove(l);
-    run_coroutine(s, container_of(l, ip_coro_t, run_link));
+    ip_coro_t *co = container_of(l, ip_coro_t, run_link);
+    co->resumed_ns = round_start;
+    co->hook_calls = 0;
+    run_coroutine(s, co);
     s = tls_sched;
   }
+}
+
+
+/* A coroutine that keeps finding its blocking calls ready never parks, and
+ * the coroutines waiting for the events it could consume never run: e.g.
+ * multiprocessing.Pool's worker handler, whose wait() returns at once while
+ * results it leaves to another thread are pending.  Threads would be
+ * preempted there; a coroutine yields at a hooked call once it has run
+ * for TIME_SLICE_NS (the clock is read every 64th hooked call). */
+#define TIME_SLICE_NS 10000000
+
+void ip__yield_if_due(ip_sched_t *s) {
+  ip_coro_t *co = s->current;
+  if ((++co->hook_calls & 63u) != 0)
+    return;
+  if (ip__now_ns() - co->resumed_ns < TIME_SLICE_NS)
+    return;
+  ip__prepare(co);
+  if (ip__park(s, 0) == -EINTR)
+    co->pending_eintr = 1; /* the signal is for the next real wait */
 }
 
 
