@@ -42,7 +42,13 @@ _installed = False
 
 def get_ident():
     """The calling coroutine's thread identity (see the module docstring)."""
-    return getattr(_idents, "ident", None) or _real_get_ident()
+    try:
+        return _idents.ident
+    except AttributeError:
+        # A thread's main coroutine (the thread's own thread state): its
+        # OS thread's ident, stored so that later calls skip this path.
+        ident = _idents.ident = _real_get_ident()
+        return ident
 
 
 def _thread_name(function):
