@@ -337,12 +337,14 @@ def test_runs_every_thread_in_one_os_thread():
     lines = check_ok(run_hooked("""
         import os, threading, time
         counts = []
+        gate = threading.Event()
         def body():
             counts.append(len(os.listdir("/proc/self/task")))
-            time.sleep(0.05)
+            gate.wait()
         ts = [threading.Thread(target=body) for _ in range(300)]
         for t in ts: t.start()
         peak = threading.active_count()
+        gate.set()
         for t in ts: t.join()
         print(peak, max(counts), len(os.listdir("/proc/self/task")))
     """))
