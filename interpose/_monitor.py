@@ -15,16 +15,14 @@ included, and cannot be reported (faulthandler.dump_traceback_later can).
 Opt in with INTERPOSE_MONITOR=SECONDS, `interpose run --monitor SECONDS`,
 or interpose.start_blocking_monitor(SECONDS).
 """
-import _thread
 import sys
 import time
 import traceback
 
 from . import _native
 from . import _sched
+from . import _threads
 
-# Saved before _threads replaces it: the monitor must be a real OS thread.
-_start_os_thread = _thread.start_new_thread
 _monitor = None
 
 
@@ -81,4 +79,4 @@ def start(threshold, file=None):
         _monitor.file = file
         return
     _monitor = _Monitor(threshold, file)
-    _start_os_thread(_monitor.run, ())
+    _threads.real_start_new_thread(_monitor.run, ())

@@ -36,6 +36,9 @@ from . import _native
 from . import _sched
 
 _real_get_ident = _thread.get_ident
+# Taken before install() replaces it, for the OS threads interpose itself
+# needs (the blocking monitor).
+real_start_new_thread = _thread.start_new_thread
 _idents = _thread._local()
 _installed = False
 
