@@ -255,6 +255,9 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
+        parser.exit(2, "bench_threads_http: needs the HTTP load tool wrk:"
+                       " apt-get install wrk\n")
+    if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     counts = [int(c) for c in args.connections.split(",")]
     _raise_nofile(max(counts))
