@@ -105,8 +105,29 @@ BLACKHOLE_PORT = blackhole.getsockname()[1]
 ticker = Ticker(0.002)
 
 
+def background(fn, *args):
+    """Start fn(*args) in a coroutine (a thread when unhooked); return a
+    function that joins it and raises its error.  The error travels as a
+    value so that a coroutine dying before the join is not reported as
+    uncaught."""
+    def run():
+        try:
+            return None, fn(*args)
+        except Exception as e:
+            return e, None
+    task = go(run)
+
+    def finish():
+        exc, value = task.join()
+        if exc is not None:
+            raise exc
+        return value
+    return finish
+
+
 def case(label, fn, *, lasts=False):
-    """Print label and the type name of the error fn raises.  For a case
+    """Print label, the type name of the error fn raises and its code when
+    it carries one (MySQL's and libcurl's error numbers).  For a case
     that lasts (a timeout, a kill), also whether the ticker kept ticking
     while fn waited: other coroutines (threads, unhooked) carried on."""
     before = ticker.ticks
@@ -115,6 +136,8 @@ def case(label, fn, *, lasts=False):
         outcome = "no error"
     except Exception as e:
         outcome = type(e).__name__
+        if e.args and type(e.args[0]) is int:
+            outcome += f" {e.args[0]}"
     line = f"{label} {outcome}"
     if lasts:
         line += f" ticked {ticker.ticks - before >= 5}"

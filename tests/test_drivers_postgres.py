@@ -79,14 +79,17 @@ def killed_mid_query():
     admin = connect(ARGS["dsn"])
     admin.autocommit = True
     pid = backend_pid(conn)
-    task = go(query, conn, "SELECT pg_sleep(30)")
+    finish = background(query, conn, "SELECT pg_sleep(30)")
     try:
         wait_until(lambda: query(
             admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
             " AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'",
             (pid,))[0][0] == 1)
+        # Let the query wait a while first, so the ticker's progress shows
+        # that the waiting driver did not hold the thread.
+        time.sleep(0.2)
         query(admin, "SELECT pg_terminate_backend(%s)", (pid,))
-        task.join()
+        finish()
     finally:
         conn.close()
         admin.close()
