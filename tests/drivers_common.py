@@ -8,6 +8,7 @@ A driver test supplies DRIVER code defining
 
     slow(i, seconds) -> a value   # one connection, one slow query, closed
     expected(i)      -> the value slow(i, ...) must return
+    report()         -> optional: anything JSON to hand back to the test
 
 and, for the failure paths, code that prints one line per case.
 """
@@ -59,8 +60,9 @@ assert results == [expected(i) for i in range(N)], results
 wait_until(lambda: me.num_threads() == threads0, timeout=15)
 wait_until(lambda: me.num_fds() == fds0, timeout=5)
 wait_until(lambda: inet_connections() == inet0, timeout=5)
+report = globals().get("report", lambda: None)
 print(json.dumps({"elapsed": elapsed, "ticks": ticks_during,
-                  "max_gap": max(gaps)}))
+                  "max_gap": max(gaps), "report": report()}))
 '''
 
 

@@ -154,3 +154,57 @@ def test_curl_failures_raise_libcurls_errors(request, scheme, interface):
     else:
         assert lines[3].startswith("hangup error ") and lines[3].endswith(" ticked True"), lines
     assert lines[-1] == "after 200", lines
+
+
+
+def _loopback_name_from_hosts():
+    """A name /etc/hosts maps to 127.x other than localhost (libcurl
+    answers localhost itself, without its resolver)."""
+    with open("/etc/hosts") as f:
+        for line in f:
+            words = line.split("#")[0].split()
+            if len(words) >= 2 and words[0].startswith("127."):
+                for name in words[1:]:
+                    if not name.startswith("localhost"):
+                        return name
+    raise AssertionError(
+        "/etc/hosts maps no name but localhost to 127.x: this test needs one "
+        "(Debian puts the host name there) to make libcurl resolve a name")
+
+
+# libcurl's threaded resolver: a name lookup runs getaddrinfo on a thread
+# of libcurl's own, which no hook parks; the transfer's coroutine waits for
+# it cooperatively.  report() gives the peak thread count seen during the
+# transfers, which shows those threads exist.
+RESOLVER = r'''
+vi = pycurl.version_info()
+assert vi[4] & pycurl.VERSION_ASYNCHDNS and vi[9] is None, "not the threaded resolver"  # vi[9]: c-ares version
+_peak = [0]
+_plain_fetch_all = fetch_all
+
+def fetch_all(urls, **opts):
+    done = []
+
+    def watch():
+        while not done:
+            _peak[0] = max(_peak[0], psutil.Process().num_threads())
+            time.sleep(0.001)
+    watcher = go(watch)
+    try:
+        return _plain_fetch_all(urls, **opts)
+    finally:
+        done.append(True)
+        watcher.join()
+
+def report():
+    return _peak[0]
+'''
+
+
+@pytest.mark.slow
+def test_curl_name_lookups_on_libcurls_threads_still_overlap(http):
+    name = _loopback_name_from_hosts()
+    args = {"base": f"http://{name}:{http['port']}", "interface": "easy"}
+    out = check_cooperation("import psutil\n" + EASY + RESOLVER + SLOW, args)
+    # The main thread plus at least one resolver thread of libcurl's.
+    assert out["report"] >= 2, out
