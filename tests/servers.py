@@ -39,6 +39,22 @@ def closed_port():
     return free_port()
 
 
+def loopback_name():
+    """A name /etc/hosts maps to 127.x other than localhost, for tests that
+    need a real name lookup without the network (libcurl answers
+    localhost itself, without its resolver)."""
+    with open("/etc/hosts") as f:
+        for line in f:
+            words = line.split("#")[0].split()
+            if len(words) >= 2 and words[0].startswith("127."):
+                for name in words[1:]:
+                    if not name.startswith("localhost"):
+                        return name
+    raise AssertionError(
+        "/etc/hosts maps no name but localhost to 127.x: this test needs one "
+        "(Debian puts the host name there) to make libcurl resolve a name")
+
+
 def _find(program, package, extra_globs=()):
     for pattern in extra_globs:
         found = sorted(glob.glob(pattern))

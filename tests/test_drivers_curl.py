@@ -157,21 +157,6 @@ def test_curl_failures_raise_libcurls_errors(request, scheme, interface):
 
 
 
-def _loopback_name_from_hosts():
-    """A name /etc/hosts maps to 127.x other than localhost (libcurl
-    answers localhost itself, without its resolver)."""
-    with open("/etc/hosts") as f:
-        for line in f:
-            words = line.split("#")[0].split()
-            if len(words) >= 2 and words[0].startswith("127."):
-                for name in words[1:]:
-                    if not name.startswith("localhost"):
-                        return name
-    raise AssertionError(
-        "/etc/hosts maps no name but localhost to 127.x: this test needs one "
-        "(Debian puts the host name there) to make libcurl resolve a name")
-
-
 # libcurl's threaded resolver: a name lookup runs getaddrinfo on a thread
 # of libcurl's own, which no hook parks; the transfer's coroutine waits for
 # it cooperatively.  report() gives the peak thread count seen during the
@@ -203,7 +188,7 @@ def report():
 
 @pytest.mark.slow
 def test_curl_name_lookups_on_libcurls_threads_still_overlap(http):
-    name = _loopback_name_from_hosts()
+    name = servers.loopback_name()
     args = {"base": f"http://{name}:{http['port']}", "interface": "easy"}
     out = check_cooperation("import psutil\n" + EASY + RESOLVER + SLOW, args)
     # The main thread plus at least one resolver thread of libcurl's.

@@ -5,9 +5,12 @@ overlap, and the failure paths raise the drivers' usual errors.
 The server is started once for this module (tests/servers.py) and
 stopped at its end; a missing PostgreSQL fails the tests.
 """
+import json
+
 import pytest
 
 import servers
+from conftest import check_ok, run_hooked
 from drivers_common import check_cooperation, check_failures_same
 
 # Each driver's connect(**params) and query(conn, sql, params) -> rows, the
@@ -130,3 +133,34 @@ def test_postgres_failures_raise_the_drivers_errors(pg, driver):
     assert lines[2] == "statement_timeout QueryCanceled ticked True", lines
     assert lines[3].endswith("ticked True") and "no error" not in lines[3], lines
     assert lines[-1] == "after 42", lines
+
+
+# Where the name lookup of a connect runs.  psycopg2 calls PQconnectdb with
+# the GIL released, so libpq's getaddrinfo reaches the names hook as a
+# parkable call and runs on interpose's resolver threads (one is still
+# alive right after the connect: they linger 2 s).  psycopg 3 calls
+# PQconnectPoll with the GIL held, where no hook may switch; it resolves
+# the host itself first with socket.getaddrinfo (GIL released, so on the
+# resolver threads) and hands libpq the address, whose lookup inside
+# PQconnectPoll is numeric and never waits.  Either way the lookup never
+# blocks the thread.
+LOOKUP = r'''
+import psutil
+me = psutil.Process()
+threads0 = me.num_threads()
+conn = connect(f"host={ARGS['name']} port={ARGS['port']} user=postgres dbname=postgres")
+resolver_threads = me.num_threads() - threads0
+print("result", query(conn, "SELECT 1")[0][0])
+conn.close()
+print("lookup on", "resolver threads" if resolver_threads > 0 else "the calling thread")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_postgres_name_lookup_runs_on_the_resolver_threads(pg, driver):
+    args = {"name": servers.loopback_name(), "port": pg["port"]}
+    code = (f'import json\nARGS = json.loads(r"""{json.dumps(args)}""")\n'
+            + DRIVERS[driver] + LOOKUP)
+    lines = check_ok(run_hooked(code), "hooked")
+    assert lines == ["result 1", "lookup on resolver threads"], lines
