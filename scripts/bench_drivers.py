@@ -17,7 +17,9 @@ how the N tasks are made differs:
                       (psycopg2 only: its wait callback)
 
 N * SLOW seconds means the tasks ran one after another; SLOW seconds
-means they all overlapped.  The table shows the median over --reps runs.
+means they all overlapped.  The table shows the median wall time over
+--reps runs and the most OS threads the process had while the tasks
+waited (read from /proc halfway through the server-side wait).
 
     python scripts/bench_drivers.py [--n 20] [--slow 0.5] [--reps 3] [--json]
 """
@@ -141,10 +143,22 @@ def worker(mode, driver, n, slow, args):
     run(-1)  # untimed: loads what the driver loads once
     t0 = time.monotonic()
     joins = [spawn(run, i) for i in range(n)]
+    # Halfway through the server-side wait every task is waiting (time.sleep
+    # lets them run in every mode, and costs no wall time overall).
+    time.sleep(slow / 2)
+    threads = _os_threads()
     results = [join() for join in joins]
     elapsed = time.monotonic() - t0
     assert results == list(range(n)), results
-    print(json.dumps({"elapsed": elapsed}))
+    print(json.dumps({"elapsed": elapsed, "threads": threads}))
+
+
+def _os_threads():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Threads: line in /proc/self/status")
 
 
 # ---- parent side: servers, runs, table -------------------------------------
@@ -161,7 +175,7 @@ def _run_worker(mode, driver, n, slow, args):
                           timeout=n * slow * 4 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} {driver} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.splitlines()[-1])["elapsed"]
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def _server_args():
@@ -193,13 +207,19 @@ def _table(results, n, slow, reps):
     for driver in DRIVERS:
         cells = []
         for mode in MODES:
-            times = results.get(driver, {}).get(mode)
-            cells.append(f"{statistics.median(times):.2f} s" if times else "—")
+            runs = results.get(driver, {}).get(mode)
+            if not runs:
+                cells.append("—")
+                continue
+            elapsed = statistics.median(r["elapsed"] for r in runs)
+            threads = max(r["threads"] for r in runs)
+            cells.append(f"{elapsed:.2f} s, {threads} thr")
         lines.append(f"| {driver} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"{n} concurrent tasks, each one query of {slow} s on the server "
                  f"(one after another: {n * slow:.1f} s); wall time until all {n} "
-                 f"answered, median of {reps} runs; CPython "
+                 f"answered, median of {reps} runs, and the most OS threads the "
+                 f"process had while they waited; CPython "
                  f"{platform.python_version()}, {os.cpu_count()} CPUs.")
     return "\n".join(lines)
 
@@ -222,9 +242,10 @@ def main():
         for _ in range(opts.reps):  # interleaved, so drift hits every mode alike
             for driver in opts.drivers:
                 for mode in _modes_for(driver):
-                    t = _run_worker(mode, driver, opts.n, opts.slow, server_args[driver])
-                    results.setdefault(driver, {}).setdefault(mode, []).append(t)
-                    print(f"{driver:12} {mode:18} {t:6.2f} s", file=sys.stderr)
+                    r = _run_worker(mode, driver, opts.n, opts.slow, server_args[driver])
+                    results.setdefault(driver, {}).setdefault(mode, []).append(r)
+                    print(f"{driver:12} {mode:18} {r['elapsed']:6.2f} s "
+                          f"{r['threads']:3} threads", file=sys.stderr)
     if opts.json:
         print(json.dumps(results, indent=2))
     else:

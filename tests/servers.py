@@ -57,9 +57,11 @@ def loopback_name():
 
 def _find(program, package, extra_globs=()):
     for pattern in extra_globs:
-        found = sorted(glob.glob(pattern))
+        # The newest version directory (/usr/lib/postgresql/15/bin, ...).
+        found = sorted(glob.glob(pattern), key=lambda p: [
+            int(part) if part.isdigit() else -1 for part in p.split("/")])
         if found:
-            return found[-1]  # the newest version directory
+            return found[-1]
     path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
     if path is None:
         raise ServerMissing(
@@ -101,7 +103,11 @@ def _as_user(user):
     """preexec_fn dropping root to user (initdb and postgres refuse root)."""
     if os.geteuid() != 0:
         return None, None
-    pw = pwd.getpwnam(user)
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ServerMissing(f"no user {user!r} to run the server as: install "
+                            "the Debian package postgresql (.ci/run does)") from None
 
     def demote():
         os.setgid(pw.pw_gid)
