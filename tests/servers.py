@@ -118,10 +118,11 @@ def _as_user(user):
 # ---- PostgreSQL ------------------------------------------------------------
 
 @contextlib.contextmanager
-def postgres():
+def postgres(tls=False):
     """A private PostgreSQL cluster: yields a dict with host, port, user,
     dbname and dsn.  Superuser `postgres`, trust authentication on
-    loopback, fsync off."""
+    loopback, fsync off.  With tls, the server also offers TLS with a
+    self-signed certificate (the dsn then asks for sslmode=require)."""
     pg_globs = ["/usr/lib/postgresql/*/bin/initdb"]
     initdb = _find("initdb", "postgresql", pg_globs)
     bindir = os.path.dirname(initdb)
@@ -138,18 +139,28 @@ def postgres():
              "-E", "UTF8", "--no-sync", "--locale=C"],
             check=True, capture_output=True, preexec_fn=demote, cwd=tmp)
         port = free_port()
+        options = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                   "-c", "max_connections=100", "-c", "logging_collector=off"]
+        if tls:
+            cert, key = _self_signed_cert(tmp)
+            if pw is not None:  # the server refuses a key others can read
+                os.chown(key, pw.pw_uid, pw.pw_gid)
+            os.chmod(key, 0o600)
+            options += ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}",
+                        "-c", f"ssl_key_file={key}"]
         log_path = os.path.join(tmp, "log")
         with open(log_path, "w") as log:
             if pw is not None:
                 os.chown(log_path, pw.pw_uid, pw.pw_gid)
             proc = subprocess.Popen(
                 [postgres_bin, "-D", data, "-p", str(port), "-k", tmp,
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                 "-c", "max_connections=100", "-c", "logging_collector=off"],
+                 *options],
                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=demote,
                 stdin=subprocess.DEVNULL, cwd=tmp)
         _wait_port(port, proc, log_path)
         dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        if tls:
+            dsn += " sslmode=require"
         yield {"host": "127.0.0.1", "port": port, "user": "postgres",
                "dbname": "postgres", "dsn": dsn}
     finally:

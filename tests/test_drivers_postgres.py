@@ -120,6 +120,33 @@ def test_postgres_slow_queries_on_coroutines_overlap(pg, driver):
     check_cooperation(DRIVERS[driver] + SLOW, {"dsn": pg["dsn"]})
 
 
+@pytest.fixture(scope="module")
+def pg_tls():
+    with servers.postgres(tls=True) as info:
+        yield info
+
+
+# Over TLS libpq reads and writes through OpenSSL, whose socket BIO calls
+# read/write: the data hooks, not recv/send.
+TLS_CHECK = r'''
+_plain_slow = slow
+
+def slow(i, seconds):
+    conn = connect(ARGS["dsn"])
+    try:
+        assert query(conn, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [(True,)]
+    finally:
+        conn.close()
+    return _plain_slow(i, seconds)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_postgres_slow_queries_over_tls_overlap(pg_tls, driver):
+    check_cooperation(DRIVERS[driver] + SLOW + TLS_CHECK, {"dsn": pg_tls["dsn"]})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
 def test_postgres_failures_raise_the_drivers_errors(pg, driver):
