@@ -89,6 +89,20 @@ def _wait_port(port, proc, log_path):
     raise RuntimeError(f"server on port {port} did not start; log:\n{log}")
 
 
+def _wait_log(log_path, text, proc):
+    """Return once the server's log says text (PostgreSQL accepts TCP
+    connections while it is still starting up, and refuses queries then)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(log_path, errors="replace") as f:
+            if text in f.read():
+                return
+        time.sleep(0.05)
+    with open(log_path, errors="replace") as f:
+        log = f.read()[-4000:]
+    raise RuntimeError(f"server never logged {text!r}; log:\n{log}")
+
+
 def _stop(proc):
     if proc.poll() is None:
         proc.terminate()
@@ -157,6 +171,7 @@ def postgres(tls=False):
                  *options],
                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=demote,
                 stdin=subprocess.DEVNULL, cwd=tmp)
+        _wait_log(log_path, "database system is ready to accept connections", proc)
         _wait_port(port, proc, log_path)
         dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
         if tls:
@@ -197,6 +212,7 @@ def mariadb():
                  "--innodb-buffer-pool-size=16M", "--max-connections=200"],
                 stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=tmp)
+        _wait_log(log_path, "ready for connections", proc)
         _wait_port(port, proc, log_path)
         yield {"host": "127.0.0.1", "port": port, "user": "root"}
     finally:
@@ -219,8 +235,7 @@ def redis():
         proc = subprocess.Popen(
             [server, "--port", str(port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", tmp,
-             "--logfile", log_path, "--daemonize", "no",
-             "--enable-debug-command", "local"],
+             "--logfile", log_path, "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT, cwd=tmp)
         _wait_port(port, proc, log_path)
