@@ -258,7 +258,8 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         seconds = float(urllib.parse.parse_qs(url.query).get("s", ["0"])[0])
-        time.sleep(seconds)
+        # Interruptible, so that no handler outlives the server's fixture.
+        self.server.stopping.wait(seconds)
         if url.path == "/hangup":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -277,6 +278,10 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+
+    def __init__(self, *args):
+        self.stopping = threading.Event()
+        super().__init__(*args)
 
     def handle_error(self, request, client_address):
         # Clients that time out or are killed on purpose go away mid-reply;
@@ -322,6 +327,7 @@ def http_server(tls=False):
         yield info
     finally:
         if thread is not None:
+            server.stopping.set()
             server.shutdown()
             thread.join()
         server.server_close()
