@@ -77,7 +77,9 @@ def statement_timeout():
     finally:
         conn.close()
 
-def killed_mid_query():
+def _during_query(act):
+    """Run a 30 s query in a coroutine (thread), do act(conn, admin, pid)
+    once the server runs it, and return the query's outcome."""
     conn = connect(ARGS["dsn"])
     admin = connect(ARGS["dsn"])
     admin.autocommit = True
@@ -91,16 +93,26 @@ def killed_mid_query():
         # Let the query wait a while first, so the ticker's progress shows
         # that the waiting driver did not hold the thread.
         time.sleep(0.2)
-        query(admin, "SELECT pg_terminate_backend(%s)", (pid,))
+        act(conn, admin, pid)
         finish()
     finally:
         conn.close()
         admin.close()
 
+def killed_mid_query():
+    _during_query(lambda conn, admin, pid: query(
+        admin, "SELECT pg_terminate_backend(%s)", (pid,)))
+
+def cancelled():
+    # The driver's cancel: libpq opens a second connection of its own
+    # (PQcancel) from this coroutine while the query waits in another.
+    _during_query(lambda conn, admin, pid: conn.cancel())
+
 case("refused", refused)
 case("connect_timeout", connect_timeout, lasts=True)
 case("statement_timeout", statement_timeout, lasts=True)
 case("killed", killed_mid_query, lasts=True)
+case("cancelled", cancelled, lasts=True)
 # The server is still fine for new connections afterwards.
 conn = connect(ARGS["dsn"])
 print("after", query(conn, "SELECT 40 + 2")[0][0])
@@ -159,6 +171,7 @@ def test_postgres_failures_raise_the_drivers_errors(pg, driver):
     assert lines[1].endswith("ticked True") and "no error" not in lines[1], lines
     assert lines[2] == "statement_timeout QueryCanceled ticked True", lines
     assert lines[3].endswith("ticked True") and "no error" not in lines[3], lines
+    assert lines[4] == "cancelled QueryCanceled ticked True", lines
     assert lines[-1] == "after 42", lines
 
 
