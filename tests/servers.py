@@ -66,7 +66,7 @@ def _find(program, package, extra_globs=()):
     if path is None:
         raise ServerMissing(
             f"{program} not found: install the Debian package {package} "
-            "(.ci/run does)")
+            "(scripts/install-test-deps does)")
     return path
 
 
@@ -121,7 +121,7 @@ def _as_user(user):
         pw = pwd.getpwnam(user)
     except KeyError:
         raise ServerMissing(f"no user {user!r} to run the server as: install "
-                            "the Debian package postgresql (.ci/run does)") from None
+                            "the Debian package postgresql (scripts/install-test-deps does)") from None
 
     def demote():
         os.setgid(pw.pw_gid)
