@@ -159,6 +159,7 @@ void ip__fd_created(int fd, uint32_t state) {
     return;
   atomic_store(&e->rcv_timeout_ns, 0);
   atomic_store(&e->snd_timeout_ns, 0);
+  atomic_store(&e->rd_drained, NULL);
   atomic_store(&e->desc, atomic_fetch_add(&next_desc, 1));
   atomic_store(&e->state, state | IP_FD_KNOWN | IP_FD_TRACKED);
 }
@@ -166,6 +167,7 @@ void ip__fd_created(int fd, uint32_t state) {
 
 /* Removes the registration; the entry lock is held. */
 static void unregister(ip_fd_t *e, int fd) {
+  atomic_store(&e->rd_drained, NULL);
   if (e->reg_sched == NULL)
     return;
   IP_SAVE_ERRNO(epoll_ctl(e->reg_sched->epfd, EPOLL_CTL_DEL, fd, NULL));
@@ -230,6 +232,7 @@ void ip__fd_copy(int oldfd, int newfd) {
   atomic_store(&to->rcv_timeout_ns, atomic_load(&from->rcv_timeout_ns));
   atomic_store(&to->snd_timeout_ns, atomic_load(&from->snd_timeout_ns));
   atomic_store(&to->desc, atomic_load(&from->desc));
+  atomic_store(&to->rd_drained, NULL);
   atomic_store(&to->state, state | IP_FD_TRACKED | IP_FD_SHARED);
 }
 
@@ -430,6 +433,14 @@ void ip__fd_dispatch(ip_sched_t *s, uint64_t data, uint32_t events) {
   ip_fd_t *e = ip__fd_entry(fd);
   if (e == NULL)
     return;
+  /* Any read event ends the drained hint, a stale one too (harmless); the
+   * ones that a read may answer at once with no further edge end it for
+   * the life of the fd. */
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    atomic_store_explicit(&e->rd_drained, NULL, memory_order_relaxed);
+  if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) &&
+      (atomic_load(&e->state) & IP_FD_KNOWN))
+    atomic_fetch_or(&e->state, IP_FD_RD_FINAL);
   lock(e);
   if (e->reg_sched == s && e->gen == gen) { /* else stale: drop it */
     int ready = 0;
@@ -485,6 +496,7 @@ static void reset_after_fork(ip_fd_t *e, int fd, void *arg) {
       e->waiters.next == NULL)
     return;
   atomic_flag_clear(&e->lock);
+  atomic_store(&e->rd_drained, NULL);
   e->reg_sched = NULL;
   e->reg_events = 0;
   e->gen++;

@@ -144,6 +144,16 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
+  if (!(c->flags & MSG_WAITALL)) {
+    /* A plain read into one buffer may use the drained-socket hint; the
+     * socket timeout starts inside, with one lookup of the fd. */
+    int plain = c->flags == 0 && (c->call == R_READ || c->call == R_RECV ||
+                                  c->call == R_RECVFROM);
+    if (plain)
+      return ip__read_until(fd, read_attempt, c, IP_SOCKET_TIMEOUT, c->len);
+    return ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c,
+                        IP_SOCKET_TIMEOUT);
+  }
   int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
   ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c, deadline);
   if ((c->flags & MSG_WAITALL) && c->call != R_READ && c->call != R_READV &&

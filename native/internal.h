@@ -271,6 +271,9 @@ enum ip_fd_kind {
 #define IP_FD_USER_NB 0x40u   /* the user asked for non-blocking I/O */
 #define IP_FD_STREAM 0x80u    /* SOCK_STREAM socket: writes transfer all */
 #define IP_FD_SHARED 0x100u   /* a dup shares the file description */
+/* The hub saw EPOLLRDHUP, EPOLLHUP or EPOLLERR: a read may now return at
+ * once (EOF, an error) with no further event, so rd_drained is ignored. */
+#define IP_FD_RD_FINAL 0x200u
 
 typedef struct ip_fd {
   _Atomic uint32_t state; /* IP_FD_* bits */
@@ -279,6 +282,16 @@ typedef struct ip_fd {
   /* Names the open file description: dups share it, and with it the
    * user's O_NONBLOCK and the socket timeouts. */
   _Atomic uint64_t desc;
+  /* Invariant: equal to scheduler s only if a plain read on a stream
+   * socket, made on s's thread, returned less than it asked for (the
+   * receive queue was empty at that moment) and s's hub has dispatched no
+   * read event for the fd since: every byte that arrived later has raised
+   * an edge that s has not yet dispatched, or the registration is not in
+   * s, and waiting there re-adds it, which reports the readiness anyway.
+   * A read on s may then park without first trying the call (hookcore.c).
+   * Cleared by every dispatched read event and every registration change;
+   * other threads only ever clear it. */
+  _Atomic(ip_sched_t *) rd_drained;
   atomic_flag lock; /* guards the fields below */
   /* Invariant: non-NULL exactly while the fd is in that scheduler's epoll
    * set; registrations are tagged with gen, which grows on every removal. */
@@ -386,6 +399,12 @@ IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
 #define IP_SOCKET_TIMEOUT (-2)
 IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
                                void *ctx, int64_t deadline);
+/* ip__io_until for a plain read of len bytes (no flags) from fd: on a
+ * stream socket that the last read found drained (ip_fd_t.rd_drained), it
+ * parks for the next edge before making the call, which saves a system call
+ * that would return EAGAIN. */
+IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
+                                 int64_t deadline, size_t len);
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
