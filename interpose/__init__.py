@@ -6,6 +6,9 @@ Layout:
   _sched       coroutines and the per-thread scheduler
   _waitqueue   the parking primitive the sync primitives share
   _sync        cooperative Event, Lock, RLock, Semaphore, Condition, Queue
+  _threads     threading on coroutines (interpose run), or native threads
+  _signals     signal handlers in the main coroutine, the wakeup fd
+  _monitor     reports coroutines that keep their thread too long
   _errors      exceptions
   _demo_echo   the no-argument echo demo (python -m interpose demo)
   _autostart   boots the runtime in a preloaded process (with _boot/)
@@ -13,6 +16,7 @@ Layout:
 """
 from ._errors import Cancelled as Cancelled
 from ._errors import NativeLibraryError as NativeLibraryError
+from ._monitor import start as start_blocking_monitor
 from ._sched import Coroutine as Coroutine
 from ._sched import Statistics as Statistics
 from ._sched import current as current
@@ -50,6 +54,7 @@ __all__ = [
     "run",
     "sleep",
     "spawn",
+    "start_blocking_monitor",
     "statistics",
     "wait_readable",
     "wait_writable",

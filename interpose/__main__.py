@@ -5,17 +5,22 @@ import shlex
 import sys
 
 USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
+                     [--native-threads] [--monitor SECONDS]
                      (script.py | -m module | -c code) [args ...]
 
 Runs a Python program with libinterpose.so preloaded: its main code is the
-main coroutine, and blocking calls made in coroutines park them instead of
-the thread.  sys.argv, __main__, sys.path[0], the exit status and tracebacks
-are what plain python gives.
+main coroutine, every thread it starts is a coroutine on the thread that
+started it, and blocking calls park coroutines instead of the thread.
+sys.argv, __main__, sys.path[0], the exit status and tracebacks are what
+plain python gives.
 
 options:
-  --stack-size N    default C stack per coroutine (bytes, or with K/M)
-  --no-main-hooks   leave the main coroutine's calls blocking
-  --stats           print the scheduler's statistics to stderr at exit
+  --stack-size N       default C stack per coroutine (bytes, or with K/M)
+  --no-main-hooks      leave the main coroutine's calls blocking
+  --stats              print the scheduler's statistics to stderr at exit
+  --native-threads     keep threads as OS threads, each with its own scheduler
+  --monitor SECONDS    report, with its stack, a coroutine that runs longer
+                       than SECONDS without reaching a hooked call
 """
 
 
@@ -50,22 +55,26 @@ def _interpreter_options():
 
 def parse_run(argv):
     """(options, target argv) for `interpose run`; raises SystemExit."""
-    opts = {"stack_size": None, "main_hooks": True, "stats": False}
+    opts = {"stack_size": None, "main_hooks": True, "stats": False,
+            "native_threads": False, "monitor": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
             print(USAGE_RUN, end="")
             raise SystemExit(0)
-        if arg == "--stack-size" or arg.startswith("--stack-size="):
+        option = arg.split("=", 1)[0]
+        if option in ("--stack-size", "--monitor"):
             if "=" in arg:
                 value = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
                 i += 1
                 value = argv[i]
             else:
-                raise SystemExit(_fail("--stack-size needs a value"))
-            opts["stack_size"] = value
+                raise SystemExit(_fail(f"{option} needs a value"))
+            opts[option[2:].replace("-", "_")] = value
+        elif arg == "--native-threads":
+            opts["native_threads"] = True
         elif arg == "--no-main-hooks":
             opts["main_hooks"] = False
         elif arg == "--stats":
@@ -87,6 +96,10 @@ def _run(argv):
     autostart, problem = _load()
     if problem:
         return _fail(problem)
+    if opts["monitor"] is not None:
+        problem = autostart.monitor_setting_problem(opts["monitor"])
+        if problem:
+            return _fail(problem)
     if opts["stack_size"] is not None:
         os.environ["INTERPOSE_STACK_SIZE"] = opts["stack_size"]
         try:

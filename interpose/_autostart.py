@@ -5,14 +5,19 @@ Settings come from the environment, so child processes inherit them:
 INTERPOSE_AUTOSTART=1 (boot at all), INTERPOSE_MAIN_HOOKS=0 (leave the main
 coroutine's hooks off; spawned coroutines still have theirs),
 INTERPOSE_STATS=1 (print the scheduler's statistics to stderr at exit),
-INTERPOSE_STACK_SIZE (the default stack size, read by the library).
+INTERPOSE_STACK_SIZE (the default stack size, read by the library),
+INTERPOSE_THREADS=native (threads stay OS threads, each with a scheduler of
+its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
+coroutines that run longer than SECONDS without reaching a hooked call).
 """
 import atexit
 import os
 import sys
 
+from . import _monitor
 from . import _native
 from . import _sched
+from . import _threads
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 
@@ -36,11 +41,39 @@ def boot():
             " 'python -m interpose env'.\n"
         )
     _sched._scheduler()
+    threads = os.environ.get("INTERPOSE_THREADS", "coroutines")
+    if threads == "native":
+        _threads.install_native()
+    else:
+        if threads != "coroutines":
+            sys.stderr.write(
+                f"interpose: INTERPOSE_THREADS={threads!r} is not 'coroutines' or"
+                " 'native'; threads run as coroutines.\n")
+        _threads.install()
     if os.environ.get("INTERPOSE_MAIN_HOOKS", "1") != "0":
         _native.lib.coro_set_hooks(1)
     if os.environ.get("INTERPOSE_STATS") == "1":
         atexit.register(_print_statistics)
+    monitor = os.environ.get("INTERPOSE_MONITOR")
+    if monitor:
+        problem = monitor_setting_problem(monitor)
+        if problem:
+            sys.stderr.write(f"interpose: {problem}; the monitor is off.\n")
+        else:
+            _monitor.start(float(monitor))
     _booted = True
+
+
+def monitor_setting_problem(value):
+    """Why value is not a usable INTERPOSE_MONITOR / --monitor, or None."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        return (f"the blocking monitor needs a positive number of seconds, not"
+                f" {value!r} (e.g. --monitor 0.1)")
+    return None
 
 
 def _print_statistics():
@@ -49,7 +82,8 @@ def _print_statistics():
     sys.stderr.write(f"interpose statistics (pid {os.getpid()}): {fields}\n")
 
 
-def environment(stack_size=None, main_hooks=True, stats=False, base=None):
+def environment(stack_size=None, main_hooks=True, stats=False, base=None,
+                native_threads=False, monitor=None):
     """The environment that makes a Python process boot interpose."""
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = _preload_list(env.get("LD_PRELOAD"))
@@ -61,6 +95,10 @@ def environment(stack_size=None, main_hooks=True, stats=False, base=None):
         env["INTERPOSE_MAIN_HOOKS"] = "0"
     if stats:
         env["INTERPOSE_STATS"] = "1"
+    if native_threads:
+        env["INTERPOSE_THREADS"] = "native"
+    if monitor is not None:
+        env["INTERPOSE_MONITOR"] = str(monitor)
     return env
 
 

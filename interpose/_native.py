@@ -76,6 +76,11 @@ SIGNATURES = {
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_sched_defer_signal": (_i, [_i], True),
+    "interpose_sched_set_signal_forward": (_i, [_i], True),
+    "interpose_sched_self": (_p, [], True),
+    "interpose_sched_probe": (
+        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p)], True),
     "interpose_sched_destroy": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
@@ -98,6 +103,7 @@ PY_API = {
     "PyThreadState_GetUnchecked": _compat.UNCHECKED_GET,
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
+    "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
 }
 
 
@@ -211,6 +217,36 @@ _check_signals.argtypes = []
 def check_signals():
     """Run pending Python signal handlers now (raises what they raise)."""
     _check_signals()
+
+
+_type_modified = ctypes.pythonapi.PyType_Modified
+_type_modified.restype = None
+_type_modified.argtypes = [ctypes.py_object]
+
+
+def type_modified(tp):
+    """Tell CPython that tp's dict changed (invalidates method caches)."""
+    _type_modified(tp)
+
+
+_get_frame = ctypes.pythonapi.PyThreadState_GetFrame
+_get_frame.restype = ctypes.py_object
+_get_frame.argtypes = [ctypes.c_void_p]
+
+
+def probe(sched):
+    """(switch count, running coroutine's handle or None, its innermost
+    frame or None) of a scheduler from interpose_sched_self."""
+    switches = _u64()
+    coro = _p()
+    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro))
+    frame = None
+    if tstate:
+        try:
+            frame = _get_frame(tstate)
+        except ValueError:  # no Python frame: NULL without an exception
+            pass
+    return switches.value, coro.value, frame
 
 
 def statistics_raw():

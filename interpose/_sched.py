@@ -21,6 +21,7 @@ import threading
 
 from . import _errors
 from . import _native
+from . import _signals
 from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 _lib = _native.lib
@@ -37,18 +38,23 @@ _local = _thread._local()
 _join_guard = _thread.allocate_lock()
 # Per OS thread: ident -> _Scheduler.
 _schedulers = {}
+# Set by _threads.install(): a _thread._local in which every spawned
+# coroutine, running in its own thread state, stores its thread identity.
+_idents = None
 
 
 class _Scheduler:
     """Python-side state of one OS thread's scheduler."""
 
-    __slots__ = ("main", "live", "pending", "running")
+    __slots__ = ("main", "live", "pending", "running", "native", "name")
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
         self.live = {}  # handle -> Coroutine spawned here and not finished
         self.pending = None  # exception forwarded to the main coroutine
         self.running = False  # inside run()
+        self.native = None  # the engine's handle, for the blocking monitor
+        self.name = ""  # the OS thread's name when the scheduler was made
 
 
 def _scheduler():
@@ -64,10 +70,12 @@ def _create_scheduler():
     if not handle:
         raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
     sched.main = Coroutine._for_main(handle)
+    sched.native = _lib.sched_self()
+    sched.name = threading.current_thread().name
     ident = _get_ident()
     _schedulers[ident] = sched
     if threading.current_thread() is threading.main_thread():
-        _install_signal_wakeup()
+        _signals.install()
         atexit.register(_shutdown_at_exit)
     else:
         _local.reaper = _Reaper(ident)
@@ -94,48 +102,6 @@ class _Reaper:
             return  # coroutines the thread never waited for: keep their state
         if _lib.sched_destroy() == 0:
             del _schedulers[self.ident]
-
-
-def _install_signal_wakeup():
-    """Route signals to the main coroutine even while the hub sleeps.
-
-    A signal that arrives while the hub is between epoll_wait calls does not
-    interrupt anything; Python then only notes it.  signal.set_wakeup_fd
-    makes the C handler write a byte to a pipe the hub watches.  If the
-    program already set its own wakeup fd, it is kept and interpose relies
-    on epoll_wait's EINTR alone.
-    """
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    except ValueError:
-        previous = None
-    if previous != -1:
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        os.close(r)
-        os.close(w)
-        return
-    # The pipe stays open for the life of the process, like the wakeup fd.
-    _lib.sched_set_signal_fd(r)
-    global _signal_pipe
-    _signal_pipe = (r, w)
-
-
-# The wakeup pipe interpose installed, if it did: (read end, write end).
-_signal_pipe = None
-
-
-def _renew_signal_wakeup():
-    """A forked child must not share the parent's wakeup pipe: the child's
-    hub would drain bytes meant for the parent's."""
-    global _signal_pipe
-    if _signal_pipe is None or signal.set_wakeup_fd(-1) != _signal_pipe[1]:
-        return  # not ours, or replaced by the program: leave it alone
-    for fd in _signal_pipe:
-        os.close(fd)
-    _signal_pipe = None
-    _install_signal_wakeup()
 
 
 def prepare():
@@ -174,7 +140,7 @@ class Coroutine:
     __slots__ = (
         "_handle", "_id", "_name", "_target", "_context", "_result",
         "_exception", "_done", "_cancelled", "_joiners", "_join_waiters",
-        "_sched", "__weakref__",
+        "_sched", "_thread", "__weakref__",
     )
 
     def __init__(self, handle, cid, name):
@@ -190,6 +156,9 @@ class Coroutine:
         self._joiners = 0
         self._join_waiters = None  # a WaitQueue once someone joins
         self._sched = None
+        # A threading.Thread (or _thread) thread: its body reports its own
+        # errors, and nothing cancels it, as nothing cancels a thread.
+        self._thread = False
 
     @classmethod
     def _for_main(cls, handle):
@@ -256,6 +225,8 @@ class Coroutine:
     # -- running in the coroutine's own thread state --------------------
 
     def _bootstrap(self):
+        if _idents is not None:
+            _idents.ident = self._id
         if threading._trace_hook is not None:
             sys.settrace(threading._trace_hook)
         if threading._profile_hook is not None:
@@ -294,6 +265,17 @@ class Coroutine:
             if self._join_waiters is not None:
                 self._join_waiters.wake_all()
         sched.live.pop(self._handle, None)
+        if _idents is not None:
+            _forget_dummy_thread(self._id)
+
+
+def _forget_dummy_thread(ident):
+    """threading.current_thread() in a coroutine that is not a Thread
+    registers a _DummyThread that nothing removes: drop it with the
+    coroutine, so idents do not pile up in threading._active."""
+    thread = threading._active.get(ident)
+    if type(thread) is threading._DummyThread:
+        threading._active.pop(ident, None)
 
 
 def _report(coro, exc):
@@ -335,9 +317,16 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
                 f" got {stack_size}"
             )
         size = stack_size
+    return _spawn(fn, args, kwargs, name, size, False)
+
+
+def _spawn(fn, args, kwargs, name, size, thread):
+    """spawn() after validation; thread marks a coroutine standing for a
+    thread (size 0: the default stack)."""
     sched = _schedulers.get(_get_ident()) or _scheduler()
     label = "" if name is None else str(name)
     coro = Coroutine(0, 0, label)
+    coro._thread = thread
     coro._target = (fn, args, kwargs)
     coro._context = contextvars.copy_context()
     coro._sched = sched
@@ -497,11 +486,15 @@ def run(fn, /, *args, **kwargs):
 
 
 def _shutdown(sched):
-    """Cancel and join every coroutine still alive on this thread."""
-    while sched.live:
-        for coro in list(sched.live.values()):
+    """Cancel and join every coroutine still alive on this thread, except
+    those standing for threads (threading waits for non-daemon ones)."""
+    while True:
+        victims = [c for c in sched.live.values() if not c._thread]
+        if not victims:
+            return
+        for coro in victims:
             coro.cancel()
-        for coro in list(sched.live.values()):
+        for coro in victims:
             try:
                 coro.join()
             except Exception:
@@ -510,8 +503,15 @@ def _shutdown(sched):
 
 def _shutdown_at_exit():
     sched = _schedulers.get(_get_ident())
-    if sched is not None and sched.live:
-        _shutdown(sched)
+    if sched is None:
+        return
+    _shutdown(sched)
+    if sched.live:
+        # Daemon threads are abandoned, as CPython abandons daemon threads:
+        # they must never run again, for the interpreter is about to clear
+        # their thread states.  With the main coroutine's hooks off nothing
+        # switches to them any more (this is the last atexit handler).
+        _lib.coro_set_hooks(0)
 
 
 def _after_fork_in_child():
@@ -540,7 +540,7 @@ def _after_fork_in_child():
     sched.pending = None
     if survivor is not None:
         sched.main = survivor
-    _renew_signal_wakeup()
+    _signals.renew_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -19,6 +19,7 @@ ip_sched_t *ip__hook_sched(void) {
     return NULL;
   if (ip__py_tstate_attached(s))
     return NULL;
+  ip__yield_if_due(s);
   return s;
 }
 

@@ -9,6 +9,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -185,6 +186,11 @@ typedef struct ip_coro {
   ip_timer_t timer;
   int timer_result; /* what the armed timer wakes the park with */
   int hooks;        /* 1: blocking libc calls made here park this coroutine */
+  /* Time slice (see ip__yield_if_due): when the hub last resumed it, its
+   * hooked calls since, and an EINTR a yield swallowed for the next park. */
+  int64_t resumed_ns;
+  unsigned hook_calls;
+  int pending_eintr;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
@@ -205,6 +211,10 @@ typedef struct ip_sched {
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
+  int signal_forward_fd; /* the program's own wakeup fd, or -1 */
+  uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
+  /* Per signal 1..64: wakeup bytes that a re-trip wrote, not to forward. */
+  unsigned retripped[64];
   int is_main_thread;
   ip_heap_t timers;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
@@ -226,6 +236,9 @@ IP_HIDDEN int ip__park(ip_sched_t *s, int64_t timeout_ns);
 IP_HIDDEN uint64_t ip__prepare(ip_coro_t *co);
 IP_HIDDEN void ip__coro_main(void *arg);
 IP_HIDDEN int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front);
+/* At a hooked call: lets the others run first if the running coroutine
+ * has held the thread for a whole time slice. */
+IP_HIDDEN void ip__yield_if_due(ip_sched_t *s);
 static inline uint64_t ip__park_gen(ip_coro_t *co) {
   return atomic_load(&co->park_word) >> IP_PARK_STATE_BITS;
 }
@@ -243,7 +256,8 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(getnameinfo) X(gethostbyname) X(gethostbyname2) X(gethostbyname_r)        \
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
   X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
-  X(posix_spawn_file_actions_adddup2)
+  X(posix_spawn_file_actions_adddup2) X(sem_wait) X(sem_timedwait)          \
+  X(sem_clockwait) X(sem_post)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -408,6 +422,7 @@ IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
+IP_HIDDEN void ip__sem_after_fork_child(void);
 /* Set in a forked child (by the atfork handler), where fds may be on their
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
@@ -428,6 +443,7 @@ typedef struct ip_pyapi {
   void *(*PyThreadState_GetUnchecked)(void);
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
+  int (*PyErr_SetInterruptEx)(int signum);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;

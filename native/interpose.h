@@ -127,6 +127,25 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
  * of every other runnable coroutine, if it is parked or about to park, so
  * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
 IP_EXPORT int interpose_sched_interrupt_main(void);
+/* GIL held, main thread.  A Python signal handler that ran in a coroutine
+ * other than the main one hands its signal over: the main coroutine is
+ * woken with -EINTR and, as it resumes, the signal is tripped again
+ * (PyErr_SetInterruptEx), so that CPython runs the handler there.
+ * -EINVAL for a signal number outside 1..64 or off the main thread. */
+IP_EXPORT int interpose_sched_defer_signal(int signum);
+/* GIL held, main thread.  The bytes the signal wakeup pipe receives are
+ * copied to fd (the one the program gave signal.set_wakeup_fd; -1: none)
+ * when the hub drains the pipe. */
+IP_EXPORT int interpose_sched_set_signal_forward(int fd);
+/* GIL held.  The calling thread's scheduler, or NULL: an opaque handle for
+ * interpose_sched_probe, valid until the thread's scheduler is destroyed. */
+IP_EXPORT void *interpose_sched_self(void);
+/* GIL held, any thread.  For the blocking monitor: the scheduler's switch
+ * count, the coroutine it is running (*coro; NULL while its hub runs) and
+ * that coroutine's thread state (returned).  The thread state stays valid
+ * while the caller holds the GIL. */
+IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t *switches,
+                                      void **coro);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or

@@ -28,6 +28,7 @@ static const struct {
     BINDING(PyThreadState_GetUnchecked),
     BINDING(PyObject_GetArenaAllocator),
     BINDING(PyObject_SetArenaAllocator),
+    BINDING(PyErr_SetInterruptEx),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 
@@ -82,6 +83,8 @@ void ip__py_run_body(ip_coro_t *co) {
   ip__py.Py_DecRef(co->body);
   co->body = NULL;
   ip__py.PyThreadState_Clear(co->tstate);
+  /* Cleared while the GIL is still held: the blocking monitor, which reads
+   * tstate with the GIL held, never sees a deleted thread state. */
+  __atomic_store_n(&co->tstate, NULL, __ATOMIC_RELAXED);
   ip__py.PyThreadState_DeleteCurrent();
-  co->tstate = NULL;
 }

@@ -217,9 +217,16 @@ static void root_stack_bounds(ip_sched_t *s) {
 #endif /* IP_SANITIZE */
 
 
+/* The blocking monitor reads the switch count and the running coroutine
+ * from another thread: they are stored atomically. */
+static void bump_switches(ip_sched_t *s) {
+  __atomic_store_n(&s->stats.switches, s->stats.switches + 1, __ATOMIC_RELAXED);
+}
+
+
 /* dying: the coroutine will never be resumed (its fake stack goes). */
 static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
-  s->stats.switches++;
+  bump_switches(s);
   san_leave(s, dying ? NULL : &co->san_fake, NULL);
   ip__switch(&co->sp, s->hub_sp);
   san_arrive(co->san_fake);
@@ -257,6 +264,22 @@ static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
 }
 
 
+/* Trips again, for CPython to run in the main coroutine, the signals whose
+ * Python handlers first ran in another coroutine.  Runs as the main
+ * coroutine resumes, before any Python code of it. */
+static void retrip_deferred(ip_sched_t *s) {
+  uint64_t mask = s->deferred_signals;
+  s->deferred_signals = 0;
+  for (int sig = 1; mask != 0; sig++, mask >>= 1) {
+    if (mask & 1u) {
+      if (s->signal_forward_fd >= 0)
+        s->retripped[sig - 1]++; /* CPython writes the wakeup byte again */
+      ip__py.PyErr_SetInterruptEx(sig);
+    }
+  }
+}
+
+
 int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   ip_coro_t *co = s->current;
   IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
@@ -265,6 +288,10 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   int result;
   if (atomic_load(&co->cancelled) && !co->shield)
     return -ECANCELED;
+  if (co->pending_eintr) {
+    co->pending_eintr = 0;
+    return -EINTR;
+  }
   if ((w & 3u) != IP_PARK_ARMED)
     return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
   int r = arm_timer(s, co, timeout_ns, &co->timer_result);
@@ -279,6 +306,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     switch_to_hub(s, co, 0);
     s = co->sched; /* a fork may have replaced the scheduler's insides */
     result = co->wake_result;
+    if (co == s->main && s->deferred_signals != 0)
+      retrip_deferred(s);
   }
   if (ip__timer_armed(&co->timer))
     ip__heap_remove(&s->timers, &co->timer);
@@ -304,13 +333,13 @@ static void reclaim_dead(ip_sched_t *s) {
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
-  s->current = co;
-  s->stats.switches++;
+  __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
+  bump_switches(s);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
   san_arrive(s->hub_san_fake);
-  s->current = NULL;
+  __atomic_store_n(&s->current, NULL, __ATOMIC_RELAXED);
   if (s->dead != NULL)
     reclaim_dead(s);
 }
@@ -336,12 +365,36 @@ static void run_round(ip_sched_t *s) {
   ip_link_t batch;
   ip__queue_init(&batch);
   ip__queue_splice(&batch, &s->runq);
+  int64_t round_start = ip__now_ns(); /* one clock read per round */
   while (!ip__queue_empty(&batch)) {
     ip_link_t *l = batch.next;
     ip__queue_remove(l);
-    run_coroutine(s, container_of(l, ip_coro_t, run_link));
+    ip_coro_t *co = container_of(l, ip_coro_t, run_link);
+    co->resumed_ns = round_start;
+    co->hook_calls = 0;
+    run_coroutine(s, co);
     s = tls_sched;
   }
+}
+
+
+/* A coroutine that keeps finding its blocking calls ready never parks, and
+ * the coroutines waiting for the events it could consume never run: e.g.
+ * multiprocessing.Pool's worker handler, whose wait() returns at once while
+ * results it leaves to another thread are pending.  Threads would be
+ * preempted there; a coroutine yields at a hooked call once it has run
+ * for TIME_SLICE_NS (the clock is read every 64th hooked call). */
+#define TIME_SLICE_NS 10000000
+
+void ip__yield_if_due(ip_sched_t *s) {
+  ip_coro_t *co = s->current;
+  if ((++co->hook_calls & 63u) != 0)
+    return;
+  if (ip__now_ns() - co->resumed_ns < TIME_SLICE_NS)
+    return;
+  ip__prepare(co);
+  if (ip__park(s, 0) == -EINTR)
+    co->pending_eintr = 1; /* the signal is for the next real wait */
 }
 
 
@@ -356,6 +409,33 @@ static void drain_fd(int fd) {
   while (ip__real.read(fd, buf, sizeof(buf)) > 0) {
   }
 }
+
+
+/* The signal wakeup pipe carries one byte per signal (its number); the
+ * program's own wakeup fd, if it set one, gets the same bytes, as if
+ * CPython had written them there.  A full or broken fd loses bytes, as
+ * CPython's own write would. */
+static void drain_signal_fd(ip_sched_t *s) {
+  char buf[256];
+  ssize_t n;
+  while ((n = ip__real.read(s->signal_fd, buf, sizeof(buf))) > 0) {
+    if (s->signal_forward_fd < 0)
+      continue;
+    size_t kept = 0;
+    for (ssize_t i = 0; i < n; i++) {
+      unsigned char sig = (unsigned char) buf[i];
+      if (sig >= 1 && sig <= 64 && s->retripped[sig - 1] > 0)
+        s->retripped[sig - 1]--; /* the program saw this signal already */
+      else
+        buf[kept++] = buf[i];
+    }
+    if (kept > 0) {
+      ssize_t IP_UNUSED w = ip__real.write(s->signal_forward_fd, buf, kept);
+    }
+  }
+}
+
+
 
 
 /* Returns the epoll timeout: 0 when work is queued, -1 with no timer, else
@@ -419,7 +499,7 @@ static void poll_events(ip_sched_t *s) {
     if (data == TAG_EVENTFD) {
       drain_fd(s->evfd);
     } else if (data == TAG_SIGNAL) {
-      drain_fd(s->signal_fd);
+      drain_signal_fd(s);
       wake_main_for_signal(s);
     } else {
       ip__fd_dispatch(s, data, ev[i].events);
@@ -535,6 +615,7 @@ static void sched_after_fork_child(void) {
     if (&other->root != survivor)
       invalidate(&other->root);
   sched_all = s;
+  ip__sem_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;
@@ -547,6 +628,7 @@ static void sched_after_fork_child(void) {
     ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
   s->main = survivor;
   s->dead = NULL;
+  s->deferred_signals = 0; /* they were the parent's to run */
   s->stats.alive = survivor != &s->root;
   survivor->timer.index = SIZE_MAX;
 }
@@ -570,6 +652,7 @@ ip_sched_t *ip__sched_ensure(void) {
   if (s == NULL)
     return NULL;
   s->signal_fd = -1;
+  s->signal_forward_fd = -1;
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
@@ -773,6 +856,38 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+void *interpose_sched_self(void) { return tls_sched; }
+
+
+void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro) {
+  ip_sched_t *s = sched;
+  *switches = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
+  ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
+  *coro = co;
+  return co == NULL ? NULL : __atomic_load_n(&co->tstate, __ATOMIC_RELAXED);
+}
+
+
+int interpose_sched_defer_signal(int signum) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->is_main_thread || signum < 1 || signum > 64)
+    return -EINVAL;
+  s->deferred_signals |= UINT64_C(1) << (signum - 1);
+  if (s->current != s->main)
+    ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+  return 0;
+}
+
+
+int interpose_sched_set_signal_forward(int fd) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->is_main_thread)
+    return -EINVAL;
+  s->signal_forward_fd = fd;
+  return 0;
 }
 
 

@@ -840,13 +840,18 @@ def test_read_foreign_pipe_cooperatively_leaves_o_nonblock_alone():
 @pytest.mark.timeout(120)
 def test_recv_in_os_thread_on_hooked_socket_still_blocks():
     # A socket created by a hooked coroutine is non-blocking in the kernel;
-    # an OS thread (no scheduler) using it must still see a blocking recv,
-    # never EAGAIN.
+    # an OS thread whose calls no hook may park (native threads, hooks off)
+    # using it must still see a blocking recv, never EAGAIN.
     out = assert_same("""
-        import socket, threading
+        import contextlib, socket, threading
         a, b = socket.socketpair()
         result = []
-        th = threading.Thread(target=lambda: result.append(a.recv(100)))
+
+        def reader():
+            with interpose.no_hooks() if HOOKED else contextlib.nullcontext():
+                result.append(a.recv(100))
+
+        th = threading.Thread(target=reader)
         th.start()
         wait_until(lambda: _thread_blocked(th.native_id))
         b.send(b"to the thread")
@@ -854,7 +859,7 @@ def test_recv_in_os_thread_on_hooked_socket_still_blocks():
             time.sleep(0.001)
         print(result)
         a.close(); b.close()
-    """)
+    """, env={"INTERPOSE_THREADS": "native"})
     assert out == ["[b'to the thread']"]
 
 

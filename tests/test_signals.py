@@ -225,12 +225,12 @@ def test_sigint_while_main_sleeps_outside_run_raises_keyboardinterrupt():
 
 @pytest.mark.timeout(60)
 def test_sigint_while_spawned_coroutine_busy_raises_keyboardinterrupt_in_caller():
-    # On 3.11 and 3.12 the pending handler runs in whichever coroutine on the
-    # main thread runs Python next: here a coroutine spinning in a loop that
-    # never waits.  Its KeyboardInterrupt must be forwarded to the main
-    # coroutine, not lost.  CPython 3.13 delivers signals to the main
-    # thread state only, so there (as documented) the spinning coroutine
-    # must reach a wait before the main coroutine can take it.
+    # On 3.11 and 3.12 CPython runs the pending handler in whichever
+    # coroutine on the main thread runs Python next: here a coroutine
+    # spinning in a loop.  Interpose hands the signal to the main coroutine,
+    # on every version, so the busy coroutine must reach a wait before the
+    # main coroutine takes it (documented; the blocking monitor names such
+    # a coroutine).
     proc = _start(
         """
         import os, sys, interpose
@@ -240,7 +240,7 @@ def test_sigint_while_spawned_coroutine_busy_raises_keyboardinterrupt_in_caller(
             n = 0
             while True:
                 n += 1
-                if sys.version_info >= (3, 13) and n % 100_000 == 0:
+                if n % 100_000 == 0:
                     interpose.sleep(0)
 
         def main():

@@ -1,0 +1,82 @@
+"""The blocking monitor: reports a coroutine that keeps its OS thread for
+longer than a threshold without reaching a hooked call (CPU-bound code, or
+a C library blocking in a call no hook sees), with its Python stack, the
+way gevent's monitor thread reports max_blocking_time.
+
+A real OS thread (no scheduler, so its sleeps really sleep) samples every
+scheduler's switch count each threshold/4.  A scheduler whose count has not
+moved for the threshold while one of its coroutines runs is blocked: the
+stack of that coroutine is printed once per incident.  Sampling takes the
+GIL, which CPU-bound Python code gives up every switch interval (5 ms); a C
+call that blocks while holding the GIL stops every thread, the monitor
+included, and cannot be reported (faulthandler.dump_traceback_later can).
+
+Opt in with INTERPOSE_MONITOR=SECONDS, `interpose run --monitor SECONDS`,
+or interpose.start_blocking_monitor(SECONDS).
+"""
+import _thread
+import sys
+import time
+import traceback
+
+from . import _native
+from . import _sched
+
+# Saved before _threads replaces it: the monitor must be a real OS thread.
+_start_os_thread = _thread.start_new_thread
+_monitor = None
+
+
+class _Monitor:
+    def __init__(self, threshold, file):
+        self.threshold = threshold
+        self.file = file
+        # scheduler handle -> [switch count, when it last moved, reported]
+        self.seen = {}
+
+    def run(self):
+        period = max(self.threshold / 4, 0.001)
+        while True:
+            time.sleep(period)
+            self.sample(time.monotonic())
+
+    def sample(self, now):
+        seen = {}
+        for sched in list(_sched._schedulers.values()):
+            if not sched.native:
+                continue
+            switches, handle, frame = _native.probe(sched.native)
+            last = self.seen.get(sched.native)
+            if last is None or last[0] != switches or frame is None:
+                seen[sched.native] = [switches, now, False]
+                continue
+            seen[sched.native] = last
+            if not last[2] and now - last[1] >= self.threshold:
+                last[2] = True
+                self.report(sched, now - last[1], handle, frame)
+        self.seen = seen
+
+    def report(self, sched, elapsed, handle, frame):
+        coro = sched.live.get(handle) or sched.main
+        stack = "".join(traceback.format_stack(frame))
+        file = self.file or sys.stderr
+        file.write(
+            f"interpose: {coro} on OS thread {sched.name!r} has run for"
+            f" {elapsed:.3f} s without reaching a hooked call; every other"
+            f" coroutine of that thread is waiting.  Its stack:\n{stack}")
+        file.flush()
+
+
+def start(threshold, file=None):
+    """Start the monitor (once per process); threshold in seconds."""
+    global _monitor
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        raise TypeError("the blocking threshold must be a number of seconds")
+    if not threshold > 0:
+        raise ValueError(f"the blocking threshold must be positive, not {threshold}")
+    if _monitor is not None:
+        _monitor.threshold = threshold
+        _monitor.file = file
+        return
+    _monitor = _Monitor(threshold, file)
+    _start_os_thread(_monitor.run, ())

@@ -1,0 +1,125 @@
+"""Signals with coroutines on the main thread.
+
+Two things CPython does not do by itself here:
+
+* Wake the hub.  A signal that arrives while the hub is between epoll_wait
+  calls interrupts nothing; Python then only notes it.  The wakeup fd
+  (signal.set_wakeup_fd) makes CPython's C handler write a byte to a pipe
+  whose read end the hub watches, and the hub wakes the main coroutine with
+  EINTR.  A program that sets a wakeup fd of its own (asyncio does) gets it
+  through signal.set_wakeup_fd as always; interpose's pipe stays installed
+  and the hub copies every byte it drains to the program's fd.
+* Run handlers in the main coroutine.  On 3.11 and 3.12 CPython runs a
+  Python handler in whichever thread state of the main OS thread runs
+  Python next: any coroutine.  Each handler is therefore installed wrapped;
+  run in another coroutine, the wrapper hands the signal to the engine,
+  which wakes the main coroutine and trips the signal again as it resumes,
+  so the handler (and the KeyboardInterrupt of the default SIGINT handler)
+  runs there, as it would in the main thread.
+"""
+import os
+import signal
+
+from . import _native
+
+_lib = _native.lib
+_real_signal = signal.signal
+_real_getsignal = signal.getsignal
+_real_set_wakeup_fd = signal.set_wakeup_fd
+
+# The wakeup pipe interpose installed, if it did: (read end, write end).
+_pipe = None
+# The fd the program gave set_wakeup_fd (-1: none), as it will read it back.
+_program_fd = -1
+
+
+class _InMainCoroutine:
+    """A Python signal handler that runs only in the main coroutine."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __call__(self, signum, frame):
+        if _lib.coro_current() == _main_handle():
+            return self.handler(signum, frame)
+        _lib.sched_defer_signal(signum)
+        return None
+
+
+def _main_handle():
+    from . import _sched  # _sched imports this module
+
+    return _sched._scheduler().main._handle
+
+
+def _wrapped(handler):
+    if callable(handler) and not isinstance(handler, _InMainCoroutine):
+        return _InMainCoroutine(handler)
+    return handler
+
+
+def _unwrapped(handler):
+    return handler.handler if isinstance(handler, _InMainCoroutine) else handler
+
+
+def _signal(signalnum, handler):
+    return _unwrapped(_real_signal(signalnum, _wrapped(handler)))
+
+
+def _getsignal(signalnum):
+    return _unwrapped(_real_getsignal(signalnum))
+
+
+def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
+    """signal.set_wakeup_fd, chained behind interpose's pipe."""
+    global _program_fd
+    if _pipe is None:
+        return _real_set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)
+    # Let CPython validate fd (non-blocking, main thread, an int) exactly as
+    # it would, then put the pipe back.
+    _real_set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)
+    _real_set_wakeup_fd(_pipe[1], warn_on_full_buffer=False)
+    previous, _program_fd = _program_fd, fd
+    _lib.sched_set_signal_forward(fd)
+    return previous
+
+
+def install():
+    """On the main thread, once its scheduler exists."""
+    global _pipe
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = _real_set_wakeup_fd(w, warn_on_full_buffer=False)
+    # The pipe stays open for the life of the process, like the wakeup fd.
+    _pipe = (r, w)
+    _lib.sched_set_signal_fd(r)
+    if previous != -1:  # set before interpose started: keep it fed
+        global _program_fd
+        _program_fd = previous
+        _lib.sched_set_signal_forward(previous)
+    for signum in signal.valid_signals():
+        try:
+            handler = _real_getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            _real_signal(signum, _wrapped(handler))
+    signal.signal = _signal
+    signal.getsignal = _getsignal
+    signal.set_wakeup_fd = _set_wakeup_fd
+
+
+def renew_after_fork():
+    """A forked child must not share the parent's wakeup pipe: the child's
+    hub would drain bytes meant for the parent's."""
+    global _pipe
+    if _pipe is None:
+        return
+    for fd in _pipe:
+        os.close(fd)
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _real_set_wakeup_fd(w, warn_on_full_buffer=False)
+    _pipe = (r, w)
+    _lib.sched_set_signal_fd(r)
+    _lib.sched_set_signal_forward(_program_fd)

@@ -1,0 +1,520 @@
+"""threading on coroutines under `python -m interpose run`: each snippet runs
+there and under plain python (OS threads) and must print the same lines.
+Idents differ between the two by nature, so snippets print facts about
+them (distinct, stable), never their values."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import assert_same, check_ok, popen_snippet, run_hooked, run_plain
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_thread_identity_and_lifecycle():
+    assert_same("""
+        import threading
+        main = threading.current_thread()
+        print(main.name, main is threading.main_thread(), main.daemon)
+        local = threading.local()
+        local.value = "main"
+        seen = {}
+        gate = threading.Event()
+
+        def body(i):
+            local.value = i
+            gate.wait()
+            me = threading.current_thread()
+            seen[i] = (me.name, me.daemon, me.ident == threading.get_ident(),
+                       local.value, me is not main)
+
+        threads = [threading.Thread(target=body, args=(i,), name=f"worker-{i}",
+                                    daemon=(i % 2 == 0)) for i in range(4)]
+        print([t.is_alive() for t in threads], [t.ident for t in threads])
+        for t in threads:
+            t.start()
+        print([t.is_alive() for t in threads], threading.active_count())
+        names = sorted(t.name for t in threading.enumerate())
+        print(names)
+        idents = {t.ident for t in threads}
+        print(len(idents), threading.get_ident() not in idents,
+              all(isinstance(t.native_id, int) for t in threads))
+        gate.set()
+        for t in threads:
+            t.join()
+        print([t.is_alive() for t in threads], threading.active_count())
+        print(sorted(seen.items()))
+        print(local.value, idents == {t.ident for t in threads})
+        print(threading.enumerate() == [main])
+    """)
+
+
+def test_join_with_timeout_and_repr_states():
+    assert_same("""
+        import threading, time
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait, name="sleeper")
+        print(repr(t).split(",")[1].strip(" )"))
+        t.start()
+        t.join(0.05)
+        print(t.is_alive(), "started" in repr(t))
+        try:
+            threading.current_thread().join()
+        except RuntimeError as e:
+            print("RuntimeError", e)
+        try:
+            t.start()
+        except RuntimeError as e:
+            print("RuntimeError", e)
+        stop.set()
+        t.join()
+        print(t.is_alive(), "stopped" in repr(t))
+    """)
+
+
+def test_timer_barrier_excepthook_and_settrace():
+    assert_same("""
+        import sys, threading, time
+        out = []
+        t = threading.Timer(0.05, out.append, args=("fired",))
+        t.start(); t.join()
+        c = threading.Timer(5, out.append, args=("never",))
+        c.start(); c.cancel(); c.join()
+        print(out)
+
+        barrier = threading.Barrier(3, action=lambda: out.append("action"))
+        idx = []
+        def party():
+            idx.append(barrier.wait())
+        ts = [threading.Thread(target=party) for _ in range(3)]
+        for th in ts: th.start()
+        for th in ts: th.join()
+        print(sorted(idx), out[-1])
+        b2 = threading.Barrier(2, timeout=0.05)
+        try:
+            b2.wait()
+        except threading.BrokenBarrierError:
+            print("broken", b2.broken)
+
+        reports = []
+        threading.excepthook = lambda args: reports.append(
+            (args.exc_type.__name__, str(args.exc_value), args.thread.name))
+        def fail():
+            raise ValueError("boom")
+        th = threading.Thread(target=fail, name="failing")
+        th.start(); th.join()
+        print(reports)
+
+        calls = set()
+        def tracer(frame, event, arg):
+            if event == "call":
+                calls.add(frame.f_code.co_name)
+        def traced_target():
+            pass
+        threading.settrace(tracer)
+        th = threading.Thread(target=traced_target)
+        th.start(); th.join()
+        threading.settrace(None)
+        print("traced_target" in calls)
+    """)
+
+
+def test_locks_exclude_and_order_like_threads():
+    assert_same("""
+        import threading, time
+        log = []
+        for make in (threading.Lock, threading.RLock):
+            lock = make()
+            def critical(i):
+                with lock:
+                    log.append(("in", i)); time.sleep(0.01); log.append(("out", i))
+            ts = [threading.Thread(target=critical, args=(i,)) for i in range(4)]
+            for t in ts: t.start()
+            for t in ts: t.join()
+            pairs = [log[k:k + 2] for k in range(0, len(log), 2)]
+            print(make.__name__, all(a[0] == "in" and b == ("out", a[1]) for a, b in pairs))
+            log.clear()
+
+        r = threading.RLock()
+        r.acquire(); r.acquire()
+        def steal():
+            try:
+                r.release()
+            except RuntimeError as e:
+                print("foreign release:", type(e).__name__)
+            print("foreign acquire:", r.acquire(timeout=0.02))
+        t = threading.Thread(target=steal); t.start(); t.join()
+        r.release(); r.release()
+        try:
+            r.release()
+        except RuntimeError:
+            print("over-release: RuntimeError")
+
+        l = threading.Lock()
+        l.acquire()
+        print("timed acquire:", l.acquire(timeout=0.02), l.acquire(blocking=False))
+        def releaser():
+            time.sleep(0.02); l.release()
+        t = threading.Thread(target=releaser); t.start()
+        print("acquire after release:", l.acquire(timeout=5)); t.join()
+    """)
+
+
+def test_condition_semaphore_event():
+    assert_same("""
+        import threading, time
+        cond = threading.Condition()
+        items = []
+        got = []
+        def consumer():
+            with cond:
+                cond.wait_for(lambda: items)
+                got.append(items.pop())
+        ts = [threading.Thread(target=consumer) for _ in range(3)]
+        for t in ts: t.start()
+        for i in range(3):
+            time.sleep(0.005)
+            with cond:
+                items.append(i); cond.notify()
+        for t in ts: t.join()
+        print(sorted(got))
+        with cond:
+            print("wait_for timeout:", cond.wait_for(lambda: False, timeout=0.02))
+
+        sem = threading.Semaphore(2)
+        active = [0]; peak = [0]
+        def limited():
+            with sem:
+                active[0] += 1; peak[0] = max(peak[0], active[0])
+                time.sleep(0.01)
+                active[0] -= 1
+        ts = [threading.Thread(target=limited) for _ in range(6)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print("peak", peak[0], "semaphore timeout:", threading.Semaphore(0).acquire(timeout=0.01))
+        bs = threading.BoundedSemaphore(1)
+        try:
+            bs.release()
+        except ValueError:
+            print("bounded: ValueError")
+
+        ev = threading.Event()
+        print("event wait:", ev.wait(0.01), ev.is_set())
+        waiters = [threading.Thread(target=lambda: got.append(ev.wait(5))) for _ in range(3)]
+        for t in waiters: t.start()
+        time.sleep(0.01); ev.set()
+        for t in waiters: t.join()
+        print(got[-3:])
+    """)
+
+
+def test_queues_and_thread_pool_executor():
+    assert_same("""
+        import queue, threading, time
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        for kind in (queue.Queue, queue.LifoQueue, queue.PriorityQueue, queue.SimpleQueue):
+            q = kind()
+            done = []
+            def consumer():
+                while (item := q.get()) is not None:
+                    done.append(item)
+            c = threading.Thread(target=consumer); c.start()
+            for i in (3, 1, 2):
+                q.put(i)
+            time.sleep(0.01)
+            q.put(None); c.join()
+            print(kind.__name__, sorted(done))
+        try:
+            queue.Queue().get(timeout=0.01)
+        except queue.Empty:
+            print("Empty")
+        full = queue.Queue(maxsize=1); full.put(1)
+        try:
+            full.put(2, timeout=0.01)
+        except queue.Full:
+            print("Full")
+        jq = queue.Queue()
+        def worker():
+            while True:
+                jq.get(); time.sleep(0.001); jq.task_done()
+        threading.Thread(target=worker, daemon=True).start()
+        for i in range(5): jq.put(i)
+        jq.join(); print("joined")
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pool") as ex:
+            print(list(ex.map(lambda x: (time.sleep(0.001 * (5 - x)), x * x)[1], range(5))))
+            names = set(ex.map(lambda _: threading.current_thread().name.split("_")[0], range(8)))
+            print(names)
+            bad = ex.submit(lambda: 1 / 0)
+            wait([bad]); print(type(bad.exception()).__name__)
+        print("executor shut down")
+    """)
+
+
+def test_locks_created_as_c_objects_stay_exclusive():
+    # gevent#1354 / eventlet#546: locks that exist before the runtime takes
+    # threading over are C locks; a C RLock records the OS thread as its
+    # owner, which every coroutine of that thread shares.  Such locks (made
+    # here with _thread directly, as logging's and functools.cached_property's
+    # are) must neither deadlock nor let two coroutines in at once.
+    assert_same("""
+        import _thread, functools, logging, socket, threading, time
+        for lock in (_thread.allocate_lock(), _thread.RLock()):
+            log = []
+            def critical(i):
+                with lock:
+                    log.append(i); time.sleep(0.01); log.append(i)
+            ts = [threading.Thread(target=critical, args=(i,)) for i in range(3)]
+            for t in ts: t.start()
+            for t in ts: t.join()
+            print(type(lock).__name__, all(log[k] == log[k + 1] for k in range(0, 6, 2)))
+
+        class Slow:
+            calls = 0
+            @functools.cached_property
+            def value(self):
+                Slow.calls += 1
+                time.sleep(0.02)
+                return 42
+        s = Slow()
+        ts = [threading.Thread(target=lambda: s.value) for _ in range(3)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print("cached_property computed", Slow.calls, "time(s)" if Slow.calls == 1 else "(racing)")
+
+        # A logging handler whose stream blocks mid-write while holding the
+        # handler's lock: other threads logging must wait, not interleave.
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        stream = a.makefile("w", buffering=1)
+        logger = logging.getLogger("contended")
+        logger.addHandler(logging.StreamHandler(stream))
+        logger.propagate = False
+        def spam(i):
+            for _ in range(20):
+                logger.warning("%d" % i * 200)
+        ts = [threading.Thread(target=spam, args=(i,)) for i in range(3)]
+        for t in ts: t.start()
+        received = b""
+        while received.count(b"\\n") < 60:
+            received += b.recv(65536)
+        for t in ts: t.join()
+        lines = received.decode().splitlines()
+        print(len(lines), all(len(set(line)) == 1 and len(line) == 200 for line in lines))
+    """)
+
+
+def test_exit_waits_for_non_daemon_threads_and_keeps_status():
+    code = """
+        import atexit, sys, threading, time
+        atexit.register(lambda: print("atexit", flush=True))
+        def late():
+            time.sleep(0.1)
+            print("non-daemon finished", flush=True)
+        def forever():
+            try:
+                time.sleep(60)
+            finally:
+                print("daemon cleanup must not run", flush=True)
+        threading.Thread(target=late).start()
+        threading.Thread(target=forever, daemon=True).start()
+        print("main done", flush=True)
+        sys.exit(3)
+    """
+    hooked, plain = run_hooked(code), run_plain(code)
+    for proc in (hooked, plain):
+        assert proc.returncode == 3, proc
+        assert proc.stdout.splitlines() == ["main done", "non-daemon finished", "atexit"], proc
+    assert hooked.stderr == plain.stderr == ""
+
+
+def test_runs_every_thread_in_one_os_thread():
+    lines = check_ok(run_hooked("""
+        import os, threading, time
+        counts = []
+        def body():
+            counts.append(len(os.listdir("/proc/self/task")))
+            time.sleep(0.05)
+        ts = [threading.Thread(target=body) for _ in range(300)]
+        for t in ts: t.start()
+        peak = threading.active_count()
+        for t in ts: t.join()
+        print(peak, max(counts), len(os.listdir("/proc/self/task")))
+    """))
+    assert lines == ["301 1 1"]
+
+
+def _signal_snippet(wait):
+    return f"""
+        import os, queue, signal, threading, time
+        def killer():
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=killer, daemon=True).start()
+        busy = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+        busy.start()
+        try:
+            {wait}
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt in", threading.current_thread().name)
+    """
+
+
+@pytest.mark.parametrize("wait", [
+    "busy.join()",
+    "threading.Event().wait()",
+    "queue.Queue().get()",
+    "(lk := threading.Lock()).acquire() and lk.acquire()",
+    "threading.Semaphore(0).acquire()",
+])
+def test_ctrl_c_interrupts_the_main_thread_wherever_it_waits(wait):
+    assert assert_same(_signal_snippet(wait)) == ["KeyboardInterrupt in MainThread"]
+
+
+def test_uncaught_ctrl_c_exits_130():
+    code = """
+        import os, signal, threading, time
+        threading.Thread(target=lambda: (time.sleep(0.1), os.kill(os.getpid(), signal.SIGINT)),
+                         daemon=True).start()
+        threading.Event().wait()
+    """
+    for proc in (run_hooked(code), run_plain(code)):
+        # Death by SIGINT, as plain python re-raises it: the shell shows 130.
+        assert proc.returncode == -signal.SIGINT, proc
+        assert proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc
+
+
+def test_signal_handlers_run_in_the_main_thread_and_wakeup_fd_works():
+    assert_same("""
+        import os, signal, socket, threading, time
+        got = []
+        def handler(signum, frame):
+            got.append((signal.Signals(signum).name, threading.current_thread().name))
+        print(signal.signal(signal.SIGUSR1, handler) is signal.SIG_DFL,
+              signal.getsignal(signal.SIGUSR1) is handler)
+        r, w = socket.socketpair()
+        r.setblocking(False); w.setblocking(False)
+        print("previous wakeup fd", signal.set_wakeup_fd(w.fileno()))
+        def spin():
+            t0 = time.monotonic()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while time.monotonic() - t0 < 0.1:
+                pass
+        t = threading.Thread(target=spin); t.start(); t.join()
+        time.sleep(0.02)
+        print(got)
+        r.settimeout(5)
+        print("wakeup bytes", list(r.recv(16)))
+        print(signal.set_wakeup_fd(-1) == w.fileno())
+    """)
+
+
+def test_fork_from_a_thread_and_multiprocessing_and_subprocess():
+    assert_same("""
+        import multiprocessing, os, subprocess, sys, threading, time, warnings
+        # 3.12+ warns when a process with several OS threads forks (plain
+        # python here; under interpose the process has one).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ticks = []
+        stop = threading.Event()
+        def ticker():
+            while not stop.is_set():
+                ticks.append(1); time.sleep(0.002)
+        threading.Thread(target=ticker).start()
+
+        def forker():
+            pid = os.fork()
+            if pid == 0:
+                me = threading.current_thread()
+                results = []
+                ts = [threading.Thread(target=results.append, args=(i,)) for i in range(3)]
+                for t in ts: t.start()
+                for t in ts: t.join()
+                print("child", me.name, threading.active_count(), sorted(results), flush=True)
+                os._exit(7)
+            _, status = os.waitpid(pid, 0)
+            print("parent saw", os.waitstatus_to_exitcode(status), flush=True)
+        t = threading.Thread(target=forker, name="forker"); t.start(); t.join()
+
+        def square(x):
+            return x * x
+        def pooled():
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(2) as pool:
+                print("pool", pool.map(square, range(5)), flush=True)
+            out = subprocess.run([sys.executable, "-c", "print('sub')"],
+                                 capture_output=True, text=True).stdout
+            print("subprocess", out.strip(), flush=True)
+        t = threading.Thread(target=pooled); t.start(); t.join()
+        n = len(ticks); time.sleep(0.02)
+        print("parent still ticking", len(ticks) > n)
+        stop.set()
+    """)
+
+
+def test_native_threads_keep_os_threads_with_a_scheduler_each():
+    lines = check_ok(run_hooked("""
+        import os, queue, threading, time, interpose
+        q = queue.Queue()
+        ready = threading.Event()
+        cond = threading.Condition()
+        state = {"n": 0}
+        lock = threading.Lock()
+        def worker(i):
+            ticks = []
+            ticker = interpose.spawn(lambda: [ticks.append(time.sleep(0.001)) for _ in range(5)])
+            ready.wait()
+            with lock:
+                state["n"] += 1
+            with cond:
+                cond.notify_all()
+            q.put((i, len(os.listdir("/proc/self/task")) > 1))
+            ticker.join()
+            q.put(("ticks", len(ticks)))
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in ts: t.start()
+        ready.set()
+        with cond:
+            cond.wait_for(lambda: state["n"] == 4, timeout=20)
+        results = sorted((q.get(timeout=20) for _ in range(8)), key=str)
+        for t in ts: t.join()
+        print(state["n"], results)
+    """, env={"INTERPOSE_THREADS": "native"}))
+    assert lines == ["4 [('ticks', 5), ('ticks', 5), ('ticks', 5), ('ticks', 5), "
+                     "(0, True), (1, True), (2, True), (3, True)]"]
+
+
+def test_blocking_monitor_reports_the_coroutine_and_its_stack():
+    code = """
+        import threading, time
+        def spin_for_a_while():
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.4:
+                pass
+        t = threading.Thread(target=spin_for_a_while, name="spinner")
+        t.start(); t.join()
+        print("done")
+    """
+    quiet = run_hooked(code)
+    assert check_ok(quiet) == ["done"]
+    loud = run_hooked(code, env={"INTERPOSE_MONITOR": "0.1"})
+    assert loud.returncode == 0 and loud.stdout == "done\n", loud
+    assert "'spinner'" in loud.stderr and "without reaching a hooked call" in loud.stderr
+    assert "in spin_for_a_while" in loud.stderr
+    assert loud.stderr.count("interpose: ") == 1  # once per incident
+
+
+def test_monitor_and_threads_settings_are_checked():
+    proc = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", "--monitor", "soon", "-c", "pass"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "positive number of seconds" in proc.stderr
+    bad = run_hooked("print('ran')", env={"INTERPOSE_THREADS": "green"})
+    assert bad.stdout == "ran\n"
+    assert "INTERPOSE_THREADS='green'" in bad.stderr
