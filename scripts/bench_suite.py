@@ -13,9 +13,11 @@ scripts/results/results.{json,md} and one PNG per message size.
 Servers (scripts/bench_servers/):
   threads            threaded_echo.py, a blocking thread-per-connection
                      program, on plain python
-  interpose          the same file under `python -m interpose run`
+  interpose          the same file under `python -m interpose run`, where
+                     each threading.Thread runs as a coroutine
   interpose-spawn    spawn_echo.py (interpose.spawn instead of Thread) under
-                     `python -m interpose run`
+                     `python -m interpose run`: the same handler without the
+                     threading machinery, to show what that costs
   gevent-patched     threaded_echo.py after gevent.monkey.patch_all()
   eventlet-patched   threaded_echo.py after eventlet.monkey_patch()
   gevent-stream      gevent StreamServer
