@@ -39,11 +39,12 @@
 
 #include "internal.h"
 
-#define CHUNK_SHIFT 15
+#define CHUNK_SHIFT IP_FD_CHUNK_SHIFT
 #define CHUNK_SIZE (1u << CHUNK_SHIFT)
-#define TOP_SIZE (1u << 15) /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
+#define TOP_SIZE IP_FD_TOP_SIZE /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
+#define chunks ip__fd_chunks
 
-static ip_fd_t *_Atomic chunks[TOP_SIZE];
+ip_fd_t *_Atomic ip__fd_chunks[TOP_SIZE];
 static _Atomic uint64_t next_desc = 1;
 
 
@@ -56,7 +57,8 @@ static ip_link_t *waiters_of(ip_fd_t *e) {
 }
 
 
-ip_fd_t *ip__fd_entry(int fd) {
+/* ip__fd_entry (internal.h) when the fd's chunk is not there yet. */
+ip_fd_t *ip__fd_entry_slow(int fd) {
   if (fd < 0 || (unsigned) fd >= CHUNK_SIZE * TOP_SIZE)
     return NULL;
   unsigned top = (unsigned) fd >> CHUNK_SHIFT;
@@ -143,7 +145,11 @@ static uint32_t classify(int fd, ip_fd_t *e) {
 
 
 uint32_t ip__fd_state(int fd) {
-  ip_fd_t *e = ip__fd_entry(fd);
+  return ip__fd_entry_state(fd, ip__fd_entry(fd));
+}
+
+
+uint32_t ip__fd_entry_state(int fd, ip_fd_t *e) {
   if (e == NULL)
     return 0;
   uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
@@ -367,7 +373,7 @@ int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w) {
   ip_fd_t *e = ip__fd_entry(w->fd);
   if (e == NULL)
     return w->fd < 0 ? -EBADF : -ENOMEM;
-  if (!(ip__fd_state(w->fd) & IP_FD_KNOWN))
+  if (!(ip__fd_entry_state(w->fd, e) & IP_FD_KNOWN))
     return -EBADF;
   lock(e);
   ip__queue_push_back(waiters_of(e), &w->link);

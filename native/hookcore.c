@@ -92,7 +92,7 @@ static ip_mode_t io_mode_entry(int fd, ip_fd_t **e_out, uint32_t *st_out,
   if (!ip__hooks_armed())
     return IP_MODE_REAL;
   ip_fd_t *e = ip__fd_entry(fd);
-  uint32_t st = ip__fd_state(fd);
+  uint32_t st = ip__fd_entry_state(fd, e);
   *e_out = e;
   *st_out = st;
   if (!(st & IP_FD_KNOWN) || (st & IP_FD_USER_NB))

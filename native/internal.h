@@ -208,6 +208,10 @@ typedef struct ip_sched {
   ip_link_t runq; /* FIFO of RUNNABLE coroutines of this thread */
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
+  /* Invariant: non-zero whenever remote is non-empty (set under
+   * remote_lock, before the eventfd write), so the hub can skip the lock
+   * when it reads zero: a push it misses wakes epoll_wait. */
+  atomic_int remote_pending;
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
@@ -323,10 +327,29 @@ typedef struct ip_waiter {
   int events; /* INTERPOSE_READABLE | INTERPOSE_WRITABLE */
 } ip_waiter_t;
 
-/* The entry for fd, or NULL when fd is negative or memory ran out. */
-IP_HIDDEN ip_fd_t *ip__fd_entry(int fd);
+/* The table's top level (fdtable.c): chunks of 2^15 entries, allocated on
+ * first use and published with a CAS; entries never move. */
+#define IP_FD_CHUNK_SHIFT 15
+#define IP_FD_TOP_SIZE (1u << 15) /* 2^15 chunks of 2^15 entries: 2^30 fds */
+IP_HIDDEN extern ip_fd_t *_Atomic ip__fd_chunks[IP_FD_TOP_SIZE];
+IP_HIDDEN ip_fd_t *ip__fd_entry_slow(int fd);
+/* The entry for fd, or NULL when fd is negative or memory ran out.  Every
+ * hooked call looks its fd up, several times per round trip: the common
+ * case (chunk already there) is inline. */
+static inline ip_fd_t *ip__fd_entry(int fd) {
+  if (fd >= 0 && (unsigned) fd < (IP_FD_TOP_SIZE << IP_FD_CHUNK_SHIFT)) {
+    ip_fd_t *chunk = atomic_load_explicit(
+        &ip__fd_chunks[(unsigned) fd >> IP_FD_CHUNK_SHIFT],
+        memory_order_acquire);
+    if (chunk != NULL)
+      return &chunk[(unsigned) fd & ((1u << IP_FD_CHUNK_SHIFT) - 1)];
+  }
+  return ip__fd_entry_slow(fd);
+}
 /* The state bits of fd, classifying it (fstat, F_GETFL) if needed. */
 IP_HIDDEN uint32_t ip__fd_state(int fd);
+/* ip__fd_state for e = ip__fd_entry(fd), already looked up (may be NULL). */
+IP_HIDDEN uint32_t ip__fd_entry_state(int fd, ip_fd_t *e);
 /* A hook created fd: records its kind and whether we made it
  * non-blocking behind the user's back. */
 IP_HIDDEN void ip__fd_created(int fd, uint32_t state);
