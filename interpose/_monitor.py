@@ -5,8 +5,9 @@ way gevent's monitor thread reports max_blocking_time.
 
 A real OS thread (no scheduler, so its sleeps really sleep) samples every
 scheduler's switch count each threshold/4.  A scheduler whose count has not
-moved for the threshold while one of its coroutines runs is blocked: the
-stack of that coroutine is printed once per incident.  Sampling takes the
+moved for the threshold while one of its coroutines runs, and that has
+other coroutines (else nobody waits), is blocked: the stack of the running
+coroutine is printed once per incident.  Sampling takes the
 GIL, which CPU-bound Python code gives up every switch interval (5 ms); a C
 call that blocks while holding the GIL stops every thread, the monitor
 included, and cannot be reported (faulthandler.dump_traceback_later can).
@@ -14,16 +15,14 @@ included, and cannot be reported (faulthandler.dump_traceback_later can).
 Opt in with INTERPOSE_MONITOR=SECONDS, `interpose run --monitor SECONDS`,
 or interpose.start_blocking_monitor(SECONDS).
 """
-import _thread
 import sys
 import time
 import traceback
 
 from . import _native
 from . import _sched
+from . import _threads
 
-# Saved before _threads replaces it: the monitor must be a real OS thread.
-_start_os_thread = _thread.start_new_thread
 _monitor = None
 
 
@@ -45,9 +44,10 @@ class _Monitor:
         for sched in list(_sched._schedulers.values()):
             if not sched.native:
                 continue
-            switches, handle, frame = _native.probe(sched.native)
+            switches, alive, handle, frame = _native.probe(sched.native)
             last = self.seen.get(sched.native)
-            if last is None or last[0] != switches or frame is None:
+            # Alone on its thread, a coroutine keeps nobody waiting.
+            if last is None or last[0] != switches or frame is None or not alive:
                 seen[sched.native] = [switches, now, False]
                 continue
             seen[sched.native] = last
@@ -79,4 +79,4 @@ def start(threshold, file=None):
         _monitor.file = file
         return
     _monitor = _Monitor(threshold, file)
-    _start_os_thread(_monitor.run, ())
+    _threads.real_start_new_thread(_monitor.run, ())

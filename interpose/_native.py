@@ -80,7 +80,8 @@ SIGNATURES = {
     "interpose_sched_set_signal_forward": (_i, [_i], True),
     "interpose_sched_self": (_p, [], True),
     "interpose_sched_probe": (
-        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p)], True),
+        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
+        True),
     "interpose_sched_destroy": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
@@ -235,18 +236,21 @@ _get_frame.argtypes = [ctypes.c_void_p]
 
 
 def probe(sched):
-    """(switch count, running coroutine's handle or None, its innermost
-    frame or None) of a scheduler from interpose_sched_self."""
+    """(switch count, live spawned coroutines, running coroutine's handle or
+    None, its innermost frame or None) of a scheduler from
+    interpose_sched_self."""
     switches = _u64()
     coro = _p()
-    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro))
+    alive = _u64()
+    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro),
+                             ctypes.byref(alive))
     frame = None
     if tstate:
         try:
             frame = _get_frame(tstate)
         except ValueError:  # no Python frame: NULL without an exception
             pass
-    return switches.value, coro.value, frame
+    return switches.value, alive.value, coro.value, frame
 
 
 def statistics_raw():

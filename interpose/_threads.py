@@ -36,13 +36,22 @@ from . import _native
 from . import _sched
 
 _real_get_ident = _thread.get_ident
+# Taken before install() replaces it, for the OS threads interpose itself
+# needs (the blocking monitor).
+real_start_new_thread = _thread.start_new_thread
 _idents = _thread._local()
 _installed = False
 
 
 def get_ident():
     """The calling coroutine's thread identity (see the module docstring)."""
-    return getattr(_idents, "ident", None) or _real_get_ident()
+    try:
+        return _idents.ident
+    except AttributeError:
+        # A thread's main coroutine (the thread's own thread state): its
+        # OS thread's ident, stored so that later calls skip this path.
+        ident = _idents.ident = _real_get_ident()
+        return ident
 
 
 def _thread_name(function):

@@ -141,11 +141,12 @@ IP_EXPORT int interpose_sched_set_signal_forward(int fd);
  * interpose_sched_probe, valid until the thread's scheduler is destroyed. */
 IP_EXPORT void *interpose_sched_self(void);
 /* GIL held, any thread.  For the blocking monitor: the scheduler's switch
- * count, the coroutine it is running (*coro; NULL while its hub runs) and
- * that coroutine's thread state (returned).  The thread state stays valid
- * while the caller holds the GIL. */
+ * count, the coroutine it is running (*coro; NULL while its hub runs), its
+ * number of live spawned coroutines and the running coroutine's thread
+ * state (returned).  The thread state stays valid while the caller holds
+ * the GIL. */
 IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t *switches,
-                                      void **coro);
+                                      void **coro, uint64_t *alive);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or

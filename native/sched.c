@@ -218,8 +218,9 @@ static void root_stack_bounds(ip_sched_t *s) {
 #endif /* IP_SANITIZE */
 
 
-/* The blocking monitor reads the switch count and the running coroutine
- * from another thread: they are stored atomically. */
+/* The blocking monitor reads the switch count, the running coroutine and
+ * the number of live coroutines from another thread: they are stored
+ * atomically. */
 static void bump_switches(ip_sched_t *s) {
   __atomic_store_n(&s->stats.switches, s->stats.switches + 1, __ATOMIC_RELAXED);
 }
@@ -326,7 +327,7 @@ static void reclaim_dead(ip_sched_t *s) {
   ip_coro_t *co = s->dead;
   s->dead = NULL;
   ip__stack_release(&co->stack);
-  s->stats.alive--;
+  __atomic_store_n(&s->stats.alive, s->stats.alive - 1, __ATOMIC_RELAXED);
   coro_recycle(co);
 }
 
@@ -634,7 +635,7 @@ static void sched_after_fork_child(void) {
   s->main = survivor;
   s->dead = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
-  s->stats.alive = survivor != &s->root;
+  __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
 }
 
@@ -723,7 +724,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   co->id = atomic_fetch_add(&next_id, 1);
   make_runnable(s, co, 0);
   s->stats.created++;
-  s->stats.alive++;
+  __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
   *id_out = co->id;
   return co;
 fail_stack:
@@ -867,9 +868,11 @@ int interpose_sched_interrupt_main(void) {
 void *interpose_sched_self(void) { return tls_sched; }
 
 
-void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro) {
+void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro,
+                            uint64_t *alive) {
   ip_sched_t *s = sched;
   *switches = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
+  *alive = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
   ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
   *coro = co;
   return co == NULL ? NULL : __atomic_load_n(&co->tstate, __ATOMIC_RELAXED);

@@ -337,12 +337,14 @@ def test_runs_every_thread_in_one_os_thread():
     lines = check_ok(run_hooked("""
         import os, threading, time
         counts = []
+        gate = threading.Event()
         def body():
             counts.append(len(os.listdir("/proc/self/task")))
-            time.sleep(0.05)
+            gate.wait()
         ts = [threading.Thread(target=body) for _ in range(300)]
         for t in ts: t.start()
         peak = threading.active_count()
+        gate.set()
         for t in ts: t.join()
         print(peak, max(counts), len(os.listdir("/proc/self/task")))
     """))
@@ -458,8 +460,12 @@ def test_fork_from_a_thread_and_multiprocessing_and_subprocess():
 
 
 def test_native_threads_keep_os_threads_with_a_scheduler_each():
-    lines = check_ok(run_hooked("""
-        import os, queue, threading, time, interpose
+    # With INTERPOSE_THREADS=native every thread is an OS thread with a
+    # scheduler of its own: go() spawns a coroutine there (an OS thread in
+    # the plain run), and locks, conditions, events and queues work across
+    # the OS threads.
+    out = assert_same("""
+        import os, queue, threading, time
         q = queue.Queue()
         ready = threading.Event()
         cond = threading.Condition()
@@ -467,7 +473,7 @@ def test_native_threads_keep_os_threads_with_a_scheduler_each():
         lock = threading.Lock()
         def worker(i):
             ticks = []
-            ticker = interpose.spawn(lambda: [ticks.append(time.sleep(0.001)) for _ in range(5)])
+            ticker = go(lambda: [ticks.append(time.sleep(0.001)) for _ in range(5)])
             ready.wait()
             with lock:
                 state["n"] += 1
@@ -476,6 +482,8 @@ def test_native_threads_keep_os_threads_with_a_scheduler_each():
             q.put((i, len(os.listdir("/proc/self/task")) > 1))
             ticker.join()
             q.put(("ticks", len(ticks)))
+            if HOOKED:
+                assert interpose.current() is not None and interpose.statistics().switches > 0
         ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
         for t in ts: t.start()
         ready.set()
@@ -484,9 +492,9 @@ def test_native_threads_keep_os_threads_with_a_scheduler_each():
         results = sorted((q.get(timeout=20) for _ in range(8)), key=str)
         for t in ts: t.join()
         print(state["n"], results)
-    """, env={"INTERPOSE_THREADS": "native"}))
-    assert lines == ["4 [('ticks', 5), ('ticks', 5), ('ticks', 5), ('ticks', 5), "
-                     "(0, True), (1, True), (2, True), (3, True)]"]
+    """, env={"INTERPOSE_THREADS": "native"})
+    assert out == ["4 [('ticks', 5), ('ticks', 5), ('ticks', 5), ('ticks', 5), "
+                   "(0, True), (1, True), (2, True), (3, True)]"]
 
 
 def test_blocking_monitor_reports_the_coroutine_and_its_stack():
