@@ -6,16 +6,23 @@
  * thread (so it can be pinned to one core).
  *
  *   loadgen --port P [--host 127.0.0.1] [--conns N] [--size BYTES]
- *           [--duration S] [--warmup S] [--connect-window K]
- *           [--connect-timeout S] [--idle]
+ *           [--duration S] [--warmup S] [--warmup-max S]
+ *           [--connect-window K] [--connect-timeout S] [--idle]
  *
  * Phases:
  *   connect   connections are opened gradually: at most K of them may be
  *             "unconfirmed" (opened, but their first echo not yet back).  A
  *             confirmed connection has been accepted by the server and is
  *             being served, so the server's listen backlog never holds more
- *             than K connections from us and cannot overflow.
- *   warmup    every connection keeps doing round trips for --warmup s.
+ *             than K connections from us and cannot overflow.  Confirmed
+ *             connections then stay silent until all are open: otherwise,
+ *             with thousands of them in a closed loop, each new one's first
+ *             echo queues behind all their traffic and opening 10,000 takes
+ *             minutes instead of seconds.
+ *   warmup    every connection does round trips for at least --warmup s
+ *             and until each has completed one (at most --warmup-max s),
+ *             so that the window opens on a steady state with every
+ *             connection taking part, not on the ramp-up of 10,000.
  *   measure   --duration s; only round trips that complete in this window
  *             count, with their latency (send of the first byte to receipt
  *             of the last).
@@ -64,6 +71,7 @@ typedef struct {
   size_t sent, received;  /* of the current message */
   uint64_t sent_at_ns;    /* when the current message's first byte went */
   uint64_t window_trips;  /* round trips completed in the window */
+  int looped;             /* completed a round trip in the closed loop */
   int want_out;           /* EPOLLOUT is in its registration */
 } conn_t;
 
@@ -72,12 +80,12 @@ typedef struct {
   int port;
   int conns;
   size_t size;
-  double duration_s, warmup_s, connect_timeout_s;
+  double duration_s, warmup_s, warmup_max_s, connect_timeout_s;
   int connect_window;
   int idle;
 } options_t;
 
-static options_t opt = {"127.0.0.1", 0, 10, 64, 5.0, 1.0, 120.0, 64, 0};
+static options_t opt = {"127.0.0.1", 0, 10, 64, 5.0, 1.0, 10.0, 120.0, 128, 0};
 static int epfd;
 static conn_t *conns;
 static unsigned char *scratch;  /* receive buffer */
@@ -85,9 +93,10 @@ static unsigned char *message;  /* send buffer, refilled per message */
 static struct sockaddr_in server_addr;
 
 /* Counters. */
-static int opened, unconfirmed, confirmed_total;
+static int opened, unconfirmed, confirmed_total, looped_total;
 static long errors, mismatches, disconnects, connect_failures;
 static int measuring;
+static int looping; /* confirmed connections send their next message */
 static uint64_t window_trips;
 static uint64_t *latencies_ns;
 static size_t latencies_len, latencies_cap;
@@ -193,7 +202,11 @@ static void complete_trip(int id) {
     confirmed_total++;
   }
   c->seq++;
-  if (!opt.idle) start_message(id);
+  if (looping && !c->looped) {
+    c->looped = 1;
+    looped_total++;
+  }
+  if (looping) start_message(id);
 }
 
 
@@ -232,7 +245,7 @@ static void on_readable(int id) {
     c->received += (size_t)n;
     if (c->received == opt.size) {
       complete_trip(id);
-      if (c->state != C_ACTIVE || opt.idle) return;
+      if (c->state != C_ACTIVE || !looping) return;
     }
   }
 }
@@ -314,6 +327,17 @@ static void run_for(double seconds) {
 }
 
 
+/* At least --warmup s, then until every open connection has done a round
+ * trip in the loop, or --warmup-max s in all. */
+static void warmup_phase(void) {
+  uint64_t cap = now_ns() + (uint64_t)(opt.warmup_max_s * 1e9);
+  run_for(opt.warmup_s);
+  while (looped_total < confirmed_total - (int)(disconnects + mismatches) &&
+         now_ns() < cap)
+    poll_once(10);
+}
+
+
 static int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
@@ -369,8 +393,8 @@ static void raise_nofile(rlim_t need) {
 static void usage(void) {
   fprintf(stderr,
           "usage: loadgen --port P [--host 127.0.0.1] [--conns N] [--size BYTES]\n"
-          "               [--duration S] [--warmup S] [--connect-window K]\n"
-          "               [--connect-timeout S] [--idle]\n");
+          "               [--duration S] [--warmup S] [--warmup-max S]\n"
+          "               [--connect-window K] [--connect-timeout S] [--idle]\n");
   exit(2);
 }
 
@@ -381,7 +405,8 @@ static void parse(int argc, char **argv) {
       {"conns", 1, 0, 'c'},         {"size", 1, 0, 's'},
       {"duration", 1, 0, 'd'},      {"warmup", 1, 0, 'w'},
       {"connect-window", 1, 0, 'k'}, {"connect-timeout", 1, 0, 't'},
-      {"idle", 0, 0, 'i'},          {0, 0, 0, 0}};
+      {"idle", 0, 0, 'i'},          {"warmup-max", 1, 0, 'm'},
+      {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
     switch (ch) {
@@ -394,11 +419,13 @@ static void parse(int argc, char **argv) {
       case 'k': opt.connect_window = atoi(optarg); break;
       case 't': opt.connect_timeout_s = atof(optarg); break;
       case 'i': opt.idle = 1; break;
+      case 'm': opt.warmup_max_s = atof(optarg); break;
       default: usage();
     }
   }
   if (optind != argc || opt.port <= 0 || opt.port > 65535 || opt.conns <= 0 ||
       opt.size == 0 || opt.duration_s <= 0 || opt.warmup_s < 0 ||
+      opt.warmup_max_s < opt.warmup_s ||
       opt.connect_window <= 0 || opt.connect_timeout_s <= 0)
     usage();
   memset(&server_addr, 0, sizeof server_addr);
@@ -428,7 +455,10 @@ int main(int argc, char **argv) {
     print_result(0);
     return 0;
   }
-  run_for(opt.warmup_s);
+  looping = 1;
+  for (int i = 0; i < opt.conns; i++)
+    if (conns[i].state == C_ACTIVE && conns[i].confirmed) start_message(i);
+  warmup_phase();
   printf("{\"event\":\"start\"}\n");
   fflush(stdout);
   measuring = 1;
