@@ -147,6 +147,36 @@ def grid_tables(data):
     return lines
 
 
+def compact_tables(data):
+    """Per message size, one row per server: round trips/s, server CPU
+    µs per round trip and p99 at each connection count (medians)."""
+    grid = data.get("grid", [])
+    conns = data["settings"]["conns"]
+    lines = []
+    for size in data["settings"]["sizes"]:
+        lines += [f"**{_size_name(size)} messages**: round trips/s · server CPU"
+                  " µs per round trip · p99 ms (medians; **N stalled**:"
+                  " connections without a round trip in the window, worst"
+                  " run)", "",
+                  "| server | " + " | ".join(f"{c:,} conns" for c in conns) + " |",
+                  "|---|" + "---:|" * len(conns)]
+        for server in data["settings"]["servers"]:
+            cells = []
+            for c in conns:
+                row = _cell(grid, server, c, size)
+                if row is None or row["rps"] is None:
+                    cells.append("—")
+                    continue
+                stalled = row["stalled_max"]
+                mark = f" · **{stalled} stalled**" if stalled else ""
+                cells.append(f"{row['rps']['median']:,.0f} · "
+                             f"{row['cpu_us_per_rt']['median']:.1f} · "
+                             f"{row['p99_us']['median'] / 1000:,.1f}{mark}")
+            lines.append(f"| {LABELS[server]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def idle_table(data):
     idle = data.get("idle")
     if not idle:
@@ -244,7 +274,8 @@ def plot(data, out):
 def render(data):
     lines = ["# Benchmark results", ""] + header(data)
     lines += ["## Targets (issue #5)", ""] + targets_table(data)
-    lines += ["", "## Echo grid", ""] + grid_tables(data)
+    lines += ["", "## Echo grid, at a glance", ""] + compact_tables(data)
+    lines += ["## Echo grid", ""] + grid_tables(data)
     lines += idle_table(data) + micro_tables(data)
     return "\n".join(lines)
 
