@@ -77,6 +77,7 @@ SIGNATURES = {
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
     "interpose_sched_defer_signal": (_i, [_i], True),
+    "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),
     "interpose_sched_self": (_p, [], True),
     "interpose_sched_probe": (

@@ -96,6 +96,9 @@ def _spawn_thread(function, args, kwargs, handle=None):
             _thread_name(function), _stack_size(), True)
     except OSError as e:  # threading expects RuntimeError, as from _thread
         raise RuntimeError(f"can't start new thread: {e}") from e
+    # Thread.start() waits until the thread runs: let it run first instead
+    # of after every other runnable coroutine.
+    _native.lib.coro_run_next(coro._handle)
     return coro.id
 
 

@@ -206,6 +206,9 @@ typedef struct ip_sched {
   void *hub_sp;
   ip_stack_t hub_stack;
   ip_link_t runq; /* FIFO of RUNNABLE coroutines of this thread */
+  /* RUNNABLE, runs before the rest of the round: the last coroutine that a
+   * running coroutine woke (see wake_local in sched.c). */
+  ip_coro_t *run_next;
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
   /* Invariant: non-zero whenever remote is non-empty (set under

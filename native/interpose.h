@@ -127,6 +127,12 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
  * of every other runnable coroutine, if it is parked or about to park, so
  * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
 IP_EXPORT int interpose_sched_interrupt_main(void);
+/* GIL held.  Moves a runnable coroutine of the calling thread (one just
+ * spawned) ahead of the run queue: it runs as soon as the caller parks.
+ * Thread.start() uses it, as it waits for the new thread to start.
+ * -EINVAL if it is not runnable on this thread's queue, -EBUSY if the
+ * caller already woke a coroutine that runs next (it then stays queued). */
+IP_EXPORT int interpose_coro_run_next(void *coro);
 /* GIL held, main thread.  A Python signal handler that ran in a coroutine
  * other than the main one hands its signal over: the main coroutine is
  * woken with -EINTR and, as it resumes, the signal is tripped again

@@ -5,8 +5,8 @@
  *
  * Invariants the scheduler relies on:
  *  - A coroutine is in exactly one state: RUNNING (s->current), RUNNABLE
- *    (on s->runq or s->remote), PARKED (switched away, waiting for a wake)
- *    or DEAD.  Only the owning thread changes the state.
+ *    (on s->runq, s->remote or in s->run_next), PARKED (switched away,
+ *    waiting for a wake) or DEAD.  Only the owning thread changes the state.
  *  - Exactly one wake ends a park.  Wakes name the park generation they aim
  *    at; the first wake for the current generation wins (a CAS on
  *    park_word) and later ones return 0.  Generations only grow, also across
@@ -127,10 +127,34 @@ static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
 }
 
 
+/* The time a coroutine may run before yielding at a hooked call (see
+ * ip__yield_if_due), shared by a chain of run_next hand-offs. */
+#define TIME_SLICE_NS 10000000
+
+/* A coroutine woken by the running one (a lock or event handed over, a
+ * thread started) runs as soon as the waker parks, not after every other
+ * runnable coroutine: the hand-off then costs two switches, not a round.
+ * Like Go's runnext it inherits the waker's time slice, so a pair handing
+ * work back and forth goes to the back of the queue once the slice is
+ * spent.  Only the first coroutine a waker wakes takes the slot; the others
+ * queue behind, in the order they were woken, so wake order stays FIFO. */
+static void wake_local(ip_sched_t *s, ip_coro_t *co, int front) {
+  ip_coro_t *waker = s->current;
+  if (front || waker == NULL || s->run_next != NULL ||
+      ip__now_ns() - waker->resumed_ns >= TIME_SLICE_NS) {
+    make_runnable(s, co, front);
+    return;
+  }
+  co->state = IP_CORO_RUNNABLE;
+  co->resumed_ns = waker->resumed_ns;
+  s->run_next = co;
+}
+
+
 static void enqueue_woken(ip_coro_t *co, int front) {
   ip_sched_t *s = co->sched;
   if (s == tls_sched) {
-    make_runnable(s, co, front);
+    wake_local(s, co, front);
     return;
   }
   pthread_mutex_lock(&s->remote_lock);
@@ -371,11 +395,18 @@ static void run_round(ip_sched_t *s) {
   ip__queue_init(&batch);
   ip__queue_splice(&batch, &s->runq);
   int64_t round_start = ip__now_ns(); /* one clock read per round */
-  while (!ip__queue_empty(&batch)) {
-    ip_link_t *l = batch.next;
-    ip__queue_remove(l);
-    ip_coro_t *co = container_of(l, ip_coro_t, run_link);
-    co->resumed_ns = round_start;
+  for (;;) {
+    ip_coro_t *co = s->run_next;
+    if (co != NULL) {
+      s->run_next = NULL; /* its slice was inherited from its waker */
+    } else if (!ip__queue_empty(&batch)) {
+      ip_link_t *l = batch.next;
+      ip__queue_remove(l);
+      co = container_of(l, ip_coro_t, run_link);
+      co->resumed_ns = round_start;
+    } else {
+      return;
+    }
     co->hook_calls = 0;
     run_coroutine(s, co);
     s = tls_sched;
@@ -389,8 +420,6 @@ static void run_round(ip_sched_t *s) {
  * results it leaves to another thread are pending.  Threads would be
  * preempted there; a coroutine yields at a hooked call once it has run
  * for TIME_SLICE_NS (the clock is read every 64th hooked call). */
-#define TIME_SLICE_NS 10000000
-
 void ip__yield_if_due(ip_sched_t *s) {
   ip_coro_t *co = s->current;
   if ((++co->hook_calls & 63u) != 0)
@@ -634,6 +663,7 @@ static void sched_after_fork_child(void) {
     ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
   s->main = survivor;
   s->dead = NULL;
+  s->run_next = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
@@ -879,6 +909,21 @@ void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro,
 }
 
 
+int interpose_coro_run_next(void *handle) {
+  ip_coro_t *co = handle;
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || co->sched != s || co->state != IP_CORO_RUNNABLE ||
+      co == s->run_next || s->current == NULL)
+    return -EINVAL;
+  if (s->run_next != NULL)
+    return -EBUSY; /* it stays queued, FIFO */
+  ip__queue_remove(&co->run_link);
+  co->resumed_ns = s->current->resumed_ns;
+  s->run_next = co;
+  return 0;
+}
+
+
 int interpose_sched_defer_signal(int signum) {
   ip_sched_t *s = tls_sched;
   if (s == NULL || !s->is_main_thread || signum < 1 || signum > 64)
@@ -904,7 +949,7 @@ int interpose_sched_destroy(void) {
   if (s == NULL)
     return 0;
   if (s->current != &s->root || s->stats.alive != 0 ||
-      !ip__queue_empty(&s->runq))
+      !ip__queue_empty(&s->runq) || s->run_next != NULL)
     return -EBUSY;
   pthread_mutex_lock(&coro_lock);
   for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {

@@ -90,7 +90,39 @@ size_t interpose_stack_default(void) { return ip__stack_default_size(); }
 size_t interpose_stack_minimum(void) { return MIN_USABLE; }
 
 
+/* Stacks mapped now, process-wide (pooled ones included). */
+static atomic_long stacks_mapped;
+/* Mappings left to everything else when stacks approach vm.max_map_count:
+ * once the limit is reached, Python's own allocator fails too, and the
+ * program could not even handle spawn's error. */
+#define MAPPING_HEADROOM 1024
+
+static long max_map_count(void) {
+  static atomic_long cached;
+  long v = atomic_load(&cached);
+  if (v > 0)
+    return v;
+  v = 65530; /* Linux's default, if /proc cannot tell */
+  int fd = ip__real.open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char buf[32];
+    ssize_t n = ip__real.read(fd, buf, sizeof(buf) - 1);
+    if (n > 0) {
+      buf[n] = '\0';
+      long parsed = strtol(buf, NULL, 10);
+      if (parsed > 0)
+        v = parsed;
+    }
+    ip__real.close(fd);
+  }
+  atomic_store(&cached, v);
+  return v;
+}
+
+
 static int map_stack(ip_stack_t *st, size_t usable) {
+  if (2 * (atomic_load(&stacks_mapped) + 1) + MAPPING_HEADROOM > max_map_count())
+    return -ENOMEM;
   size_t guard = page();
   size_t size = usable + guard;
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -106,6 +138,7 @@ static int map_stack(ip_stack_t *st, size_t usable) {
   st->base = p;
   st->size = size;
   st->guard = guard;
+  atomic_fetch_add(&stacks_mapped, 1);
   return 0;
 }
 
@@ -119,6 +152,7 @@ void ip__stack_unmap(ip_stack_t *st) {
 #endif
   munmap(st->base, st->size);
   st->base = NULL;
+  atomic_fetch_sub(&stacks_mapped, 1);
 }
 
 

@@ -29,47 +29,25 @@ import platform
 import re
 import resource
 import select
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _benchutil
+from _benchutil import ROOT, env, kill_group, pinned
+
 SERVER = os.path.join(ROOT, "examples", "echo_server.py")
 CLIENT = os.path.join(ROOT, "examples", "echo_client.py")
 TIME_LINE = re.compile(r"^time (\d+) Succ Cnt (\d+) Fail Cnt (\d+)$")
 TOTAL_LINE = re.compile(r"^total Succ Cnt (\d+) Fail Cnt (\d+)$")
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
-def _cpus():
-    """(server cpus, client cpus) for taskset, or (None, None)."""
-    if shutil.which("taskset") is None:
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return [cpus[0]], cpus[1:]
 
 
-def _pinned(argv, cpus):
-    if cpus is None:
-        return argv
-    return ["taskset", "-c", ",".join(map(str, cpus)), *argv]
 
 
-def _kill(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _server_argv(variant, coroutines):
@@ -83,9 +61,9 @@ def run_once(variant, args, cpus):
     """Round trips per second of one run."""
     server_cpus, client_cpus = cpus
     server = subprocess.Popen(
-        _pinned(_server_argv(variant, args.server_coroutines), server_cpus),
+        pinned(_server_argv(variant, args.server_coroutines), server_cpus),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-        env=_env(), start_new_session=True, cwd=ROOT,
+        env=env(), start_new_session=True, cwd=ROOT,
     )
     client = None
     try:
@@ -100,11 +78,11 @@ def run_once(variant, args, cpus):
         server_cpu0 = _tree_cpu(server.pid)
         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         client = subprocess.Popen(
-            _pinned([sys.executable, "-m", "interpose", "run", CLIENT, "127.0.0.1",
+            pinned([sys.executable, "-m", "interpose", "run", CLIENT, "127.0.0.1",
                      port, str(args.client_connections), str(args.client_processes),
                      "--duration", str(args.seconds)], client_cpus),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=_env(), start_new_session=True, cwd=ROOT,
+            text=True, env=env(), start_new_session=True, cwd=ROOT,
         )
         out, err = client.communicate(timeout=args.seconds + 60)
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -118,8 +96,8 @@ def run_once(variant, args, cpus):
             raise RuntimeError(f"the load generator failed:\n{err[-2000:]}")
     finally:
         if client is not None:
-            _kill(client)
-        _kill(server)
+            kill_group(client)
+        kill_group(server)
         server.stdout.close()
     per_second, totals = {}, []
     for line in out.splitlines():
@@ -182,7 +160,7 @@ def main(argv=None):
     if connections > args.server_coroutines:
         parser.error(f"{connections} connections need at least as many server"
                      " handlers (each serves one connection at a time)")
-    cpus = _cpus()
+    cpus = _benchutil.cpus()
     variants = ("interpose", "threads")
     runs = {v: [] for v in variants}
     for rep in range(args.reps):

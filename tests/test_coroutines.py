@@ -626,21 +626,21 @@ def test_systemexit_in_joined_coroutine_reaches_joiner():
 
 
 def test_systemexit_in_coroutine_after_main_was_already_woken_is_not_lost():
-    """The main coroutine is woken (Event set) earlier in the same round in
-    which another coroutine raises SystemExit, so the interrupt finds it
-    already runnable.  Acceptable: ev.wait() raises SystemExit, or run()
-    raises it when main returns.  Unacceptable: run() returns normally and
-    the SystemExit pops out of some later, unrelated wait."""
+    """The main coroutine is woken (Event set) just before the waking
+    coroutine raises SystemExit, so the interrupt finds it already runnable.
+    Acceptable: ev.wait() raises SystemExit, or run() raises it when main
+    returns.  Unacceptable: run() returns normally and the SystemExit pops
+    out of some later, unrelated wait."""
     proc = run_snippet("""
         import interpose
 
-        def bad():
+        def bad(ev):
+            ev.set()
             raise SystemExit(4)
 
         def main():
             ev = interpose.Event()
-            interpose.spawn(ev.set)
-            interpose.spawn(bad)
+            interpose.spawn(bad, ev)
             ev.wait()
             return "main returned"
 

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from conftest import ROOT
+from processes import ProcessGroup, interpose_run as _interpose_run
 
 # The examples of this checkout (ROOT is where the interpose package under
 # test lives, which under scripts/asan-tests is a temporary copy).
@@ -38,43 +39,9 @@ def _env(**extra):
     return env
 
 
-def _interpose_run(*argv):
-    return [sys.executable, "-m", "interpose", "run", *map(str, argv)]
-
-
-class Group:
-    """Processes started in sessions of their own, killed as groups."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, argv, *, stderr=subprocess.PIPE, env=None):
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=stderr, text=True, env=env or _env(),
-            start_new_session=True, cwd=ROOT,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def kill_all(self):
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # its pid is its group
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            for f in (proc.stdout, proc.stderr):
-                if f is not None:
-                    f.close()
-
-
 @pytest.fixture
 def group():
-    g = Group()
+    g = ProcessGroup(env=_env(), cwd=ROOT)
     try:
         yield g
     finally:

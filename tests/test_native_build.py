@@ -191,7 +191,7 @@ def test_switch_test_under_qemu_aarch64_reports_ok(aarch64_switch_test):
     qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if qemu is None:
         pytest.fail("no qemu-aarch64: install the Debian package qemu-user"
-                    " (.ci/run does)")
+                    " (scripts/install-test-deps does)")
     assert_switch_test_ok(run([qemu, str(aarch64_switch_test)]), "aarch64")
 
 

@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from conftest import _snippet_env
+from processes import ProcessGroup, interpose_run as _interpose_run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(os.path.dirname(HERE), "examples", "threaded_http_server.py")
@@ -37,42 +38,20 @@ RESOLVER_POOL_MAX = 4
 ONE_OS_THREAD = 1 + RESOLVER_POOL_MAX
 
 
-def _interpose_run(*argv):
-    return [sys.executable, "-m", "interpose", "run", *map(str, argv)]
-
-
-class Processes:
-    """Children in sessions of their own, stderr in files, killed as groups."""
+class Processes(ProcessGroup):
+    """Children whose stderr goes to a file in directory (a full pipe can
+    never stall them); proc.err_path names it."""
 
     def __init__(self, directory):
+        super().__init__(env=_snippet_env(None), cwd=directory)
         self.directory = directory
-        self.procs = []
 
     def start(self, argv, *, name, stdin=subprocess.DEVNULL):
         err_path = os.path.join(self.directory, f"{name}.stderr")
         with open(err_path, "w") as err:
-            proc = subprocess.Popen(
-                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=err,
-                text=True, env=_snippet_env(None), start_new_session=True,
-                cwd=self.directory,
-            )
+            proc = super().start(argv, stdin=stdin, stderr=err)
         proc.err_path = err_path
-        self.procs.append(proc)
         return proc
-
-    def kill_all(self):
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # its pid is its group
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            for f in (proc.stdin, proc.stdout):
-                if f is not None:
-                    f.close()
 
 
 @pytest.fixture
@@ -90,7 +69,8 @@ def many_fds():
     client sockets and 1,000 server sockets on one machine), restored after."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2048:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 2048")
+        pytest.fail(f"RLIMIT_NOFILE hard limit {hard} < 2048: this test needs"
+                    " 2,048 fds (raise it with ulimit -Hn)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         yield
