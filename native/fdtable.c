@@ -39,11 +39,12 @@
 
 #include "internal.h"
 
-#define CHUNK_SHIFT 15
+#define CHUNK_SHIFT IP_FD_CHUNK_SHIFT
 #define CHUNK_SIZE (1u << CHUNK_SHIFT)
-#define TOP_SIZE (1u << 15) /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
+#define TOP_SIZE IP_FD_TOP_SIZE /* CHUNK_SIZE * TOP_SIZE = 2^30 fds */
+#define chunks ip__fd_chunks
 
-static ip_fd_t *_Atomic chunks[TOP_SIZE];
+ip_fd_t *_Atomic ip__fd_chunks[TOP_SIZE];
 static _Atomic uint64_t next_desc = 1;
 
 
@@ -56,7 +57,8 @@ static ip_link_t *waiters_of(ip_fd_t *e) {
 }
 
 
-ip_fd_t *ip__fd_entry(int fd) {
+/* ip__fd_entry (internal.h) when the fd's chunk is not there yet. */
+ip_fd_t *ip__fd_entry_slow(int fd) {
   if (fd < 0 || (unsigned) fd >= CHUNK_SIZE * TOP_SIZE)
     return NULL;
   unsigned top = (unsigned) fd >> CHUNK_SHIFT;
@@ -143,7 +145,11 @@ static uint32_t classify(int fd, ip_fd_t *e) {
 
 
 uint32_t ip__fd_state(int fd) {
-  ip_fd_t *e = ip__fd_entry(fd);
+  return ip__fd_entry_state(fd, ip__fd_entry(fd));
+}
+
+
+uint32_t ip__fd_entry_state(int fd, ip_fd_t *e) {
   if (e == NULL)
     return 0;
   uint32_t state = atomic_load_explicit(&e->state, memory_order_acquire);
@@ -159,6 +165,7 @@ void ip__fd_created(int fd, uint32_t state) {
     return;
   atomic_store(&e->rcv_timeout_ns, 0);
   atomic_store(&e->snd_timeout_ns, 0);
+  atomic_store(&e->rd_drained, NULL);
   atomic_store(&e->desc, atomic_fetch_add(&next_desc, 1));
   atomic_store(&e->state, state | IP_FD_KNOWN | IP_FD_TRACKED);
 }
@@ -166,6 +173,7 @@ void ip__fd_created(int fd, uint32_t state) {
 
 /* Removes the registration; the entry lock is held. */
 static void unregister(ip_fd_t *e, int fd) {
+  atomic_store(&e->rd_drained, NULL);
   if (e->reg_sched == NULL)
     return;
   IP_SAVE_ERRNO(epoll_ctl(e->reg_sched->epfd, EPOLL_CTL_DEL, fd, NULL));
@@ -230,6 +238,7 @@ void ip__fd_copy(int oldfd, int newfd) {
   atomic_store(&to->rcv_timeout_ns, atomic_load(&from->rcv_timeout_ns));
   atomic_store(&to->snd_timeout_ns, atomic_load(&from->snd_timeout_ns));
   atomic_store(&to->desc, atomic_load(&from->desc));
+  atomic_store(&to->rd_drained, NULL);
   atomic_store(&to->state, state | IP_FD_TRACKED | IP_FD_SHARED);
 }
 
@@ -364,7 +373,7 @@ int ip__fd_watch(ip_sched_t *s, ip_waiter_t *w) {
   ip_fd_t *e = ip__fd_entry(w->fd);
   if (e == NULL)
     return w->fd < 0 ? -EBADF : -ENOMEM;
-  if (!(ip__fd_state(w->fd) & IP_FD_KNOWN))
+  if (!(ip__fd_entry_state(w->fd, e) & IP_FD_KNOWN))
     return -EBADF;
   lock(e);
   ip__queue_push_back(waiters_of(e), &w->link);
@@ -430,6 +439,14 @@ void ip__fd_dispatch(ip_sched_t *s, uint64_t data, uint32_t events) {
   ip_fd_t *e = ip__fd_entry(fd);
   if (e == NULL)
     return;
+  /* Any read event ends the drained hint, a stale one too (harmless); the
+   * ones that a read may answer at once with no further edge end it for
+   * the life of the fd. */
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    atomic_store_explicit(&e->rd_drained, NULL, memory_order_relaxed);
+  if ((events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) &&
+      (atomic_load(&e->state) & IP_FD_KNOWN))
+    atomic_fetch_or(&e->state, IP_FD_RD_FINAL);
   lock(e);
   if (e->reg_sched == s && e->gen == gen) { /* else stale: drop it */
     int ready = 0;
@@ -485,6 +502,7 @@ static void reset_after_fork(ip_fd_t *e, int fd, void *arg) {
       e->waiters.next == NULL)
     return;
   atomic_flag_clear(&e->lock);
+  atomic_store(&e->rd_drained, NULL);
   e->reg_sched = NULL;
   e->reg_events = 0;
   e->gen++;

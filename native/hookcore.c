@@ -69,8 +69,7 @@ int ip__block_on(ip_sched_t *s, int fd, int events, int64_t deadline_ns,
 
 
 /* Which timeout applies to a socket call waiting for events. */
-static int64_t socket_timeout_ns(int fd, int events) {
-  ip_fd_t *e = ip__fd_entry(fd);
+static int64_t entry_timeout_ns(ip_fd_t *e, int events) {
   if (e == NULL)
     return 0;
   return (events & INTERPOSE_WRITABLE) ? atomic_load(&e->snd_timeout_ns)
@@ -78,11 +77,24 @@ static int64_t socket_timeout_ns(int fd, int events) {
 }
 
 
-ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
+static int64_t socket_timeout_ns(int fd, int events) {
+  return entry_timeout_ns(ip__fd_entry(fd), events);
+}
+
+
+/* ip__io_mode, also handing back the entry and its state bits, so that the
+ * hot path looks the fd up once per call. */
+static ip_mode_t io_mode_entry(int fd, ip_fd_t **e_out, uint32_t *st_out,
+                               ip_sched_t **s_out) {
   *s_out = NULL;
+  *e_out = NULL;
+  *st_out = 0;
   if (!ip__hooks_armed())
     return IP_MODE_REAL;
-  uint32_t st = ip__fd_state(fd);
+  ip_fd_t *e = ip__fd_entry(fd);
+  uint32_t st = ip__fd_entry_state(fd, e);
+  *e_out = e;
+  *st_out = st;
   if (!(st & IP_FD_KNOWN) || (st & IP_FD_USER_NB))
     return IP_MODE_REAL; /* closed (the call reports it) or user non-blocking */
   ip_sched_t *s = ip__hook_sched();
@@ -96,15 +108,40 @@ ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
 }
 
 
+ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
+  ip_fd_t *e;
+  uint32_t st;
+  return io_mode_entry(fd, &e, &st, s_out);
+}
+
+
 ssize_t ip__io(int fd, int events, ip_attempt_fn attempt, void *ctx) {
   return ip__io_until(fd, events, attempt, ctx, IP_SOCKET_TIMEOUT);
 }
 
 
-ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt, void *ctx,
-                     int64_t deadline) {
+/* Whether a read may trust rd_drained and park before trying: only when
+ * parking cannot end in anything but the edge (no timeout, no deadline, no
+ * pending cancellation), so that skipping the call changes no outcome. */
+static int drained_read_may_park(ip_sched_t *s, ip_fd_t *e, uint32_t st,
+                                 int64_t deadline) {
+  if (deadline >= 0 || (st & IP_FD_RD_FINAL))
+    return 0;
+  if (atomic_load_explicit(&e->rd_drained, memory_order_relaxed) != s)
+    return 0;
+  ip_coro_t *co = s->current;
+  return !atomic_load(&co->cancelled) && (co->deadline_ns < 0 || co->shield);
+}
+
+
+/* want > 0: a plain read of want bytes from a stream socket (see
+ * ip__read_until); 0: any other call. */
+static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
+                       int64_t deadline, size_t want) {
   ip_sched_t *s;
-  ip_mode_t mode = ip__io_mode(fd, &s);
+  ip_fd_t *e;
+  uint32_t st;
+  ip_mode_t mode = io_mode_entry(fd, &e, &st, &s);
   if (mode == IP_MODE_REAL)
     return attempt(ctx, fd, 0);
   if (mode == IP_MODE_READY_FIRST) {
@@ -114,18 +151,40 @@ ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt, void *ctx,
   /* Socket calls always carry MSG_DONTWAIT, even on a socket we made
    * non-blocking: its O_NONBLOCK lives in a file description that another
    * process may share and change (see the dup2 hook). */
-  int socket = (ip__fd_state(fd) & IP_FD_KIND_MASK) == IP_FD_SOCKET;
+  int socket = (st & IP_FD_KIND_MASK) == IP_FD_SOCKET;
   int flags = mode == IP_MODE_DONTWAIT || socket ? MSG_DONTWAIT : 0;
   if (deadline == IP_SOCKET_TIMEOUT)
-    deadline = ip__deadline_after(socket_timeout_ns(fd, events));
+    deadline = ip__deadline_after(entry_timeout_ns(e, events));
+  int hint = want > 0 && s != NULL && mode == IP_MODE_RETRY &&
+             (st & IP_FD_STREAM);
+  if (hint && drained_read_may_park(s, e, st, deadline)) {
+    int r = ip__block_on(s, fd, events, -1, 0);
+    if (r < 0)
+      return ip__fail(r);
+  }
   for (;;) {
     ssize_t n = attempt(ctx, fd, flags);
-    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+      if (hint && n > 0 && (size_t) n < want)
+        atomic_store_explicit(&e->rd_drained, s, memory_order_relaxed);
       return n;
+    }
     int r = ip__block_on(s, fd, events, deadline, 0);
     if (r < 0)
       return ip__fail(r);
   }
+}
+
+
+ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt, void *ctx,
+                     int64_t deadline) {
+  return io_loop(fd, events, attempt, ctx, deadline, 0);
+}
+
+
+ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
+                       int64_t deadline, size_t len) {
+  return io_loop(fd, INTERPOSE_READABLE, attempt, ctx, deadline, len);
 }
 
 

@@ -144,6 +144,16 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
+  if (!(c->flags & MSG_WAITALL)) {
+    /* A plain read into one buffer may use the drained-socket hint; the
+     * socket timeout starts inside, with one lookup of the fd. */
+    int plain = c->flags == 0 && (c->call == R_READ || c->call == R_RECV ||
+                                  c->call == R_RECVFROM);
+    if (plain)
+      return ip__read_until(fd, read_attempt, c, IP_SOCKET_TIMEOUT, c->len);
+    return ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c,
+                        IP_SOCKET_TIMEOUT);
+  }
   int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
   ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c, deadline);
   if ((c->flags & MSG_WAITALL) && c->call != R_READ && c->call != R_READV &&
@@ -346,14 +356,14 @@ static ssize_t do_write(wcall_t *c, int fd) {
   }
   int64_t deadline = ip__io_deadline(fd, INTERPOSE_WRITABLE);
   ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, c, deadline);
-  if (n <= 0 || mode == IP_MODE_REAL || !is_stream(fd))
+  if (n <= 0 || mode == IP_MODE_REAL)
     return n;
   struct iovec one;
   const struct iovec *iov;
   int iovcnt;
   write_buffers(c, &one, &iov, &iovcnt);
   size_t total = iov_total(iov, iovcnt);
-  if ((size_t) n >= total)
+  if ((size_t) n >= total || !is_stream(fd)) /* the common case tests first */
     return n;
   /* Ancillary data and the address went with the first part. */
   int flags = c->call == W_WRITE || c->call == W_WRITEV ? 0 : c->flags;

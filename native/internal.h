@@ -211,6 +211,10 @@ typedef struct ip_sched {
   ip_coro_t *run_next;
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
+  /* Invariant: non-zero whenever remote is non-empty (set under
+   * remote_lock, before the eventfd write), so the hub can skip the lock
+   * when it reads zero: a push it misses wakes epoll_wait. */
+  atomic_int remote_pending;
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
@@ -288,6 +292,9 @@ enum ip_fd_kind {
 #define IP_FD_USER_NB 0x40u   /* the user asked for non-blocking I/O */
 #define IP_FD_STREAM 0x80u    /* SOCK_STREAM socket: writes transfer all */
 #define IP_FD_SHARED 0x100u   /* a dup shares the file description */
+/* The hub saw EPOLLRDHUP, EPOLLHUP or EPOLLERR: a read may now return at
+ * once (EOF, an error) with no further event, so rd_drained is ignored. */
+#define IP_FD_RD_FINAL 0x200u
 
 typedef struct ip_fd {
   _Atomic uint32_t state; /* IP_FD_* bits */
@@ -296,6 +303,16 @@ typedef struct ip_fd {
   /* Names the open file description: dups share it, and with it the
    * user's O_NONBLOCK and the socket timeouts. */
   _Atomic uint64_t desc;
+  /* Invariant: equal to scheduler s only if a plain read on a stream
+   * socket, made on s's thread, returned less than it asked for (the
+   * receive queue was empty at that moment) and s's hub has dispatched no
+   * read event for the fd since: every byte that arrived later has raised
+   * an edge that s has not yet dispatched, or the registration is not in
+   * s, and waiting there re-adds it, which reports the readiness anyway.
+   * A read on s may then park without first trying the call (hookcore.c).
+   * Cleared by every dispatched read event and every registration change;
+   * other threads only ever clear it. */
+  _Atomic(ip_sched_t *) rd_drained;
   atomic_flag lock; /* guards the fields below */
   /* Invariant: non-NULL exactly while the fd is in that scheduler's epoll
    * set; registrations are tagged with gen, which grows on every removal. */
@@ -313,10 +330,29 @@ typedef struct ip_waiter {
   int events; /* INTERPOSE_READABLE | INTERPOSE_WRITABLE */
 } ip_waiter_t;
 
-/* The entry for fd, or NULL when fd is negative or memory ran out. */
-IP_HIDDEN ip_fd_t *ip__fd_entry(int fd);
+/* The table's top level (fdtable.c): chunks of 2^15 entries, allocated on
+ * first use and published with a CAS; entries never move. */
+#define IP_FD_CHUNK_SHIFT 15
+#define IP_FD_TOP_SIZE (1u << 15) /* 2^15 chunks of 2^15 entries: 2^30 fds */
+IP_HIDDEN extern ip_fd_t *_Atomic ip__fd_chunks[IP_FD_TOP_SIZE];
+IP_HIDDEN ip_fd_t *ip__fd_entry_slow(int fd);
+/* The entry for fd, or NULL when fd is negative or memory ran out.  Every
+ * hooked call looks its fd up, several times per round trip: the common
+ * case (chunk already there) is inline. */
+static inline ip_fd_t *ip__fd_entry(int fd) {
+  if (fd >= 0 && (unsigned) fd < (IP_FD_TOP_SIZE << IP_FD_CHUNK_SHIFT)) {
+    ip_fd_t *chunk = atomic_load_explicit(
+        &ip__fd_chunks[(unsigned) fd >> IP_FD_CHUNK_SHIFT],
+        memory_order_acquire);
+    if (chunk != NULL)
+      return &chunk[(unsigned) fd & ((1u << IP_FD_CHUNK_SHIFT) - 1)];
+  }
+  return ip__fd_entry_slow(fd);
+}
 /* The state bits of fd, classifying it (fstat, F_GETFL) if needed. */
 IP_HIDDEN uint32_t ip__fd_state(int fd);
+/* ip__fd_state for e = ip__fd_entry(fd), already looked up (may be NULL). */
+IP_HIDDEN uint32_t ip__fd_entry_state(int fd, ip_fd_t *e);
 /* A hook created fd: records its kind and whether we made it
  * non-blocking behind the user's back. */
 IP_HIDDEN void ip__fd_created(int fd, uint32_t state);
@@ -403,6 +439,12 @@ IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
 #define IP_SOCKET_TIMEOUT (-2)
 IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
                                void *ctx, int64_t deadline);
+/* ip__io_until for a plain read of len bytes (no flags) from fd: on a
+ * stream socket that the last read found drained (ip_fd_t.rd_drained), it
+ * parks for the next edge before making the call, which saves a system call
+ * that would return EAGAIN. */
+IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
+                                 int64_t deadline, size_t len);
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);

@@ -159,6 +159,7 @@ static void enqueue_woken(ip_coro_t *co, int front) {
   }
   pthread_mutex_lock(&s->remote_lock);
   ip__queue_push_back(&s->remote, &co->run_link);
+  atomic_store(&s->remote_pending, 1);
   pthread_mutex_unlock(&s->remote_lock);
   uint64_t one = 1;
   ssize_t IP_UNUSED n = ip__real.write(s->evfd, &one, sizeof(one));
@@ -371,10 +372,13 @@ static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
 
 
 static void take_remote(ip_sched_t *s) {
+  if (!atomic_load(&s->remote_pending))
+    return; /* the common case, twice per hub round: no lock */
   ip_link_t batch;
   ip__queue_init(&batch);
   pthread_mutex_lock(&s->remote_lock);
   ip__queue_splice(&batch, &s->remote);
+  atomic_store(&s->remote_pending, 0);
   pthread_mutex_unlock(&s->remote_lock);
   while (!ip__queue_empty(&batch)) {
     ip_link_t *l = batch.next;
@@ -588,6 +592,7 @@ static int sched_open(ip_sched_t *s) {
   s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
   ip__queue_init(&s->runq);
   ip__queue_init(&s->remote);
+  atomic_store(&s->remote_pending, 0);
   pthread_mutex_init(&s->remote_lock, NULL);
   ip__heap_init(&s->timers);
   s->pid = getpid();
