@@ -27,6 +27,18 @@ class ServerMissing(RuntimeError):
     """A server program is not installed."""
 
 
+def _server_env():
+    """The environment for the servers (and their tools): this process's,
+    without preloads.  The servers are not what the tests test; under
+    scripts/asan-tests the sanitizer runtimes the suite preloads would
+    otherwise be loaded into PostgreSQL and MariaDB too."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("INTERPOSE_", "ASAN_", "UBSAN_"))}
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket() as s:
@@ -151,7 +163,7 @@ def postgres(tls=False):
         subprocess.run(
             [initdb, "-D", data, "-U", "postgres", "--auth=trust",
              "-E", "UTF8", "--no-sync", "--locale=C"],
-            check=True, capture_output=True, preexec_fn=demote, cwd=tmp)
+            check=True, capture_output=True, preexec_fn=demote, cwd=tmp, env=_server_env())
         port = free_port()
         options = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                    "-c", "max_connections=100", "-c", "logging_collector=off"]
@@ -170,7 +182,7 @@ def postgres(tls=False):
                 [postgres_bin, "-D", data, "-p", str(port), "-k", tmp,
                  *options],
                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=demote,
-                stdin=subprocess.DEVNULL, cwd=tmp)
+                stdin=subprocess.DEVNULL, cwd=tmp, env=_server_env())
         _wait_log(log_path, "database system is ready to accept connections", proc)
         _wait_port(port, proc, log_path)
         dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
@@ -200,7 +212,7 @@ def mariadb():
             [install_db, "--no-defaults", f"--datadir={data}", *user,
              "--auth-root-authentication-method=normal", "--skip-test-db",
              "--skip-name-resolve"],
-            check=True, capture_output=True, cwd=tmp)
+            check=True, capture_output=True, cwd=tmp, env=_server_env())
         port = free_port()
         log_path = os.path.join(tmp, "log")
         with open(log_path, "w") as log:
@@ -211,7 +223,7 @@ def mariadb():
                  "--skip-name-resolve", "--skip-log-bin",
                  "--innodb-buffer-pool-size=16M", "--max-connections=200"],
                 stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=tmp)
+                stdin=subprocess.DEVNULL, cwd=tmp, env=_server_env())
         _wait_log(log_path, "ready for connections", proc)
         _wait_port(port, proc, log_path)
         yield {"host": "127.0.0.1", "port": port, "user": "root"}
@@ -237,7 +249,7 @@ def redis():
              "--save", "", "--appendonly", "no", "--dir", tmp,
              "--logfile", log_path, "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT, cwd=tmp)
+            stderr=subprocess.STDOUT, cwd=tmp, env=_server_env())
         _wait_port(port, proc, log_path)
         yield {"host": "127.0.0.1", "port": port}
     finally:
@@ -298,7 +310,7 @@ def _self_signed_cert(tmp):
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
          "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True)
+        check=True, capture_output=True, env=_server_env())
     return cert, key
 
 
