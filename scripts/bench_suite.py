@@ -48,7 +48,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _benchutil import ROOT, env, pinned
+
 SCRIPTS = os.path.join(ROOT, "scripts")
 SERVERS_DIR = os.path.join(SCRIPTS, "bench_servers")
 BUILD = os.path.join(ROOT, "build", "bench")
@@ -167,15 +168,13 @@ def machine_info():
 # ---- one run --------------------------------------------------------------
 
 def _pinned(argv, cpu):
-    return ["taskset", "-c", str(cpu), *argv]
+    return pinned(argv, [cpu])
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"]
-                                if env.get("PYTHONPATH") else "")
-    env["PYTHONWARNINGS"] = "ignore"  # eventlet's deprecation banner
-    return env
+    result = env()
+    result["PYTHONWARNINGS"] = "ignore"  # eventlet's deprecation banner
+    return result
 
 
 class Server:
