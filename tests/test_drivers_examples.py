@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import servers
-from conftest import ROOT
+from conftest import _snippet_env
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -47,14 +47,12 @@ def https():
 
 
 def _run_example(name, *args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    for var in ("LD_PRELOAD", "INTERPOSE_AUTOSTART"):
-        env.pop(var, None)
+    # The snippets' environment: no interpose preload inherited, the
+    # sanitizer runtimes of scripts/asan-tests kept first.
     proc = subprocess.run(
         [sys.executable, "-m", "interpose", "run",
          os.path.join(EXAMPLES, name), *map(str, args)],
-        capture_output=True, text=True, timeout=60, env=env)
+        capture_output=True, text=True, timeout=60, env=_snippet_env(None))
     assert proc.returncode == 0 and proc.stderr == "", proc
     lines = proc.stdout.splitlines()
     match = TOTAL.match(lines[-1])

@@ -396,9 +396,11 @@ def test_child_touching_coroutines_lost_in_the_fork(group, name):
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_demo_runs_echo_and_reports(group):
-    """python -m interpose demo --seconds 1: per-second libco lines, then a
-    summary with zero errors and the scheduler's statistics."""
-    proc = group.start([sys.executable, "-m", "interpose", "demo", "--seconds", "1"])
+    """python -m interpose demo --seconds 2: per-second libco lines, then a
+    summary with zero errors and the scheduler's statistics.  The lines come
+    at wall-clock second boundaries, so the first may cover a sliver of a
+    second before the clients' first round trip; 2 s hold a whole one."""
+    proc = group.start([sys.executable, "-m", "interpose", "demo", "--seconds", "2"])
     out, err = proc.communicate(timeout=45)
     assert proc.returncode == 0, out + err
     lines = out.splitlines()
