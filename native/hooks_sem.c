@@ -114,19 +114,12 @@ static void wake_one(sem_t *sem) {
 }
 
 
-static int64_t clock_ns(clockid_t clk) {
-  struct timespec now;
-  clock_gettime(clk, &now);
-  return (int64_t) now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-
 /* The monotonic deadline of an absolute timeout on clk; -1: none. */
 static int64_t deadline_of(clockid_t clk, const struct timespec *abstime) {
   if (abstime->tv_sec >= INT64_MAX / 1000000000 - 1)
     return -1; /* effectively forever, without overflow */
   int64_t left = (int64_t) abstime->tv_sec * 1000000000 + abstime->tv_nsec -
-         clock_ns(clk);
+         ip__clock_ns(clk);
   return ip__now_ns() + (left > 0 ? left : 0);
 }
 

@@ -29,13 +29,6 @@ static int64_t ts_ns(const struct timespec *ts) {
 }
 
 
-static int64_t clock_now_ns(clockid_t clk) {
-  struct timespec now;
-  clock_gettime(clk, &now);
-  return (int64_t) now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-
 /* Parks until the monotonic deadline; 0, or a positive errno value. */
 static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
   for (;;) {
@@ -68,7 +61,7 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req,
   int64_t now = ip__now_ns();
   int64_t wait = ts_ns(req);
   if (flags & TIMER_ABSTIME)
-    wait -= clock_now_ns(clk);
+    wait -= ip__clock_ns(clk);
   int64_t left;
   int r = park_until(s, now + (wait > 0 ? wait : 0), &left);
   if (r == EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
