@@ -15,7 +15,6 @@ import dataclasses
 import errno
 import math
 import os
-import signal
 import sys
 import threading
 

@@ -86,14 +86,21 @@ def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
     return previous
 
 
-def install():
-    """On the main thread, once its scheduler exists."""
+def _open_pipe():
+    """Install a fresh wakeup pipe and hand its read end to the hub; return
+    the wakeup fd it replaced.  The pipe stays open for the life of the
+    process, like the wakeup fd."""
     global _pipe
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = _real_set_wakeup_fd(w, warn_on_full_buffer=False)
-    # The pipe stays open for the life of the process, like the wakeup fd.
     _pipe = (r, w)
     _lib.sched_set_signal_fd(r)
+    return previous
+
+
+def install():
+    """On the main thread, once its scheduler exists."""
+    previous = _open_pipe()
     if previous != -1:  # set before interpose started: keep it fed
         global _program_fd
         _program_fd = previous
@@ -113,13 +120,9 @@ def install():
 def renew_after_fork():
     """A forked child must not share the parent's wakeup pipe: the child's
     hub would drain bytes meant for the parent's."""
-    global _pipe
     if _pipe is None:
         return
     for fd in _pipe:
         os.close(fd)
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    _real_set_wakeup_fd(w, warn_on_full_buffer=False)
-    _pipe = (r, w)
-    _lib.sched_set_signal_fd(r)
+    _open_pipe()
     _lib.sched_set_signal_forward(_program_fd)

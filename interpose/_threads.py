@@ -238,10 +238,6 @@ def _route_c_rlocks():
 
 # ---- installation ---------------------------------------------------------
 
-def installed():
-    return _installed
-
-
 def install():
     """Make threads coroutines in this process (interpose run does it at
     start-up, before the program's code runs)."""

@@ -470,8 +470,6 @@ static void drain_signal_fd(ip_sched_t *s) {
 }
 
 
-
-
 /* Returns the epoll timeout: 0 when work is queued, -1 with no timer, else
  * the time to the nearest deadline rounded up, never down, so a timer never
  * fires early. */

@@ -202,7 +202,7 @@ def _modes_for(driver):
 
 
 def _table(results, n, slow, reps):
-    lines = [f"| driver | " + " | ".join(MODES) + " |",
+    lines = ["| driver | " + " | ".join(MODES) + " |",
              "|---|" + "---:|" * len(MODES)]
     for driver in DRIVERS:
         cells = []

@@ -2,15 +2,13 @@
 there and under plain python (OS threads) and must print the same lines.
 Idents differ between the two by nature, so snippets print facts about
 them (distinct, stable), never their values."""
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import assert_same, check_ok, popen_snippet, run_hooked, run_plain
+from conftest import assert_same, check_ok, run_hooked, run_plain
 
 pytestmark = pytest.mark.timeout(120)
 
