@@ -8,7 +8,9 @@ INTERPOSE_STATS=1 (print the scheduler's statistics to stderr at exit),
 INTERPOSE_STACK_SIZE (the default stack size, read by the library),
 INTERPOSE_THREADS=native (threads stay OS threads, each with a scheduler of
 its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
-coroutines that run longer than SECONDS without reaching a hooked call).
+coroutines that run longer than SECONDS without reaching a hooked call),
+INTERPOSE_PREEMPT=threads|all|off (which coroutines take turns at bytecode
+boundaries: threads and main coroutines, also spawned ones, or none).
 """
 import atexit
 import os
@@ -16,6 +18,7 @@ import sys
 
 from . import _monitor
 from . import _native
+from . import _preempt
 from . import _sched
 from . import _threads
 
@@ -41,6 +44,14 @@ def boot():
             " 'python -m interpose env'.\n"
         )
     _sched._scheduler()
+    preempt = os.environ.get("INTERPOSE_PREEMPT", "threads")
+    problem = _preempt.mode_problem(preempt)
+    if problem:
+        sys.stderr.write(f"interpose: {problem}.\n")
+        preempt = "threads"
+    _preempt.mode = preempt
+    if _preempt.threads_preemptible():  # the main thread takes turns too
+        _preempt.set_preemptible(_native.lib.coro_current(), True)
     threads = os.environ.get("INTERPOSE_THREADS", "coroutines")
     if threads == "native":
         _threads.install_native()

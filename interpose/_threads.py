@@ -33,6 +33,7 @@ import weakref
 
 from . import _compat
 from . import _native
+from . import _preempt
 from . import _sched
 
 _real_get_ident = _thread.get_ident
@@ -93,7 +94,8 @@ def _spawn_thread(function, args, kwargs, handle=None):
     try:
         coro = _sched._spawn(
             _run_as_thread, (function, args, kwargs or {}, handle), {},
-            _thread_name(function), _stack_size(), True)
+            _thread_name(function), _stack_size(), True,
+            _preempt.threads_preemptible())
     except OSError as e:  # threading expects RuntimeError, as from _thread
         raise RuntimeError(f"can't start new thread: {e}") from e
     # Thread.start() waits until the thread runs: let it run first instead
@@ -296,6 +298,8 @@ def _with_scheduler(function):
     def run_with_scheduler(*args, **kwargs):
         _sched._scheduler()
         _native.lib.coro_set_hooks(1)
+        if _preempt.threads_preemptible():  # its coroutines take turns
+            _preempt.set_preemptible(_native.lib.coro_current(), True)
         return function(*args, **kwargs)
     return run_with_scheduler
 

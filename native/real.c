@@ -35,8 +35,21 @@ int interpose_preloaded(void) {
 
 #define RESOLVE(name) ip__real.name = resolve(#name);
 
+/* glibc keeps an old pthread_cond_* ABI (GLIBC_2.2.5 on x86-64, from
+ * LinuxThreads) beside the current one (GLIBC_2.3.2); dlsym may hand back
+ * the old one, whose condition variable layout differs, so ask for the
+ * current version by name.  Architectures born later (aarch64: 2.17) have
+ * a single version, which dlsym finds. */
+static void resolve_versioned(void) {
+  void *fn = dlvsym(RTLD_NEXT, "pthread_cond_timedwait", "GLIBC_2.3.2");
+  if (fn != NULL)
+    ip__real.pthread_cond_timedwait = fn;
+}
+
+
 __attribute__((constructor)) static void real_init(void) {
   IP_REAL_FUNCTIONS(RESOLVE);
+  resolve_versioned();
   /* Without these the process cannot do I/O at all: refuse loudly rather
    * than crash on the first call. */
   if (ip__real.read == NULL || ip__real.write == NULL ||

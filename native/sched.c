@@ -5,7 +5,7 @@
  *
  * Invariants the scheduler relies on:
  *  - A coroutine is in exactly one state: RUNNING (s->current), RUNNABLE
- *    (on s->runq, s->remote or in s->run_next), PARKED (switched away,
+ *    (on s->runq, s->yieldq, s->remote or in s->run_next), PARKED (switched away,
  *    waiting for a wake) or DEAD.  Only the owning thread changes the state.
  *  - Exactly one wake ends a park.  Wakes name the park generation they aim
  *    at; the first wake for the current generation wins (a CAS on
@@ -42,10 +42,13 @@
 __thread ip_sched_t *ip__tls_sched;
 #define tls_sched ip__tls_sched
 
-static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Shared with preempt.c, whose monitor thread walks every scheduler. */
+pthread_mutex_t ip__coro_lock = PTHREAD_MUTEX_INITIALIZER;
+ip_sched_t *ip__sched_all; /* guarded by coro_lock */
+#define coro_lock ip__coro_lock
+#define sched_all ip__sched_all
 static ip_coro_t *coro_free; /* guarded by coro_lock */
 static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
-static ip_sched_t *sched_all; /* guarded by coro_lock */
 static _Atomic uint64_t next_id = 1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -94,6 +97,7 @@ static ip_coro_t *coro_alloc(void) {
   atomic_store(&co->cancelled, 0);
   co->shield = 0;
   co->wake_result = 0;
+  co->preemptible = 0;
   return co;
 }
 
@@ -356,9 +360,22 @@ static void reclaim_dead(ip_sched_t *s) {
 }
 
 
+/* What the preemption monitor reads about the coroutine about to run: a
+ * request left for an earlier run is void, and the nearest timer is
+ * published (only a switch can change the timers of the others). */
+static void publish_for_monitor(ip_sched_t *s) {
+  if (atomic_load_explicit(&s->preempt_co, memory_order_relaxed) != NULL)
+    atomic_store_explicit(&s->preempt_co, NULL, memory_order_relaxed);
+  ip_timer_t *t = ip__heap_min(&s->timers);
+  atomic_store_explicit(&s->next_timer_ns, t ? t->deadline_ns : INT64_MAX,
+                        memory_order_relaxed);
+}
+
+
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
+  publish_for_monitor(s);
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
   san_leave(s, &s->hub_san_fake, co);
@@ -388,12 +405,18 @@ static void take_remote(ip_sched_t *s) {
 }
 
 
-/* Runs every coroutine that was runnable when the round began; those woken
- * during the round wait for the next one, after the hub has polled. */
+/* Runs every coroutine that was runnable when the round began, then the
+ * longest-preempted one; those woken during the round wait for the next
+ * one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
   ip_link_t batch;
   ip__queue_init(&batch);
   ip__queue_splice(&batch, &s->runq);
+  if (!ip__queue_empty(&s->yieldq)) {
+    ip_link_t *l = s->yieldq.next;
+    ip__queue_remove(l);
+    ip__queue_push_back(&batch, l);
+  }
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   for (;;) {
     ip_coro_t *co = s->run_next;
@@ -429,6 +452,19 @@ void ip__yield_if_due(ip_sched_t *s) {
   ip__prepare(co);
   if (ip__park(s, 0) == -EINTR)
     co->pending_eintr = 1; /* the signal is for the next real wait */
+}
+
+
+void ip__yield(ip_sched_t *s) {
+  ip_coro_t *co = s->current;
+  IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
+  s->stats.preemptions++;
+  co->state = IP_CORO_RUNNABLE;
+  ip__queue_push_back(&s->yieldq, &co->run_link);
+  switch_to_hub(s, co, 0);
+  s = co->sched;
+  if (co == s->main && s->deferred_signals != 0)
+    retrip_deferred(s);
 }
 
 
@@ -474,7 +510,7 @@ static void drain_signal_fd(ip_sched_t *s) {
  * the time to the nearest deadline rounded up, never down, so a timer never
  * fires early. */
 static int64_t poll_timeout_ns(ip_sched_t *s) {
-  if (!ip__queue_empty(&s->runq))
+  if (!ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq))
     return 0;
   ip_timer_t *t = ip__heap_min(&s->timers);
   if (t == NULL)
@@ -518,9 +554,13 @@ static void poll_events(ip_sched_t *s) {
     s->last_poll_ns = now;
   }
   s->stats.epoll_waits++;
-  int n = epoll_wait_ns(s, ev, timeout_ns);
   if (timeout_ns != 0)
+    ip__preempt_hub_blocking(s, 1);
+  int n = epoll_wait_ns(s, ev, timeout_ns);
+  if (timeout_ns != 0) {
+    IP_SAVE_ERRNO(ip__preempt_hub_blocking(s, 0));
     s->last_poll_ns = ip__now_ns();
+  }
   if (n < 0) {
     IP_CHECK(errno == EINTR);
     wake_main_for_signal(s);
@@ -589,6 +629,7 @@ static int sched_open(ip_sched_t *s) {
     s->signal_fd = -1;
   s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
   ip__queue_init(&s->runq);
+  ip__queue_init(&s->yieldq);
   ip__queue_init(&s->remote);
   atomic_store(&s->remote_pending, 0);
   pthread_mutex_init(&s->remote_lock, NULL);
@@ -663,6 +704,7 @@ static void sched_after_fork_child(void) {
   s->dead = NULL;
   s->run_next = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
+  atomic_store(&s->preempt_co, NULL);
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
 }
@@ -687,6 +729,7 @@ ip_sched_t *ip__sched_ensure(void) {
     return NULL;
   s->signal_fd = -1;
   s->signal_forward_fd = -1;
+  atomic_store(&s->next_timer_ns, INT64_MAX);
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
@@ -712,6 +755,7 @@ ip_sched_t *ip__sched_ensure(void) {
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
   atomic_store(&ip__armed, 1);
+  ip__preempt_wake_monitor(); /* its root runs: watch it */
   return s;
 fail:
   free(s);
@@ -753,6 +797,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
+  ip__preempt_wake_monitor(); /* it may now have something to preempt */
   *id_out = co->id;
   return co;
 fail_stack:
@@ -947,7 +992,8 @@ int interpose_sched_destroy(void) {
   if (s == NULL)
     return 0;
   if (s->current != &s->root || s->stats.alive != 0 ||
-      !ip__queue_empty(&s->runq) || s->run_next != NULL)
+      !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq) ||
+      s->run_next != NULL)
     return -EBUSY;
   pthread_mutex_lock(&coro_lock);
   for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {
