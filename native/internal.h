@@ -301,7 +301,7 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
   X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
   X(posix_spawn_file_actions_adddup2) X(sem_wait) X(sem_timedwait)          \
-  X(sem_clockwait) X(sem_post) X(pthread_cond_timedwait)
+  X(sem_clockwait) X(sem_post) X(pthread_cond_timedwait) X(listen)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
