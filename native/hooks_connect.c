@@ -24,9 +24,9 @@
  * listening socket's port; a connect to 127.0.0.0/8 or ::1 on that port
  * first asks the listener's queue length (TCP_INFO on a listening socket
  * reports the queue in tcpi_unacked and the backlog in tcpi_sacked) and,
- * while it is full, lets the other coroutines run (the listener's among
- * them), for at most MAX_ROOM_WAIT_NS, after which it connects anyway, as
- * a thread would.  The backlog the program chose is left as it is. */
+ * while it is full, parks for a short while (the listener's coroutine
+ * runs meanwhile) and looks again, for at most MAX_ROOM_WAIT_NS, after
+ * which it connects anyway, as a thread would.  The backlog the program chose is left as it is. */
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -105,7 +105,7 @@ static int listener_full(unsigned port) {
       atomic_compare_exchange_strong(&listeners[i].fd1, &fd1, 0); /* stale */
       continue;
     }
-    return ti.tcpi_unacked >= ti.tcpi_sacked;
+    return ti.tcpi_unacked > ti.tcpi_sacked; /* the kernel's own test */
   }
   return 0;
 }
@@ -127,11 +127,16 @@ static void wait_for_room(ip_sched_t *s, int fd, const struct sockaddr *addr,
   if (!listener_full(port) || !is_stream(fd))
     return;
   int64_t give_up = ip__now_ns() + MAX_ROOM_WAIT_NS;
+  int64_t pause_ns = 50000;
   int saved = errno;
   while (listener_full(port) && ip__now_ns() < give_up) {
     ip_coro_t *co = s->current;
     ip__prepare(co);
-    int r = ip__park(s, 0); /* the others run, then this one again */
+    /* The others run, the listener's owner among them; look again after a
+     * pause that grows to 2 ms (no event says "the queue has room"). */
+    int r = ip__park(s, pause_ns);
+    if (pause_ns < 2000000)
+      pause_ns *= 2;
     if (r == -EINTR)
       co->pending_eintr = 1; /* the connect's own wait reports it */
     else if (r < 0 && r != INTERPOSE_PARK_TIMEOUT)
