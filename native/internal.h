@@ -255,6 +255,7 @@ typedef struct ip_sched {
    * by the monitor thread. */
   _Atomic int64_t next_timer_ns;
   atomic_int in_epoll;
+  atomic_int round_left; /* coroutines wait in the hub's current round */
   uint64_t mon_switches; /* the monitor's own: switch count last seen */
   int64_t mon_since_ns;  /* the monitor's own: when it last changed */
 } ip_sched_t;

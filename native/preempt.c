@@ -182,7 +182,8 @@ static int has_work(ip_sched_t *s, int64_t now) {
   if (__atomic_load_n(&s->run_next, __ATOMIC_RELAXED) != NULL ||
       __atomic_load_n(&s->runq.next, __ATOMIC_RELAXED) != &s->runq ||
       __atomic_load_n(&s->yieldq.next, __ATOMIC_RELAXED) != &s->yieldq ||
-      atomic_load_explicit(&s->remote_pending, memory_order_relaxed))
+      atomic_load_explicit(&s->remote_pending, memory_order_relaxed) ||
+      atomic_load_explicit(&s->round_left, memory_order_relaxed))
     return 1;
   if (atomic_load_explicit(&s->next_timer_ns, memory_order_relaxed) <= now)
     return 1;

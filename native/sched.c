@@ -431,6 +431,9 @@ static void run_round(ip_sched_t *s) {
       return;
     }
     co->hook_calls = 0;
+    /* The round's batch is the hub's own list: tell the monitor. */
+    atomic_store_explicit(&s->round_left, !ip__queue_empty(&batch),
+                          memory_order_relaxed);
     run_coroutine(s, co);
     s = tls_sched;
   }
