@@ -221,8 +221,12 @@ typedef struct ip_sched {
    * remote_lock, before the eventfd write), so the hub can skip the lock
    * when it reads zero: a push it misses wakes epoll_wait. */
   atomic_int remote_pending;
+  /* Invariant: epfd and evfd are -1 exactly while fork_pending is set. */
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
+  /* Set in a forked child until the runtime uses the scheduler again (see
+   * sched_after_fork_child): until then every hook is the real call. */
+  int fork_pending;
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
   int signal_forward_fd; /* the program's own wakeup fd, or -1 */
   uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
