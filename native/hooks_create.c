@@ -120,8 +120,8 @@ int pipe2(int fds[2], int flags) {
   if (r == 0) {
     int ours = ip__hook_sched() != NULL;
     uint32_t st = IP_FD_PIPE | ((flags & O_NONBLOCK) ? IP_FD_USER_NB : 0);
-    note_created(fds[0], st, ours);
-    note_created(fds[1], st, ours);
+    note_created(fds[0], st | IP_FD_NO_WRITE, ours);
+    note_created(fds[1], st | IP_FD_NO_READ, ours);
   }
   return r;
 }
@@ -131,8 +131,8 @@ int pipe(int fds[2]) {
   int r = ip__real.pipe(fds);
   if (r == 0) {
     int ours = ip__hook_sched() != NULL;
-    note_created(fds[0], IP_FD_PIPE, ours);
-    note_created(fds[1], IP_FD_PIPE, ours);
+    note_created(fds[0], IP_FD_PIPE | IP_FD_NO_WRITE, ours);
+    note_created(fds[1], IP_FD_PIPE | IP_FD_NO_READ, ours);
   }
   return r;
 }
@@ -144,7 +144,8 @@ int pipe(int fds[2]) {
  * made non-blocking.  Hooked reads and writes wait for readiness first. */
 int eventfd(unsigned int initval, int flags) {
   int fd = ip__real.eventfd(initval, flags);
-  uint32_t st = IP_FD_POLL | ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0);
+  uint32_t st = IP_FD_POLL | IP_FD_MIN8 |
+                ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0);
   note_created(fd, st, ip__hook_sched() != NULL);
   return fd;
 }
