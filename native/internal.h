@@ -215,6 +215,9 @@ typedef struct ip_sched {
   /* RUNNABLE, runs before the rest of the round: the last coroutine that a
    * running coroutine woke (see wake_local in sched.c). */
   ip_coro_t *run_next;
+  /* RUNNABLE: the part of the run queue the hub's current round took and
+   * has not run yet (see run_round in sched.c). */
+  ip_link_t round;
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
   /* Invariant: non-zero whenever remote is non-empty (set under

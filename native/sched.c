@@ -391,16 +391,15 @@ static void take_remote(ip_sched_t *s) {
 /* Runs every coroutine that was runnable when the round began; those woken
  * during the round wait for the next one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
-  ip_link_t batch;
-  ip__queue_init(&batch);
-  ip__queue_splice(&batch, &s->runq);
+  ip_link_t *batch = &s->round;
+  ip__queue_splice(batch, &s->runq);
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
       s->run_next = NULL; /* its slice was inherited from its waker */
-    } else if (!ip__queue_empty(&batch)) {
-      ip_link_t *l = batch.next;
+    } else if (!ip__queue_empty(batch)) {
+      ip_link_t *l = batch->next;
       ip__queue_remove(l);
       co = container_of(l, ip_coro_t, run_link);
       co->resumed_ns = round_start;
@@ -410,6 +409,7 @@ static void run_round(ip_sched_t *s) {
     co->hook_calls = 0;
     run_coroutine(s, co);
     s = tls_sched;
+    batch = &s->round;
   }
 }
 
@@ -577,6 +577,7 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 /* Empty run queues and timers (a new scheduler's, or a forked child's). */
 static void sched_init_queues(ip_sched_t *s) {
   ip__queue_init(&s->runq);
+  ip__queue_init(&s->round);
   ip__queue_init(&s->remote);
   atomic_store(&s->remote_pending, 0);
   pthread_mutex_init(&s->remote_lock, NULL);
@@ -926,6 +927,15 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+int interpose_sched_runnable(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
+         s->run_next != NULL || atomic_load(&s->remote_pending) != 0;
 }
 
 

@@ -174,3 +174,306 @@ def test_calls_refused_by_the_kernel_fail_at_once(tmp_path):
     # Python.  Unacceptable: a hang (the timeout), another errno.
     plain, _ = assert_same(tmp_path, REFUSED_AT_ONCE, timeout=30)
     assert "EBADF" in plain.stdout and "ECHILD" in plain.stdout
+
+
+# ---- 3. spawned coroutines never keep a process alive ---------------------
+
+PARKED_AT_EXIT = """
+    import sys, threading, queue, time
+    how, wait = sys.argv[1], sys.argv[2]
+    ev, q, lock = threading.Event(), queue.Queue(), threading.Lock()
+    lock.acquire()
+    def body():
+        try:
+            print("parked", flush=True)
+            {"event": ev.wait, "queue": q.get, "lock": lock.acquire}[wait]()
+        finally:
+            print("finally", flush=True)  # never: abandoned like a daemon
+    if how == "spawn":
+        import interpose
+        interpose.spawn(body)
+    else:
+        threading.Thread(target=body, daemon=True).start()
+    time.sleep(0.01)
+    if len(sys.argv) > 3:
+        raise KeyboardInterrupt
+    print("main done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("wait", ["event", "queue", "lock"])
+@pytest.mark.parametrize("interrupt", [False, True], ids=["exit", "ctrl-c"])
+def test_coroutine_parked_in_a_lock_wait_does_not_keep_the_process_alive(
+        tmp_path, wait, interrupt):
+    # Regression: the exit-time shutdown joined a coroutine parked in a lock
+    # wait, which cancellation cannot end, and the process hung for ever.
+    # Plain Python's counterpart is a daemon thread: the process exits (130
+    # after an uncaught KeyboardInterrupt) and its finally never runs.
+    script = tmp_path / "parked.py"
+    script.write_text(textwrap.dedent(PARKED_AT_EXIT))
+    extra = ["kbd"] if interrupt else []
+    plain = subprocess.run(
+        [sys.executable, str(script), "thread", wait, *extra],
+        capture_output=True, text=True, timeout=30, env=_env())
+    for how in ("thread", "spawn"):
+        inter = subprocess.run(
+            [sys.executable, "-m", "interpose", "run", str(script), how, wait,
+             *extra], capture_output=True, text=True, timeout=30, env=_env())
+        assert (inter.returncode, inter.stdout) == (plain.returncode,
+                                                    plain.stdout), how
+        assert inter.stderr.splitlines()[-1:] == plain.stderr.splitlines()[-1:]
+    assert plain.returncode == (-signal.SIGINT if interrupt else 0)
+
+
+CTRL_C_PARKED = """
+    import sys, threading, queue, time
+    lock = threading.Lock()
+    lock.acquire()
+    if sys.argv[1] == "spawn":
+        import interpose
+        interpose.spawn(lock.acquire)
+    else:
+        threading.Thread(target=lock.acquire, daemon=True).start()
+    time.sleep(0.01)
+    print("ready", flush=True)
+    queue.Queue().get()
+"""
+
+
+@pytest.mark.parametrize("how", ["thread", "spawn"])
+def test_sigint_ends_a_program_whose_coroutines_are_parked(tmp_path, how):
+    script = tmp_path / "ctrlc.py"
+    script.write_text(textwrap.dedent(CTRL_C_PARKED))
+    results = []
+    for argv in ([sys.executable, str(script), "thread"],
+                 [sys.executable, "-m", "interpose", "run", str(script), how]):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_env())
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.communicate()
+        results.append((proc.returncode, out, err.splitlines()[-1]))
+    assert results[1] == results[0]
+    assert results[0] == (-signal.SIGINT, "", "KeyboardInterrupt")
+
+
+# ---- 4. errors raised while the shutdown cancels a coroutine are reported --
+
+ERROR_DURING_SHUTDOWN = """
+    import sys, threading, interpose
+    def hook(args):
+        print("excepthook:", args.exc_type.__name__, args.exc_value,
+              args.thread.name, flush=True)
+    threading.excepthook = hook
+    def body():
+        try:
+            interpose.sleep(100)
+        finally:
+            raise RuntimeError("raised in finally")
+    def main():
+        interpose.spawn(body, name="victim")
+        interpose.sleep(0)
+    if sys.argv[1] == "run":
+        interpose.run(main)
+        print("run returned", flush=True)
+    else:
+        main()
+        print("main returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("where", ["run", "exit"])
+def test_error_raised_while_shutdown_cancels_is_reported(tmp_path, where):
+    # Regression: run() and the exit-time shutdown joined the cancelled
+    # coroutine and dropped what it raised.  asyncio.run reports the same
+    # case ("unhandled exception during asyncio.run() shutdown"); here it
+    # goes to threading.excepthook, as any uncaught coroutine error does.
+    # The same script without the preload (interpose.spawn needs none)
+    # and under interpose run must report it alike.
+    script = tmp_path / "shutdown_error.py"
+    script.write_text(textwrap.dedent(ERROR_DURING_SHUTDOWN))
+    outs = []
+    for prefix in ([], ["-m", "interpose", "run"]):
+        proc = subprocess.run([sys.executable, *prefix, str(script), where],
+                              capture_output=True, text=True, timeout=30,
+                              env=_env())
+        outs.append((proc.returncode, proc.stdout))
+    first = "run returned" if where == "run" else "main returned"
+    report = "excepthook: RuntimeError raised in finally victim"
+    expected = [first, report] if where == "exit" else [report, first]
+    assert outs[0] == outs[1] == (0, "\n".join(expected) + "\n")
+
+
+def test_error_during_shutdown_reaches_stderr_by_default(tmp_path):
+    script = tmp_path / "shutdown_error.py"
+    script.write_text(textwrap.dedent(ERROR_DURING_SHUTDOWN).replace(
+        "threading.excepthook = hook", ""))
+    proc = subprocess.run([sys.executable, str(script), "run"],
+                          capture_output=True, text=True, timeout=30,
+                          env=_env())
+    assert proc.returncode == 0
+    assert "Exception in thread victim" in proc.stderr
+    assert "RuntimeError: raised in finally" in proc.stderr
+
+
+# ---- 5. timeouts at the edges -------------------------------------------
+
+TWIN_TIMEOUTS = """
+    import math, sys
+    if sys.argv[1] == "interpose":
+        import interpose as sync, interpose as queue_mod
+        from interpose import Queue
+        import queue
+    else:
+        import threading as sync, queue
+        from queue import Queue
+    nan, inf = math.nan, math.inf
+    def t(name, fn):
+        try:
+            print(name, "->", repr(fn()))
+        except Exception as e:
+            print(name, "->", type(e).__name__, e)
+    def full_queue():
+        q = Queue(1)
+        q.put(0)
+        return q
+    for v in (nan, inf, -inf, 1e300, -2.0, 0, 0.001):
+        t(f"Event.wait({v}) unset", lambda: sync.Event().wait(v))
+        e = sync.Event()
+        e.set()
+        t(f"Event.wait({v}) set", lambda: e.wait(v))
+        t(f"Lock.acquire(timeout={v})", lambda: sync.Lock().acquire(timeout=v))
+        held = sync.Lock()
+        held.acquire()
+        if not (isinstance(v, float) and math.isnan(v)):
+            t(f"held Lock.acquire(timeout={v})",
+              lambda: held.acquire(timeout=v) if v <= 1 else "skip")
+        t(f"RLock.acquire(timeout={v})", lambda: sync.RLock().acquire(timeout=v))
+        c = sync.Condition()
+        with c:
+            t(f"Condition.wait({v})", lambda: c.wait(v))
+            t(f"Condition.wait_for(true, {v})", lambda: c.wait_for(lambda: 1, v))
+        t(f"Semaphore(1).acquire(timeout={v})",
+          lambda: sync.Semaphore(1).acquire(timeout=v))
+        t(f"Queue.get(timeout={v}) with an item",
+          lambda: (lambda q: (q.put(1), q.get(timeout=v))[1])(Queue()))
+        t(f"Queue.put(timeout={v}) with room",
+          lambda: Queue().put(1, timeout=v))
+        if not (isinstance(v, float) and math.isnan(v)):
+            t(f"Semaphore(0).acquire(timeout={v})",
+              lambda: sync.Semaphore(0).acquire(timeout=v))
+            t(f"Queue.get(timeout={v}) empty",
+              lambda: Queue().get(timeout=v))
+            t(f"Queue.put(timeout={v}) full",
+              lambda: full_queue().put(1, timeout=v))
+"""
+
+
+def test_twin_primitives_treat_edge_timeouts_as_threading_does(tmp_path):
+    # interpose's Event/Lock/RLock/Condition/Semaphore/Queue against
+    # threading's and queue's, for NaN, infinities, huge and negative
+    # timeouts.  Left out: NaN where CPython's primitive spins for ever
+    # (Semaphore(0), an empty or full Queue): interpose does not wait there
+    # (docs/semantics.md).
+    script = tmp_path / "twins.py"
+    script.write_text(textwrap.dedent(TWIN_TIMEOUTS))
+    plain = subprocess.run([sys.executable, str(script), "threading"],
+                           capture_output=True, text=True, timeout=30,
+                           env=_env())
+    inter = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", str(script), "interpose"],
+        capture_output=True, text=True, timeout=30, env=_env())
+    assert plain.returncode == 0, plain.stderr
+    assert inter.stdout == plain.stdout
+    assert "OverflowError" in plain.stdout and "Invalid value NaN" in plain.stdout
+
+
+def test_nan_timeouts_of_joins_and_sleeps_match_threading_and_time(tmp_path):
+    assert_same(tmp_path, """
+        import math, threading, time
+        def t(name, fn):
+            try:
+                print(name, "->", repr(fn()))
+            except Exception as e:
+                print(name, "->", type(e).__name__, e)
+        th = threading.Thread(target=time.sleep, args=(0.01,))
+        th.start()
+        t("Thread.join(nan)", lambda: th.join(math.nan))
+        th.join()
+        t("time.sleep(nan)", lambda: time.sleep(math.nan))
+        t("Thread.join(inf) of a finished thread", lambda: th.join(math.inf))
+    """)
+
+
+INFINITE_TIMEOUTS = """
+    import math, socket, interpose
+    inf, nan = math.inf, math.nan
+    def t(name, fn):
+        try:
+            print(name, "->", repr(fn()))
+        except Exception as e:
+            print(name, "->", type(e).__name__, e)
+    a, b = socket.socketpair()
+    def main():
+        c = interpose.spawn(interpose.sleep, inf)
+        interpose.sleep(0)
+        c.cancel()
+        t("sleep(inf), cancelled", c.join)
+        c = interpose.spawn(interpose.wait_readable, a, timeout=inf)
+        interpose.sleep(0)
+        b.send(b"x")
+        t("wait_readable(timeout=inf)", lambda: c.join(timeout=inf))
+        c = interpose.spawn(interpose.wait_writable, a, timeout=1e300)
+        t("wait_writable(timeout=1e300)", lambda: c.join(timeout=1e300))
+        def under_infinite_deadline():
+            with interpose.deadline(inf) as d:
+                interpose.sleep(0.001)
+                return d.deadline_ns
+        t("deadline(inf)", lambda: interpose.spawn(under_infinite_deadline).join())
+        def nested():
+            with interpose.deadline(0.001):
+                with interpose.deadline(inf):
+                    interpose.sleep(inf)
+        t("deadline(inf) inside deadline(0.001)",
+          lambda: interpose.spawn(nested).join())
+        c = interpose.spawn(interpose.Event().wait)
+        interpose.sleep(0)
+        try:
+            c.join(timeout=0.001)
+        except TimeoutError:
+            print("join(timeout=0.001) of a parked one -> TimeoutError")
+        t("join(timeout=nan)", lambda: c.join(timeout=nan))
+        t("sleep(nan)", lambda: interpose.sleep(nan))
+        t("wait_readable(timeout=nan)", lambda: interpose.wait_readable(b, nan))
+        t("deadline(nan)", lambda: interpose.deadline(nan))
+    interpose.run(main)
+"""
+
+
+def test_infinite_timeouts_mean_forever_and_stay_cancellable(tmp_path):
+    script = tmp_path / "infinite.py"
+    script.write_text(textwrap.dedent(INFINITE_TIMEOUTS))
+    proc = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", str(script)],
+        capture_output=True, text=True, timeout=30, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "sleep(inf), cancelled -> Cancelled [Errno 125] the coroutine was"
+        " cancelled",
+        "wait_readable(timeout=inf) -> True",
+        "wait_writable(timeout=1e300) -> True",
+        "deadline(inf) -> None",
+        "deadline(inf) inside deadline(0.001) -> TimeoutError [Errno 110]"
+        " interpose: the deadline has passed",
+        "join(timeout=0.001) of a parked one -> TimeoutError",
+        "join(timeout=nan) -> ValueError Invalid value NaN (not a number)",
+        "sleep(nan) -> ValueError Invalid value NaN (not a number)",
+        "wait_readable(timeout=nan) -> ValueError Invalid value NaN (not a"
+        " number)",
+        "deadline(nan) -> ValueError deadline() needs a number of seconds,"
+        " not NaN",
+    ]
