@@ -15,9 +15,11 @@ pytestmark = pytest.mark.slow
 
 
 def _env():
+    """The test's environment (under scripts/asan-tests it preloads the
+    sanitizer runtimes, which the sanitized library needs), with the
+    package under test first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("LD_PRELOAD", None)
     return env
 
 
@@ -247,14 +249,19 @@ def test_sigint_ends_a_program_whose_coroutines_are_parked(tmp_path, how):
     results = []
     for argv in ([sys.executable, str(script), "thread"],
                  [sys.executable, "-m", "interpose", "run", str(script), how]):
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_env())
+        # A runner started in the background passes SIGINT on ignored,
+        # and Python then installs no handler: give the child the default.
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(), start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert proc.stdout.readline() == "ready\n"
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
         finally:
-            proc.kill()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
         results.append((proc.returncode, out, err.splitlines()[-1]))
     assert results[1] == results[0]
