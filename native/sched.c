@@ -635,7 +635,7 @@ static void invalidate(ip_coro_t *co) {
  * and the forking coroutine becomes the thread's main coroutine.
  *
  * Its epoll set, eventfd and hub are made later, by the runtime's first use
- * of the scheduler (sched_reopen), not here.  Facts: subprocess's child
+ * of the scheduler (sched_live), not here.  Facts: subprocess's child
  * (CPython's _posixsubprocess, also on its vfork path, which is fork here)
  * runs C code between fork and exec: dup2, chdir, closing every fd with
  * close_fds, and on a failed exec a write of the errno to the parent's
