@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-
-SCRIPT = os.path.join(ROOT, "scripts", "cpython-oracle")
-ALLOWED = os.path.join(ROOT, "tests", "cpython-oracle-allowed.txt")
+# The checkout this test file is in (the ASan run copies only the package).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(CHECKOUT, "scripts", "cpython-oracle")
+ALLOWED = os.path.join(CHECKOUT, "tests", "cpython-oracle-allowed.txt")
 
 
 def _load():
