@@ -166,6 +166,24 @@ REFUSED_AT_ONCE = """
     l2.listen()
     c2 = socket.create_connection(l2.getsockname())
     t("connect twice", lambda: c2.connect(l2.getsockname()))
+    # Calls C code makes on fds no hook created (a raw socket(2) is such a
+    # "foreign" socket, blocking in the kernel) and on fds of another kind.
+    import ctypes, platform
+    libc = ctypes.CDLL(None, use_errno=True)
+    def c_call(fn, *args):
+        r = fn(*args)
+        return r if r >= 0 else errno.errorcode[ctypes.get_errno()]
+    buf = ctypes.create_string_buffer(8)
+    r4, w4 = os.pipe()
+    t("recv on a pipe", lambda: c_call(libc.recv, r4, buf, 1, 0))
+    t("send on a pipe", lambda: c_call(libc.send, w4, buf, 1, 0))
+    t("accept on a pipe", lambda: c_call(libc.accept, r4, None, None))
+    sys_socket = {"x86_64": 41, "aarch64": 198}[platform.machine()]
+    udp = libc.syscall(sys_socket, socket.AF_INET, socket.SOCK_DGRAM, 0)
+    t("accept on a foreign UDP socket", lambda: c_call(libc.accept, udp, None, None))
+    tcp = libc.syscall(sys_socket, socket.AF_INET, socket.SOCK_STREAM, 0)
+    t("accept on a foreign TCP socket not listening",
+      lambda: c_call(libc.accept, tcp, None, None))
 """
 
 
