@@ -106,6 +106,7 @@ PY_API = {
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
+    "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
 }
 
 
@@ -191,7 +192,27 @@ def _load():
     return fns
 
 
+class SubinterpreterError(NativeLibraryError):
+    """interpose was imported in a subinterpreter; it serves the main one."""
+
+
+def _check_main_interpreter():
+    """Refuse a subinterpreter: the engine keeps one interpreter's state
+    (the thread states it creates belong to it), and the main interpreter's
+    runtime must not be replaced under its coroutines."""
+    api = ctypes.pythonapi
+    for name in ("PyInterpreterState_Get", "PyInterpreterState_Main"):
+        getattr(api, name).restype = ctypes.c_void_p
+    if api.PyInterpreterState_Get() != api.PyInterpreterState_Main():
+        raise SubinterpreterError(
+            "interpose: cannot be used in a subinterpreter: it runs in the main"
+            " interpreter only (code and threads of a subinterpreter run as"
+            " plain Python, without coroutines)"
+        )
+
+
 def _bind_python(fns):
+    _check_main_interpreter()
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
         address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value

@@ -30,6 +30,31 @@ int ip__pyver_select(unsigned long hexversion) {
 }
 
 
+/* Where 3.12+ flags the thread state bound to the gilstate slot
+ * (PyThreadState._status.bound_gilstate, bit 3 of the bitfield word that
+ * follows prev, next, interp and, on 3.13, eval_breaker; see
+ * Include/cpython/pystate.h of each version).  3.11 has no flag: it binds
+ * the slot once per thread and unbinds by comparing pointers.  GCC fills
+ * bitfields from the least significant bit on little-endian targets, the
+ * only ones switch_<arch>.S supports.  gilstate.c checks the result on a
+ * bound thread state before using it.  Delete with 3.13 support. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "pyver.c: the bound_gilstate bit position assumes little-endian"
+#endif
+void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask) {
+  if (ip_py313) {
+    *offset = 4 * sizeof(void *);
+    *mask = 1u << 3;
+  } else if (ip_py312) {
+    *offset = 3 * sizeof(void *);
+    *mask = 1u << 3;
+  } else { /* 3.11 */
+    *offset = 0;
+    *mask = 0;
+  }
+}
+
+
 /* The default usable C stack per coroutine: enough for CPython's own
  * recursion checks to fire before the guard page does.  Virtual only: an
  * idle coroutine touches one page of it. */

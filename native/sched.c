@@ -361,6 +361,7 @@ static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   co->state = IP_CORO_RUNNING;
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
+  ip__gilstate_bind(co->tstate);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
@@ -649,6 +650,7 @@ static void sched_after_fork_child(void) {
       invalidate(&other->root);
   sched_all = s;
   ip__sem_after_fork_child();
+  ip__gilstate_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;
