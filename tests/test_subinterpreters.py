@@ -184,3 +184,25 @@ print("status:", status, "ticked during:", during > 0, "ticked after:", t.stop()
 """))
     ticked = sys.version_info < (3, 12)
     assert lines == [f"status: 0 ticked during: {ticked} ticked after: True"]
+
+
+@needs_testcapi
+@pytest.mark.timeout(120)
+def test_gil_held_hook_in_subinterpreter_code_blocks_the_thread():
+    # A hooked call made by subinterpreter code with its GIL held (a call
+    # through ctypes.PyDLL): switching there would leave the GIL held while
+    # the main interpreter's ticker coroutine tries to take it on the same
+    # OS thread, a deadlock.  The hook must see the subinterpreter's thread
+    # state as attached on this thread (3.11 keeps it in a process-wide
+    # variable) and block the thread instead.
+    lines = check_ok(run_hooked(SUBINTERPRETERS + """
+t = Ticker(0.001)
+t.wait_ticks(2)
+before = t.ticks
+status = run_legacy("import ctypes\\nfor _ in range(5): ctypes.PyDLL(None).usleep(10000)")
+during = t.ticks - before
+# 3.11 may switch during the subinterpreter's other calls (GIL released).
+quiet = during == 0 if sys.version_info >= (3, 12) else True
+print("status:", status, "quiet on 3.12+:", quiet, "ticked after:", t.stop() > before)
+""", timeout=60))
+    assert lines == ["status: 0 quiet on 3.12+: True ticked after: True"]
