@@ -7,6 +7,7 @@ GIL (they create thread states or touch Python objects) or are too short to
 be worth releasing it are bound through ctypes.PyDLL.
 """
 import ctypes
+import errno
 import hashlib
 import os
 import re
@@ -224,10 +225,22 @@ def _bind_python(fns):
 
     r = fns.py_init(sys.hexversion, get_interp())
     if r != 0:
+        why = _INIT_ERRORS.get(-r, os.strerror(-r))
         raise NativeLibraryError(
             f"interpose: the native library refused this interpreter"
-            f" ({sys.version.split()[0]}): {os.strerror(-r)}"
+            f" ({sys.version.split()[0]}): {why}"
         )
+
+
+# interpose_py_init's errors, as the one line a user reads.
+_INIT_ERRORS = {
+    errno.ENOENT: "CPython's gilstate key (what PyGILState_GetThisThreadState"
+                  " reads) was not found, so C callbacks into Python could not"
+                  " follow coroutines",
+    errno.ENOTSUP: "unsupported version or thread state layout",
+    errno.EXDEV: "the library already serves another interpreter of this"
+                 " process",
+}
 
 
 lib = _load()
