@@ -249,8 +249,18 @@ def test_gilstate_check_holds_under_dev_mode_debug_allocator():
 
         tasks = [go(worker, i) for i in range(10)]
         print("bound:", [t.join() for t in tasks].count(True))
+        # Their thread states are gone; the slot is the main one's again,
+        # not a dangling pointer, and a callback from C runs here.
+        time.sleep(0.001)
+        print("main bound:", worker(-1))
+        CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+        values = (ctypes.c_int * 3)(3, 1, 2)
+        ctypes.CDLL(None).qsort(values, 3, ctypes.sizeof(ctypes.c_int), CMP(
+            lambda a, b: ctypes.cast(a, ctypes.POINTER(ctypes.c_int))[0]
+            - ctypes.cast(b, ctypes.POINTER(ctypes.c_int))[0]))
+        print("sorted in main:", list(values))
     """, env={"PYTHONDEVMODE": "1"})
-    assert out == ["bound: 10"]
+    assert out == ["bound: 10", "main bound: True", "sorted in main: [1, 2, 3]"]
 
 
 @pytest.mark.timeout(120)
