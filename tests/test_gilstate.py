@@ -13,10 +13,8 @@ Acceptable outcomes: the hooked run prints what the plain run (OS threads)
 prints.  Unacceptable: a crash, a callback that sees another coroutine's
 threading.local or contextvars, a fatal "PyGILState_Check" error.
 """
-import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -297,17 +295,13 @@ def test_gilstate_follows_coroutines_in_forked_child(callback_lib):
     assert lines == [f"parent: {[1001] * 6}", "child: 0"]
 
 
-def test_library_refuses_a_second_interpreter():
+def test_library_refuses_a_second_interpreter(snippet):
     # The engine serves the interpreter that initialised it; another
     # (a subinterpreter's) is refused with -EXDEV instead of replacing it.
-    code = """
-        import ctypes, interpose._native as n
-        r = n.lib.py_init(0x030b0000, 12345)
-        print("second init:", -r == __import__("errno").EXDEV)
-    """
-    lines = check_ok(subprocess.run(
-        [sys.executable, "-c", __import__("textwrap").dedent(code)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
-            os.path.abspath(__import__("interpose").__file__)))}))
+    lines = check_ok(snippet("""
+        import errno
+        import interpose._native as native
+        r = native.lib.py_init(0x030b0000, 12345)
+        print("second init:", -r == errno.EXDEV)
+    """))
     assert lines == ["second init: True"]
