@@ -18,7 +18,7 @@ ip_sched_t *ip__hook_sched(void) {
   if (s == NULL || s->current == NULL || !s->current->hooks ||
       s->fork_pending)
     return NULL;
-  if (ip__py_tstate_attached(s))
+  if (ip__py_tstate_attached(s) || ip__gilstate_foreign(s))
     return NULL;
   ip__yield_if_due(s);
   return s;
