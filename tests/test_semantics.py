@@ -502,3 +502,35 @@ def test_infinite_timeouts_mean_forever_and_stay_cancellable(tmp_path):
         "deadline(nan) -> ValueError deadline() needs a number of seconds,"
         " not NaN",
     ]
+
+
+def test_run_returns_leaving_a_coroutine_parked_in_a_lock_wait(tmp_path):
+    # run() cancels what is left and runs it until nothing can run; a
+    # coroutine in a lock wait (not a cancellation point) stays parked
+    # rather than hanging run(), and gets the lock once it is released.
+    script = tmp_path / "run_lock.py"
+    script.write_text(textwrap.dedent("""
+        import threading, interpose
+        lock = threading.Lock()
+        lock.acquire()
+        got = []
+        def body():
+            try:
+                lock.acquire()
+                got.append("acquired")
+            finally:
+                got.append("finally")
+        def main():
+            interpose.spawn(body)
+            interpose.sleep(0)
+        interpose.run(main)
+        print("run returned", got, flush=True)
+        lock.release()
+        interpose.sleep(0.01)
+        print(got, flush=True)
+    """))
+    proc = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", str(script)],
+        capture_output=True, text=True, timeout=30, env=_env())
+    assert (proc.returncode, proc.stdout) == (
+        0, "run returned []\n['acquired', 'finally']\n"), proc.stderr
