@@ -277,7 +277,19 @@ typedef struct ip_real {
   IP_REAL_FUNCTIONS(IP_REAL_FIELD)
 } ip_real_t;
 
-IP_HIDDEN extern ip_real_t ip__real;
+/* The table, resolved on first use (real.c explains why: another library's
+ * constructor may call a hooked function before ours has run).  Every use
+ * goes through ip__real_table(), which the ip__real macro below spells, so
+ * no code can read an unresolved pointer. */
+IP_HIDDEN extern ip_real_t ip__real_storage;
+IP_HIDDEN extern int ip__real_ready;
+IP_HIDDEN void ip__real_resolve(void);
+static inline ip_real_t *ip__real_table(void) {
+  if (__builtin_expect(!__atomic_load_n(&ip__real_ready, __ATOMIC_ACQUIRE), 0))
+    ip__real_resolve();
+  return &ip__real_storage;
+}
+#define ip__real (*ip__real_table())
 
 /* ---- the fd table (fdtable.c) ----------------------------------------- */
 
