@@ -21,7 +21,7 @@ import threading
 from . import _errors
 from . import _native
 from . import _signals
-from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
+from ._waitqueue import INT64_MAX, WaitQueue, deadline_ns, remaining_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
@@ -356,11 +356,14 @@ def sleep(seconds):
     deadline = _lib.clock_ns() + math.ceil(seconds * 1e9)
     while True:
         prepare()
-        code = _park(max(0, deadline - _lib.clock_ns()))
+        code = _park(min(INT64_MAX, max(0, deadline - _lib.clock_ns())))
         if code < 0:
             park_failed(code)
         if _lib.clock_ns() >= deadline:
             return
+
+
+_INT_MAX = 2**31 - 1
 
 
 def _fileno(fd):
@@ -376,6 +379,10 @@ def _wait_fd(fd, events, timeout):
     fd = _fileno(fd)
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd}")
+    # ctypes would truncate it to a C int (2**32 + 5 arrives as fd 5) and
+    # wait on another fd: refuse it as os.fstat does.
+    if fd > _INT_MAX:
+        raise OverflowError(f"fd {fd} is greater than maximum")
     deadline = deadline_ns(timeout)
     while True:
         prepare()
@@ -416,7 +423,7 @@ class deadline:
 
     def __enter__(self):
         _scheduler()
-        when = _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9)
+        when = min(INT64_MAX, _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9))
         previous = _lib.coro_set_deadline(when)
         if 0 <= previous < when:
             _lib.coro_set_deadline(previous)

@@ -90,11 +90,6 @@ static void unlock(ip_fd_t *e) {
 }
 
 
-static int64_t timeval_ns(const struct timeval *tv) {
-  return (int64_t) tv->tv_sec * 1000000000 + (int64_t) tv->tv_usec * 1000;
-}
-
-
 static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
   int type = 0;
   socklen_t len = sizeof(type);
@@ -104,10 +99,10 @@ static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
   struct timeval tv;
   len = sizeof(tv);
   if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0)
-    atomic_store(&e->rcv_timeout_ns, timeval_ns(&tv));
+    atomic_store(&e->rcv_timeout_ns, ip__ns_from_sockopt(&tv));
   len = sizeof(tv);
   if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0)
-    atomic_store(&e->snd_timeout_ns, timeval_ns(&tv));
+    atomic_store(&e->snd_timeout_ns, ip__ns_from_sockopt(&tv));
 }
 
 

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "interpose.h"
+#include "timeconv.h"
 
 #define IP_HIDDEN __attribute__((visibility("hidden")))
 #define IP_UNUSED __attribute__((unused))

@@ -271,10 +271,8 @@ static int claimed_result(ip_coro_t *co) {
 static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
                      int *timer_result) {
   int64_t now = ip__now_ns();
-  int64_t own = timeout_ns >= 0 ? now + timeout_ns : -1;
+  int64_t own = ip__deadline_of(now, timeout_ns); /* beyond INT64_MAX: none */
   int64_t dl = co->shield ? -1 : co->deadline_ns;
-  if (timeout_ns >= 0 && own < now) /* overflow: effectively no timeout */
-    own = -1;
   if (dl >= 0 && dl <= now)
     return -ETIMEDOUT;
   if (own >= 0 && (dl < 0 || own < dl)) {
@@ -488,19 +486,14 @@ static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
                          int64_t timeout_ns) {
   static int have_pwait2 = 1; /* Linux >= 5.11; probed once, races benign */
   if (have_pwait2 && timeout_ns > 0) {
-    struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    struct timespec ts = ip__timespec_of(timeout_ns);
     long n = syscall(SYS_epoll_pwait2, s->epfd, ev, EPOLL_BATCH, &ts, NULL,
                      (size_t) 0);
     if (n >= 0 || errno != ENOSYS)
       return (int) n;
     have_pwait2 = 0;
   }
-  int timeout_ms = -1;
-  if (timeout_ns >= 0) {
-    int64_t ms = (timeout_ns + 999999) / 1000000;
-    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
-  }
-  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
+  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, ip__ms_ceil(timeout_ns));
 }
 
 
