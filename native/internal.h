@@ -205,6 +205,20 @@ typedef struct ip_coro {
 } ip_coro_t;
 
 typedef struct ip_sched {
+  /* These first four fields survive the reuse of the struct (sched.c resets
+   * everything from root on).  Invariant: scheduler structs are never freed
+   * (type-stable memory): a destroyed one goes to a free list and may be
+   * reused by another thread, so the blocking monitor and the guard-page
+   * handler may read any struct they once found, at any time, and must
+   * check incarnation to know it is still the scheduler they meant. */
+  struct ip_sched *every_next; /* every struct ever allocated; never shrinks */
+  struct ip_sched *free_next;  /* guarded by the free list's lock */
+  /* Invariant: odd while the scheduler lives, even once destroyed; it
+   * changes after everything is set up and before anything is torn down. */
+  _Atomic uint64_t incarnation;
+  /* The owning thread's kernel id while the scheduler lives, else 0: the
+   * guard-page handler finds its thread's scheduler by it, without TLS. */
+  _Atomic pid_t tid;
   ip_coro_t root;     /* the thread's own context and thread state */
   /* Invariant: the coroutine that gets KeyboardInterrupt and forwarded
    * exceptions; &root except in a child forked from a spawned coroutine. */
@@ -243,6 +257,10 @@ typedef struct ip_sched {
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
 static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
+/* The live scheduler of the thread whose kernel id is tid, or NULL.
+ * Async-signal-safe: it reads the type-stable list of schedulers without a
+ * lock or TLS (the SIGSEGV handler uses it). */
+IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
 /* Creates the calling thread's scheduler if needed; the GIL must be held. */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
 /* Parks the running coroutine until a wake for the prepared generation. */
@@ -489,6 +507,7 @@ typedef struct ip_pyapi {
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
+  void *(*PyThreadState_GetFrame)(void *tstate);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
