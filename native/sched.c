@@ -573,7 +573,12 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 }
 
 
-/* Opens the kernel objects and the hub context; 0 or -errno. */
+/* Opens the kernel objects and the hub context; 0 or -errno.
+ * Invariant: every fd the runtime opens for itself (these, the signal
+ * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
+ * close-on-exec, so that no child of the program inherits one
+ * (tests/test_internal_fds.py compares what children see with plain
+ * Python's). */
 static int sched_open(ip_sched_t *s) {
   s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0)
