@@ -79,8 +79,8 @@ int usleep(useconds_t usec) {
   if (s == NULL)
     return ip__real.usleep(usec);
   int64_t left;
-  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_of(0, usec * INT64_C(1000))),
-                     &left);
+  int64_t ns = (int64_t) usec * 1000; /* at most 4.3e12: no overflow */
+  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ns), &left);
   return r ? ip__fail(-r) : 0;
 }
 

@@ -977,15 +977,16 @@ void *interpose_sched_probe(void *sched, uint64_t incarnation,
   ip_sched_t *s = sched;
   *switches = *alive = 0;
   *coro = NULL;
-  if (s == NULL ||
-      atomic_load_explicit(&s->incarnation, memory_order_acquire) != incarnation)
+  if (s == NULL || atomic_load_explicit(&s->incarnation,
+                                        memory_order_acquire) != incarnation)
     return NULL;
   uint64_t sw = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
   uint64_t al = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
   ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
   void *tstate = co ? __atomic_load_n(&co->tstate, __ATOMIC_RELAXED) : NULL;
   atomic_thread_fence(memory_order_acquire);
-  if (atomic_load_explicit(&s->incarnation, memory_order_relaxed) != incarnation)
+  if (atomic_load_explicit(&s->incarnation, memory_order_relaxed) !=
+      incarnation)
     return NULL;
   *switches = sw;
   *alive = al;
