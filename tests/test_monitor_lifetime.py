@@ -16,6 +16,7 @@ from conftest import run_snippet, check_ok
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.slow
 def test_monitor_samples_while_threads_create_and_destroy_schedulers():
     lines = check_ok(run_snippet("""
         import sys, threading, interpose

@@ -88,6 +88,7 @@ def test_ppoll_with_huge_timespec_waits_for_data():
 WRAPS_TO_512_NS = pow(1953125, -1, 2**55)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tv_sec", [2**63 - 1, WRAPS_TO_512_NS, 18446744074],
                          ids=["LONG_MAX", "wraps_to_512ns", "wraps_to_0.29s"])
 def test_so_rcvtimeo_huge_is_forever(tv_sec):
@@ -146,6 +147,7 @@ def test_wait_readable_refuses_fd_truncated_by_c_int():
                      "wait_writable OverflowError"] * 3 + ["False"]
 
 
+@pytest.mark.slow
 def test_wait_readable_huge_timeout_is_not_truncated():
     # 18446744074 s is 2**64 + 0.29 s in ns: ctypes would pass 0.29 s.
     lines = check_ok(run_hooked("""
