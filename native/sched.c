@@ -967,7 +967,9 @@ void *interpose_sched_self(uint64_t *incarnation) {
 
 /* Reads like a seqlock: the incarnation before and after the fields tells
  * whether they belonged to the scheduler the caller means.  The struct is
- * type-stable, so reading it is safe even when they did not.  The thread
+ * type-stable, so reading it is safe even when they did not.  (Schedulers
+ * are also created and destroyed only with the GIL held, which the caller
+ * holds, so the second check is a second line of defence.)  The thread
  * state read is alive: a coroutine's is cleared before it is deleted and
  * the root's when its thread exits (interpose_sched_forget_root), both with
  * the GIL held, which the caller holds until PyThreadState_GetFrame is
