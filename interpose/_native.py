@@ -13,7 +13,7 @@ import re
 
 from . import _compat
 
-ABI_VERSION = 1  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -85,6 +85,7 @@ SIGNATURES = {
         True),
     "interpose_sched_forget_root": (_i, [], True),
     "interpose_sched_destroy": (_i, [], True),
+    "interpose_fd_internal_floor": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),

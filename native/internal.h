@@ -423,6 +423,10 @@ IP_HIDDEN void ip__fd_dispatch(ip_sched_t *s, uint64_t data,
 IP_HIDDEN void ip__fd_drop_sched(ip_sched_t *s);
 /* In a forked child: every registration and waiter belonged to the parent. */
 IP_HIDDEN void ip__fd_after_fork_child(void);
+/* fd, opened by the runtime for itself with a real (unhooked) call, moved
+ * to the lowest free number at or above the internal floor, close-on-exec;
+ * fd itself when it cannot move.  errno is kept. */
+IP_HIDDEN int ip__fd_move_internal(int fd);
 
 /* ---- hooks (hooks_*.c) ------------------------------------------------ */
 

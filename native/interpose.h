@@ -15,7 +15,7 @@
 
 /* Bumped whenever a signature below or a struct layout changes; the Python
  * side refuses a library built with another value. */
-#define INTERPOSE_ABI_VERSION 1
+#define INTERPOSE_ABI_VERSION 2
 
 /* Results of a park besides 0 (woken) and -errno. */
 #define INTERPOSE_PARK_TIMEOUT 1 /* the park's own timeout expired */
@@ -162,6 +162,9 @@ IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t incarnation,
  * deleted, and the scheduler stops reporting it (and its thread id).
  * Returns 1, or 0 when the thread has no scheduler. */
 IP_EXPORT int interpose_sched_forget_root(void);
+/* Any thread.  The lowest number the runtime's own fds are moved to (0:
+ * they stay where they were opened); see fdtable.c. */
+IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or

@@ -578,14 +578,17 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
  * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
  * close-on-exec, so that no child of the program inherits one
  * (tests/test_internal_fds.py compares what children see with plain
- * Python's). */
+ * Python's), and those it keeps live above the internal floor (fdtable.c:
+ * the program's fds get plain Python's numbers). */
 static int sched_open(ip_sched_t *s) {
   s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0)
     return -errno;
+  s->epfd = ip__fd_move_internal(s->epfd);
   s->evfd = ip__real.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->evfd < 0)
     goto fail_epoll;
+  s->evfd = ip__fd_move_internal(s->evfd);
   int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
   if (r < 0)
     goto fail_eventfd;
