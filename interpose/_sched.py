@@ -45,7 +45,8 @@ _idents = None
 class _Scheduler:
     """Python-side state of one OS thread's scheduler."""
 
-    __slots__ = ("main", "live", "pending", "running", "native", "name")
+    __slots__ = ("main", "live", "pending", "running", "native", "incarnation",
+                 "name")
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
@@ -53,6 +54,7 @@ class _Scheduler:
         self.pending = None  # exception forwarded to the main coroutine
         self.running = False  # inside run()
         self.native = None  # the engine's handle, for the blocking monitor
+        self.incarnation = 0  # which life of that handle (structs are reused)
         self.name = ""  # the OS thread's name when the scheduler was made
 
 
@@ -69,7 +71,7 @@ def _create_scheduler():
     if not handle:
         raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
     sched.main = Coroutine._for_main(handle)
-    sched.native = _lib.sched_self()
+    sched.native, sched.incarnation = _native.sched_self()
     sched.name = threading.current_thread().name
     ident = _get_ident()
     _schedulers[ident] = sched
@@ -98,7 +100,10 @@ class _Reaper:
         if sched is None or _get_ident() != self.ident:
             return
         if sched.live:
-            return  # coroutines the thread never waited for: keep their state
+            # Coroutines the thread never waited for: keep their state, but
+            # the thread's own thread state is about to be deleted.
+            _lib.sched_forget_root()
+            return
         if _lib.sched_destroy() == 0:
             del _schedulers[self.ident]
 
@@ -364,6 +369,9 @@ def sleep(seconds):
             return
 
 
+_INT_MAX = 2**31 - 1
+
+
 def _fileno(fd):
     if isinstance(fd, int):
         return fd
@@ -377,6 +385,10 @@ def _wait_fd(fd, events, timeout):
     fd = _fileno(fd)
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd}")
+    # ctypes would truncate it to a C int (2**32 + 5 arrives as fd 5) and
+    # wait on another fd: refuse it as os.fstat does.
+    if fd > _INT_MAX:
+        raise OverflowError(f"fd {fd} is greater than maximum")
     deadline = deadline_ns(timeout)
     while True:
         prepare()
