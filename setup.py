@@ -132,10 +132,19 @@ def _setup():
 
     class PlatformWheel(bdist_wheel):
         """py3-none-<platform>: the library is for the platform, not for one
-        CPython ABI (it is loaded through ctypes by 3.11 to 3.13 alike)."""
+        CPython ABI (it is loaded through ctypes by 3.11 to 3.13 alike).
+        The architecture is the compiler's, so a cross build (CC=
+        aarch64-linux-gnu-gcc, scripts/build-wheel --arch aarch64) is
+        tagged for the machine it runs on."""
 
         def get_tag(self):
-            return ("py3", "none", super().get_tag()[2])
+            plat = super().get_tag()[2]
+            if plat.startswith("linux_"):
+                try:
+                    plat = "linux_" + target_arch(compiler())
+                except NativeBuildError as e:
+                    sys.exit(str(e))
+            return ("py3", "none", plat)
 
     setup(
         ext_modules=[Extension("interpose.libinterpose", sources=[])],
