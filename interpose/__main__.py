@@ -229,8 +229,11 @@ def _demo(args):
     if problem:
         return _fail(problem)
     if os.environ.get(_DEMO_MARKER) != "1":
-        env = autostart.environment()
+        env, problem = _boot_environment(autostart)
+        if problem:
+            return _fail(problem)
         env[_DEMO_MARKER] = "1"
+        env[_settings.BOOT_REQUIRED] = "1"
         argv = ["-m", "interpose", "demo", "--seconds", str(args.seconds),
                 "--clients", str(args.clients)]
         os.execve(sys.executable,

@@ -80,10 +80,11 @@ def test_wheel_holds_the_runtime_the_boot_hook_and_no_build_outputs(dists):
     with zipfile.ZipFile(dists[0]) as z:
         names = set(z.namelist())
     package = {n for n in names if n.startswith("interpose/")}
-    sources = {f"interpose/{n}" for n in os.listdir(os.path.join(CHECKOUT, "interpose"))
-               if n.endswith(".py")}
-    assert package == sources | {"interpose/_boot/sitecustomize.py",
-                                 "interpose/libinterpose.so"}
+    sources = {os.path.relpath(os.path.join(d, n), CHECKOUT)
+               for d, _, files in os.walk(os.path.join(CHECKOUT, "interpose"))
+               for n in files if n.endswith(".py")}
+    assert "interpose/_boot/sitecustomize.py" in sources
+    assert package == sources | {"interpose/libinterpose.so"}
     meta = {n.split("/", 1)[1] for n in names - package}
     assert meta == {"METADATA", "WHEEL", "RECORD", "entry_points.txt",
                     "top_level.txt", "licenses/LICENSE"}

@@ -80,8 +80,9 @@ def test_run_refuses_a_bad_option_value_in_one_line(option, value):
 
 
 @pytest.mark.parametrize("name,value", BAD_SETTINGS)
-def test_env_refuses_a_bad_setting_in_one_line(name, value):
-    proc = run([sys.executable, "-m", "interpose", "env"],
+@pytest.mark.parametrize("command", ["env", "demo"])
+def test_env_and_demo_refuse_a_bad_setting_in_one_line(command, name, value):
+    proc = run([sys.executable, "-m", "interpose", command],
                env_with(**{name: value}))
     assert (proc.returncode, proc.stdout) == (2, "")
     assert_one_line(proc.stderr, f"interpose: {name}={value!r}")
