@@ -153,11 +153,15 @@ def _env(args):
     env, problem = _boot_environment(autostart, base=dict(os.environ))
     if problem:
         return _fail(problem)
-    env = autostart.environment(base={})
-    for name in ("LD_PRELOAD", "PYTHONPATH"):
-        first = env[name].split(":")[0]
-        sep = ":" if name == "LD_PRELOAD" else os.pathsep
-        print(f"export {name}={shlex.quote(first)}${{{name}:+{sep}${name}}}")
+    if env["LD_PRELOAD"].split(":")[0] != autostart.LIBRARY_PATH:
+        # A sanitizer runtime must stay first (scripts/asan-tests): give the
+        # whole list, as computed from this shell's LD_PRELOAD.
+        print(f"export LD_PRELOAD={shlex.quote(env['LD_PRELOAD'])}")
+    else:
+        print(f"export LD_PRELOAD={shlex.quote(autostart.LIBRARY_PATH)}"
+              "${LD_PRELOAD:+:$LD_PRELOAD}")
+    boot_dir = shlex.quote(autostart.BOOT_DIR)
+    print(f"export PYTHONPATH={boot_dir}${{PYTHONPATH:+{os.pathsep}$PYTHONPATH}}")
     print("export INTERPOSE_AUTOSTART=1")
     return 0
 

@@ -102,9 +102,16 @@ def test_env_process_with_a_bad_setting_runs_as_plain_python(name, value,
                     "the runtime is off in this process")
 
 
+def without_library(env):
+    """env with interpose's library dropped from LD_PRELOAD (a sanitizer
+    runtime of scripts/asan-tests stays)."""
+    rest = [p for p in env["LD_PRELOAD"].split(":") if p != _native.LIBRARY_PATH]
+    env["LD_PRELOAD"] = ":".join(rest)
+    return env
+
+
 def test_env_process_without_the_preload_says_the_runtime_is_off():
-    env = preload_env()
-    env.pop("LD_PRELOAD")
+    env = without_library(preload_env())
     proc = run([sys.executable, "-c", "import threading; print(threading.Thread)"],
                env)
     plain = run([sys.executable, "-c", "import threading; print(threading.Thread)"],
@@ -117,8 +124,7 @@ def test_env_process_without_the_preload_says_the_runtime_is_off():
 def test_run_child_that_cannot_boot_exits_before_the_program():
     # The environment `interpose run` gives its process, with the preload
     # lost on the way: that process must not run the program.
-    env = preload_env(INTERPOSE_BOOT_REQUIRED="1")
-    env.pop("LD_PRELOAD")
+    env = without_library(preload_env(INTERPOSE_BOOT_REQUIRED="1"))
     proc = run([sys.executable, "-c", "print('ran')"], env)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert_one_line(proc.stderr, "interpose run: the runtime did not boot",
