@@ -150,15 +150,17 @@ def _env(args):
         return _fail(problem)
     # The shell's INTERPOSE_* settings reach every process started after
     # the lines: check them now, not in each of those processes.
-    env, problem = _boot_environment(autostart, base=dict(os.environ))
+    env, problem = _boot_environment(autostart)
     if problem:
         return _fail(problem)
-    if env["LD_PRELOAD"].split(":")[0] != autostart.LIBRARY_PATH:
+    from ._native import LIBRARY_PATH
+
+    if env["LD_PRELOAD"].split(":")[0] != LIBRARY_PATH:
         # A sanitizer runtime must stay first (scripts/asan-tests): give the
         # whole list, as computed from this shell's LD_PRELOAD.
         print(f"export LD_PRELOAD={shlex.quote(env['LD_PRELOAD'])}")
     else:
-        print(f"export LD_PRELOAD={shlex.quote(autostart.LIBRARY_PATH)}"
+        print(f"export LD_PRELOAD={shlex.quote(LIBRARY_PATH)}"
               "${LD_PRELOAD:+:$LD_PRELOAD}")
     boot_dir = shlex.quote(autostart.BOOT_DIR)
     print(f"export PYTHONPATH={boot_dir}${{PYTHONPATH:+{os.pathsep}$PYTHONPATH}}")
@@ -176,7 +178,6 @@ def _print_interpreter():
 
 # Run by `info` under the environment `run` gives a program: what booted.
 _PROBE = """\
-import sys
 from interpose import _autostart, _native
 print("booted" if _autostart.booted() and _native.lib.preloaded() else "not booted")
 """

@@ -22,7 +22,6 @@ from . import _threads
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 BOOT_HOOK = os.path.join(BOOT_DIR, "sitecustomize.py")
-LIBRARY_PATH = _native.LIBRARY_PATH
 
 _booted = False
 

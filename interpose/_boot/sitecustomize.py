@@ -35,18 +35,20 @@ def _boot():
     sys.path.insert(0, root)
     try:
         from interpose import _autostart
-        _autostart.boot()
     except (ImportError, ValueError, SyntaxError) as e:
         # ImportError: unsupported interpreter, library missing or stale;
-        # ValueError: a bad INTERPOSE_* setting; SyntaxError: a Python too
-        # old to read the package.
+        # ValueError: a bad INTERPOSE_STACK_SIZE (the library reads it);
+        # SyntaxError: a Python too old to read the package.
         _not_booted(_reason(e), required)
-    except Exception as e:
-        if type(e).__name__ != "BootError":
-            raise  # a bug: let site report it with its traceback
-        _not_booted(_reason(e), required)
+        return
     finally:
         sys.path.remove(root)
+    try:
+        _autostart.boot()
+    except (_autostart.BootError, ValueError) as e:
+        # ValueError: any other bad INTERPOSE_* setting.  Anything else is
+        # a bug: site reports it with its traceback.
+        _not_booted(_reason(e), required)
 
 
 def _reason(exc):
