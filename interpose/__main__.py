@@ -39,10 +39,15 @@ def unloadable(reason):
     reason = reason.removeprefix("interpose: ")
     if sys.argv[1:2] == ["info"]:
         _print_interpreter()
-        print(f"runtime: not usable: {reason}")
-        print("boot under run/env: no (the runtime does not load)")
-        return 1
+        return _print_unusable(reason)
     return _fail(reason)
+
+
+def _print_unusable(reason):
+    """info's report when the runtime does not load; its exit status."""
+    print(f"runtime: not usable: {reason}")
+    print("boot under run/env: no (the runtime does not load)")
+    return 1
 
 
 def _load():
@@ -201,9 +206,7 @@ def _info(args):
     _print_interpreter()
     autostart, problem = _load()
     if problem:
-        print(f"runtime: not usable: {problem}")
-        print("boot under run/env: no (the runtime does not load)")
-        return 1
+        return _print_unusable(problem)
     from . import _native, _sched
     from ._version import __version__
 

@@ -61,8 +61,7 @@ def user_env(**extra):
 def copy_checkout(dest):
     """The checkout's files without build outputs: the tracked files of a
     git checkout, or the tree of an unpacked sdist."""
-    if os.path.isdir(os.path.join(CHECKOUT, ".git")) or os.path.isfile(
-            os.path.join(CHECKOUT, ".git")):
+    if os.path.exists(os.path.join(CHECKOUT, ".git")):  # a dir, or a worktree's file
         files = check(["git", "-C", CHECKOUT, "ls-files", "-co",
                        "--exclude-standard"]).stdout.splitlines()
         for name in files:
