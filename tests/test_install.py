@@ -132,13 +132,19 @@ def test_wheel_console_script_behaves_as_python_m_interpose(wheel_venv, outside,
                timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert os_threads(proc) == reference_threads
-    for argv in (["--help"], ["run", "--help"], ["run", "--bogus", "x.py"],
-                 ["env"]):
-        by_script = run([script, *argv], cwd=outside, env=user_env())
+    # Including a package that cannot load (a bad INTERPOSE_STACK_SIZE):
+    # both report it as the command, not as a failed import.
+    bad = {"INTERPOSE_STACK_SIZE": "lots"}
+    for argv, extra in ((["--help"], {}), (["run", "--help"], {}),
+                        (["run", "--bogus", "x.py"], {}), (["env"], {}),
+                        (["run", "blocked.py"], bad), (["info"], bad),
+                        (["env"], bad)):
+        by_script = run([script, *argv], cwd=outside, env=user_env(**extra))
         by_module = run([wheel_venv, "-m", "interpose", *argv], cwd=outside,
-                        env=user_env())
+                        env=user_env(**extra))
         assert (by_script.returncode, by_script.stdout, by_script.stderr) == \
             (by_module.returncode, by_module.stdout, by_module.stderr), argv
+        assert "Traceback" not in by_script.stderr, argv
 
 
 def test_wheel_env_child_turns_blocked_threads_into_coroutines(
