@@ -188,3 +188,19 @@ def test_settings_accept_the_documented_values():
 
 def test_checkout_is_found_for_tests_that_need_it():
     assert os.path.isfile(os.path.join(CHECKOUT, "native", "interpose.h"))
+
+
+def test_other_module_importing_interpose_gets_the_exception(tmp_path):
+    # Only interpose's own command line turns a failed package import into
+    # one line; `python -m otherpkg` that imports interpose can catch it.
+    pkg = tmp_path / "otherpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "try:\n    import interpose\n"
+        "except ValueError as e:\n    print('caught', type(e).__name__)\n")
+    proc = run([sys.executable, "-m", "otherpkg"],
+               user_env(INTERPOSE_STACK_SIZE="lots",
+                        PYTHONPATH=f"{tmp_path}{os.pathsep}{PACKAGE_ROOT}"),
+               cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "caught SettingError\n", "")
