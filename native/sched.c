@@ -648,6 +648,7 @@ static void sched_after_fork_child(void) {
     if (&other->root != survivor)
       invalidate(&other->root);
   sched_all = s;
+  ip__ident_after_fork_child(survivor);
   ip__sem_after_fork_child();
   if (s == NULL)
     return;
@@ -739,22 +740,31 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = ip__stack_acquire(&co->stack, stack_size);
   if (r < 0)
     goto fail_coro;
+  co->id = atomic_fetch_add(&next_id, 1);
+  r = ip__ident_attach(co);
+  if (r < 0)
+    goto fail_stack;
+  /* CPython records the thread id in the new thread state: the coroutine's
+   * identity must be in force while it is created (hooks_pthread.c). */
+  ip__ident_creating(co->thread_ident);
   co->tstate = ip__py.PyThreadState_New(ip__py.interp);
+  ip__ident_creating(0);
   r = -ENOMEM;
   if (co->tstate == NULL)
-    goto fail_stack;
+    goto fail_ident;
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
   co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
-  co->id = atomic_fetch_add(&next_id, 1);
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
   *id_out = co->id;
   return co;
+fail_ident:
+  ip__ident_detach(co);
 fail_stack:
   ip__stack_release(&co->stack);
 fail_coro:
@@ -770,6 +780,7 @@ void ip__coro_main(void *arg) {
   ip_coro_t *co = arg;
   san_arrive(NULL);
   ip__py_run_body(co);
+  ip__ident_detach(co); /* the thread is gone: its ident is dead */
   ip_sched_t *s = tls_sched;
   if (co == s->main) {
     /* Only after fork: the coroutine that forked became the child's main
