@@ -196,12 +196,20 @@ def _load():
 
 def _bind_python(fns):
     api = ctypes.pythonapi
+    # The library is loaded once per process, and binding it again from a
+    # subinterpreter would make the engine create every later thread state
+    # in that interpreter.
+    api.PyInterpreterState_Get.restype = ctypes.c_void_p
+    api.PyInterpreterState_Main.restype = ctypes.c_void_p
+    if api.PyInterpreterState_Get() != api.PyInterpreterState_Main():
+        raise NativeLibraryError(
+            "interpose: runs in the main interpreter only, not in a"
+            " subinterpreter")
     for name, symbol in PY_API.items():
         address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
         if fns.py_bind(name.encode(), address) != 0:
             raise NativeLibraryError(f"interpose: the library does not know {name}")
     get_interp = api.PyInterpreterState_Get
-    get_interp.restype = ctypes.c_void_p
     import sys
 
     r = fns.py_init(sys.hexversion, get_interp())

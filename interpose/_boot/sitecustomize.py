@@ -12,8 +12,23 @@ import os
 import sys
 
 
+def _in_subinterpreter():
+    """Whether this is a subinterpreter (its sitecustomize runs too): the
+    runtime belongs to the main interpreter, whose thread states the engine
+    creates, so a subinterpreter runs without coroutines, silently."""
+    try:
+        import ctypes
+
+        api = ctypes.pythonapi
+        api.PyInterpreterState_Get.restype = ctypes.c_void_p
+        api.PyInterpreterState_Main.restype = ctypes.c_void_p
+        return api.PyInterpreterState_Get() != api.PyInterpreterState_Main()
+    except (ImportError, AttributeError):
+        return False
+
+
 def _boot():
-    if os.environ.get("INTERPOSE_AUTOSTART") != "1":
+    if os.environ.get("INTERPOSE_AUTOSTART") != "1" or _in_subinterpreter():
         return
     # Import the package this file belongs to, whose library is the one
     # preloaded, even if another copy of interpose comes first on sys.path
