@@ -23,6 +23,7 @@ nothing more.  What is left is identity and creation:
   Thread.join and interpreter shutdown use is ours (see _Handle).
 """
 import _thread
+import functools
 import os
 import sys
 import threading
@@ -51,7 +52,26 @@ def _stack_size():
     return max(size, _native.lib.stack_minimum()) if size else 0
 
 
-def _run_as_thread(function, args, kwargs, handle=None):
+def _unraisable_hook_args_type():
+    """sys.unraisablehook's argument type, which sys does not expose: taken
+    from one unraisable exception caught on purpose."""
+    caught = []
+    hook, sys.unraisablehook = sys.unraisablehook, caught.append
+    try:
+        class _Raises:
+            def __del__(self):
+                raise RuntimeError
+
+        _Raises()
+    finally:
+        sys.unraisablehook = hook
+    return type(caught[0])
+
+
+_UnraisableHookArgs = _unraisable_hook_args_type()
+
+
+def _run_as_thread(function, args, kwargs, handle=None, token=None):
     """A thread's body, as _thread runs it: SystemExit ends only the thread;
     anything else uncaught goes to sys.unraisablehook (threading.Thread
     catches its own exceptions first and reports them to excepthook)."""
@@ -60,12 +80,27 @@ def _run_as_thread(function, args, kwargs, handle=None):
     except SystemExit:
         pass
     except BaseException as exc:
-        sys.unraisablehook(sys.UnraisableHookArgs(
+        sys.unraisablehook(_UnraisableHookArgs((
             type(exc), exc, exc.__traceback__,
-            f"Exception ignored in thread started by {function!r}", None))
+            "Exception ignored in thread started by", function)))
     finally:
+        _running.discard(token)
         if handle is not None:
             handle._set_done()
+
+
+# One token per thread started here and still running its function:
+# _thread._count() counts them with the interpreter's own threads.  (A set:
+# add and discard are atomic under the GIL, also across OS threads.)
+_running = set()
+_real_count = _thread._count
+
+
+def _count():
+    return _real_count() + len(_running)
+
+
+functools.update_wrapper(_count, _real_count)
 
 
 def _spawn_thread(function, args, kwargs, handle=None):
@@ -75,11 +110,14 @@ def _spawn_thread(function, args, kwargs, handle=None):
         raise TypeError("2nd arg must be a tuple")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError("optional 3rd arg must be a dictionary")
+    token = object()
+    _running.add(token)
     try:
         coro = _sched._spawn(
-            _run_as_thread, (function, args, kwargs or {}, handle), {},
+            _run_as_thread, (function, args, kwargs or {}, handle, token), {},
             _thread_name(function), _stack_size(), True)
     except OSError as e:  # threading expects RuntimeError, as from _thread
+        _running.discard(token)
         raise RuntimeError(f"can't start new thread: {e}") from e
     # Thread.start() waits until the thread runs: let it run first instead
     # of after every other runnable coroutine.
@@ -187,6 +225,7 @@ def install():
         threading._start_new_thread = start_new_thread
     _thread.start_new_thread = start_new_thread
     _thread.start_new = start_new_thread
+    _thread._count = _count
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _installed = True
 

@@ -368,3 +368,32 @@ def test_native_id_is_the_os_threads():
         print(ids == [t.native_id] == [threading.main_thread().native_id])
     """))
     assert lines == ["True"]
+
+
+def test_start_new_thread_count_and_unraisable_exception():
+    # _thread._count() counts converted threads, and an exception escaping
+    # a start_new_thread function reaches sys.unraisablehook as plain
+    # Python reports it (CPython's test_thread relies on both).
+    assert_same("""
+        import _thread, sys, time
+        seen = []
+        sys.unraisablehook = lambda a: seen.append(
+            (a.exc_type.__name__, str(a.exc_value), a.err_msg, a.object is task))
+        gate = _thread.allocate_lock()
+        gate.acquire()
+        started = []
+        def task():
+            started.append(1)
+            with gate:
+                pass
+            raise ValueError("task failed")
+        before = _thread._count()
+        _thread.start_new_thread(task, ())
+        while not started:
+            time.sleep(0.01)
+        print(_thread._count() - before, _thread._count.__module__)
+        gate.release()
+        while _thread._count() != before:
+            time.sleep(0.01)
+        print(seen)
+    """)
