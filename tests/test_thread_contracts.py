@@ -397,3 +397,53 @@ def test_start_new_thread_count_and_unraisable_exception():
             time.sleep(0.01)
         print(seen)
     """)
+
+
+def test_other_pthread_functions_accept_a_converted_ident():
+    # Every pthread function that takes a pthread_t must accept a converted
+    # thread's ident (glibc would dereference it) and answer as for a
+    # detached OS thread: stack attributes, CPU clock, scheduling, and
+    # EINVAL from join and detach.
+    assert_same(PTHREAD + """
+import threading, time
+class Attr(ctypes.Structure):
+    _fields_ = [("opaque", ctypes.c_char * 64)]
+class Param(ctypes.Structure):
+    _fields_ = [("priority", ctypes.c_int)]
+for name, nargs in (("pthread_getattr_np", 1), ("pthread_getcpuclockid", 1),
+                    ("pthread_getschedparam", 2), ("pthread_join", 1),
+                    ("pthread_detach", 0)):
+    getattr(libc, name).argtypes = [ctypes.c_ulong] + [ctypes.c_void_p] * nargs
+out = []
+def body():
+    me = threading.get_ident()
+    attr = Attr()
+    r = libc.pthread_getattr_np(me, ctypes.byref(attr))
+    addr, size, guard = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_size_t()
+    libc.pthread_attr_getstack(ctypes.byref(attr), ctypes.byref(addr), ctypes.byref(size))
+    libc.pthread_attr_getguardsize(ctypes.byref(attr), ctypes.byref(guard))
+    state = ctypes.c_int()
+    libc.pthread_attr_getdetachstate(ctypes.byref(attr), ctypes.byref(state))
+    libc.pthread_attr_destroy(ctypes.byref(attr))
+    out.append(("getattr", r, bool(addr.value), size.value >= 256 * 1024,
+                guard.value >= 0, state.value == 1))
+    clk = ctypes.c_int()
+    r = libc.pthread_getcpuclockid(me, ctypes.byref(clk))
+    out.append(("cpuclock", r, time.clock_gettime(clk.value) >= 0))
+    policy, param = ctypes.c_int(), Param()
+    out.append(("schedparam", libc.pthread_getschedparam(
+        me, ctypes.byref(policy), ctypes.byref(param)), policy.value))
+t = threading.Thread(target=body)
+t.start()
+t.join()
+for line in out:
+    print(line)
+gate = threading.Event()
+t = threading.Thread(target=gate.wait, daemon=True)
+t.start()
+print("join", errno.errorcode.get(libc.pthread_join(t.ident, None)))
+print("detach", errno.errorcode.get(libc.pthread_detach(t.ident)))
+print("kill 0", libc.pthread_kill(t.ident, 0))
+gate.set()
+t.join()
+""", prelude=False)
