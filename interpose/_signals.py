@@ -22,8 +22,8 @@ Two things CPython does not do by itself here:
   in the main coroutine, and use_native_main_thread() puts signal.signal
   and signal.getsignal back untouched.
 
-The replacements carry the names, module and docstrings of the functions
-they stand for (programs compare __module__).
+The replacements carry the names and docstrings of the functions they
+stand for, and 'signal' as their module (programs compare __module__).
 """
 import functools
 import os
@@ -97,8 +97,12 @@ def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
 
 
 def _as_original(replacement, original):
-    """replacement, presenting itself as original (name, module, doc)."""
+    """replacement, presenting itself as original (name, doc) and as a
+    Python function of the signal module: signal.signal is one already;
+    set_wakeup_fd is a builtin of _signal, and a Python function found in
+    the signal module must say 'signal' (CPython's test_signal checks)."""
     functools.update_wrapper(replacement, original)
+    replacement.__module__ = "signal"
     return replacement
 
 
