@@ -80,9 +80,13 @@ def _run_as_thread(function, args, kwargs, handle=None, token=None):
     except SystemExit:
         pass
     except BaseException as exc:
+        if _compat.PY313:  # PyErr_FormatUnraisable: the repr is in the text
+            message = f"Exception ignored in thread started by {function!r}"
+            culprit = None
+        else:
+            message, culprit = "Exception ignored in thread started by", function
         sys.unraisablehook(_UnraisableHookArgs((
-            type(exc), exc, exc.__traceback__,
-            "Exception ignored in thread started by", function)))
+            type(exc), exc, exc.__traceback__, message, culprit)))
     finally:
         _running.discard(token)
         if handle is not None:
