@@ -27,15 +27,14 @@
 #define SMALL_WAITERS 8
 
 
-static int64_t ms_to_ns(int timeout_ms) {
-  return timeout_ms < 0 ? -1 : (int64_t) timeout_ms * 1000000;
-}
-
-
-static int64_t ts_to_ns(const struct timespec *ts) {
-  if (ts == NULL)
-    return -1;
-  return (int64_t) ts->tv_sec * 1000000000 + ts->tv_nsec;
+/* A ppoll/pselect timeout in nanoseconds (saturated, see timeconv.h), or
+ * 0, which sends the call to the real function, when it is invalid: the
+ * kernel then reports EINVAL. */
+static int64_t ts_timeout_ns(const struct timespec *ts) {
+  if (ts != NULL &&
+      (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000))
+    return 0;
+  return ip__ns_from_timespec(ts);
 }
 
 
@@ -77,12 +76,7 @@ static int wait_any(ip_sched_t *s, const int *fds, const short *events,
   }
   r = probe(probe_arg);
   if (r == 0) {
-    int64_t timeout = -1;
-    if (deadline_ns >= 0) {
-      timeout = deadline_ns - ip__now_ns();
-      timeout = timeout > 0 ? timeout : 0;
-    }
-    r = ip__park(s, timeout);
+    r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
   } else {
     r = r < 0 ? r : 0;
   }
@@ -117,7 +111,7 @@ static int poll_probe(void *arg) {
 
 
 static int cooperative_poll(ip_sched_t *s, pollctx_t *p, int64_t timeout_ns) {
-  int64_t deadline = timeout_ns < 0 ? -1 : ip__now_ns() + timeout_ns;
+  int64_t deadline = ip__deadline_of(ip__now_ns(), timeout_ns);
   int small_fds[SMALL_WAITERS];
   short small_ev[SMALL_WAITERS];
   int *fds = small_fds;
@@ -163,7 +157,7 @@ int poll(struct pollfd *fds, nfds_t n, int timeout_ms) {
   if (timeout_ms == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
     return ip__real.poll(fds, n, timeout_ms);
   pollctx_t p = {fds, n, NULL};
-  return cooperative_poll(s, &p, ms_to_ns(timeout_ms));
+  return cooperative_poll(s, &p, ip__ns_from_ms(timeout_ms));
 }
 
 
@@ -177,10 +171,8 @@ int __poll_chk(struct pollfd *fds, nfds_t n, int timeout_ms, size_t fdslen) {
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
           const sigset_t *mask) {
   ip_sched_t *s;
-  int64_t ns = ts_to_ns(timeout);
-  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
-                   timeout->tv_nsec >= 1000000000)))
+  int64_t ns = ts_timeout_ns(timeout);
+  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
     return ip__real.ppoll(fds, n, timeout, mask);
   pollctx_t p = {fds, n, mask};
   return cooperative_poll(s, &p, ns);
@@ -198,7 +190,7 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
  * a copy). */
 typedef struct selctx {
   int nfds;
-  fd_set *sets[3];   /* the caller's; written only by select_copy_out */
+  fd_set *sets[3];   /* the caller's; written only by select_result */
   fd_set request[3]; /* what the caller asked for */
   fd_set answer[3];  /* scratch for the real zero-timeout calls */
   const sigset_t *mask;
@@ -241,6 +233,8 @@ static int select_result(selctx_t *c, int r) {
 }
 
 
+/* The fds of the request and the poll events each waits for; their count,
+ * or -ENOMEM. */
 static int select_wait_fds(selctx_t *c, int **fds_out, short **ev_out) {
   int n = 0;
   int *fds = malloc((size_t) c->nfds * sizeof(*fds) + 1);
@@ -269,38 +263,46 @@ static int select_wait_fds(selctx_t *c, int **fds_out, short **ev_out) {
 }
 
 
-/* Returns like select (with errno); the caller's sets per the rule above. */
-static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t deadline) {
+/* Returns like select (with errno), the caller's sets per the rule above;
+ * *elapsed_ns: how long the call took, for select's report of the time not
+ * slept. */
+static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
+                              int64_t *elapsed_ns) {
+  int64_t start = ip__now_ns();
+  int64_t deadline = ip__deadline_of(start, timeout_ns);
   for (int i = 0; i < 3; i++)
     if (c->sets[i])
       c->request[i] = *c->sets[i];
   int r = select_now(c);
-  if (r != 0)
-    return select_result(c, r);
-  int *fds;
-  short *ev;
-  int n = select_wait_fds(c, &fds, &ev);
-  if (n < 0)
-    return ip__fail(n);
-  for (;;) {
-    int w = wait_any(s, fds, ev, n, deadline, select_probe, c);
-    if (w == INTERPOSE_PARK_TIMEOUT) {
-      r = select_result(c, select_now(c));
-      break;
-    }
-    if (w < 0) { /* EINTR, ECANCELED, ETIMEDOUT, ENOMEM: sets untouched */
-      r = ip__fail(w);
-      break;
-    }
-    r = select_now(c);
-    if (r != 0) {
-      r = select_result(c, r);
-      break;
+  int *fds = NULL;
+  short *ev = NULL;
+  int n = r != 0 ? 0 : select_wait_fds(c, &fds, &ev);
+  if (r != 0) {
+    r = select_result(c, r);
+  } else if (n < 0) {
+    r = ip__fail(n);
+  } else {
+    for (;;) {
+      int w = wait_any(s, fds, ev, n, deadline, select_probe, c);
+      if (w == INTERPOSE_PARK_TIMEOUT) {
+        r = select_result(c, select_now(c));
+        break;
+      }
+      if (w < 0) { /* EINTR, ECANCELED, ETIMEDOUT, ENOMEM: sets untouched */
+        r = ip__fail(w);
+        break;
+      }
+      r = select_now(c);
+      if (r != 0) {
+        r = select_result(c, r);
+        break;
+      }
     }
   }
   IP_SAVE_ERRNO({
     free(fds);
     free(ev);
+    *elapsed_ns = ip__now_ns() - start;
   });
   return r;
 }
@@ -308,22 +310,16 @@ static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t deadline) {
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
   ip_sched_t *s;
-  int64_t ns = tv ? (int64_t) tv->tv_sec * 1000000000 +
-                        (int64_t) tv->tv_usec * 1000
-                  : -1;
+  int invalid = tv && (tv->tv_sec < 0 || tv->tv_usec < 0);
+  int64_t ns = invalid ? 0 : ip__ns_from_timeval(tv); /* 0: the real call */
   if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      nfds < 0 || nfds > FD_SETSIZE ||
-      (tv && (tv->tv_sec < 0 || tv->tv_usec < 0)))
+      nfds < 0 || nfds > FD_SETSIZE)
     return ip__real.select(nfds, r, w, e, tv);
-  int64_t deadline = ns < 0 ? -1 : ip__now_ns() + ns;
   selctx_t c = {.nfds = nfds, .sets = {r, w, e}};
-  int n = cooperative_select(s, &c, deadline);
-  if (tv != NULL) { /* Linux reports the time not slept, whatever happened */
-    int64_t left = deadline - ip__now_ns();
-    left = left > 0 ? left : 0;
-    tv->tv_sec = left / 1000000000;
-    tv->tv_usec = (left % 1000000000) / 1000;
-  }
+  int64_t elapsed = 0;
+  int n = cooperative_select(s, &c, ns, &elapsed);
+  if (tv != NULL) /* Linux reports the time not slept, whatever happened */
+    *tv = ip__timeval_minus(tv, elapsed);
   return n;
 }
 
@@ -331,14 +327,13 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
 int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e,
             const struct timespec *timeout, const sigset_t *mask) {
   ip_sched_t *s;
-  int64_t ns = ts_to_ns(timeout);
+  int64_t ns = ts_timeout_ns(timeout);
   if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      nfds < 0 || nfds > FD_SETSIZE ||
-      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
-                   timeout->tv_nsec >= 1000000000)))
+      nfds < 0 || nfds > FD_SETSIZE)
     return ip__real.pselect(nfds, r, w, e, timeout, mask);
   selctx_t c = {.nfds = nfds, .sets = {r, w, e}, .mask = mask};
-  return cooperative_select(s, &c, ns < 0 ? -1 : ip__now_ns() + ns);
+  int64_t elapsed = 0;
+  return cooperative_select(s, &c, ns, &elapsed);
 }
 
 /* ---- epoll_wait ------------------------------------------------------- */
@@ -367,8 +362,7 @@ static int epoll_probe(void *arg) {
 /* An epoll fd is itself pollable: readable while its ready list is not
  * empty. */
 static int cooperative_epoll(ip_sched_t *s, epctx_t *c, int timeout_ms) {
-  int64_t timeout = ms_to_ns(timeout_ms);
-  int64_t deadline = timeout < 0 ? -1 : ip__now_ns() + timeout;
+  int64_t deadline = ip__deadline_of(ip__now_ns(), ip__ns_from_ms(timeout_ms));
   short ev = POLLIN;
   for (;;) {
     int r = epoll_now(c);
