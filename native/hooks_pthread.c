@@ -84,8 +84,8 @@ static ident_slot_t *chunks[IDENT_CHUNKS]; /* guarded by ident_lock */
 static uint32_t bump;             /* next never-used slot */
 static uint32_t free_head;        /* index + 1 of a freed slot, or 0 */
 
-/* The real functions, found once (lazily for pthread_self, which may be
- * called by another library's constructor before ours ran). */
+/* The real functions, found by our constructor, or on first use when
+ * another library's constructor calls one (pthread_self) before ours ran. */
 #define PTHREAD_FUNCTIONS(X)                                                  \
   X(pthread_self) X(pthread_kill) X(pthread_sigqueue) X(pthread_setname_np)  \
   X(pthread_getname_np) X(pthread_getattr_np) X(pthread_getcpuclockid)       \
