@@ -42,13 +42,15 @@
  *  - pthread_setname_np / pthread_getname_np: a per-handle name (ERANGE as
  *    glibc); before any setname, the carrying OS thread's name, which a new
  *    thread inherits from its creator.
- *  - pthread_getattr_np: the coroutine's own stack and guard size.
+ *  - pthread_getattr_np: the coroutine's own stack and guard size, and
+ *    the detach state CPython gives its OS threads (detached before 3.13).
  *  - pthread_getcpuclockid, pthread_{get,set}schedparam,
  *    pthread_setschedprio, pthread_{get,set}affinity_np: the carrying OS
  *    thread's (a coroutine has no kernel thread of its own).
  *  - pthread_join, pthread_tryjoin_np, pthread_timedjoin_np,
  *    pthread_clockjoin_np, pthread_detach: EINVAL, as for the detached
- *    threads CPython creates.  pthread_cancel: ENOTSUP (a coroutine cannot
+ *    threads CPython creates up to 3.12 (3.13 joins its threads itself;
+ *    joining one behind its back is undefined there, and still EINVAL).  pthread_cancel: ENOTSUP (a coroutine cannot
  *    be cancelled asynchronously).
  *  pthread_equal compares values and needs nothing. */
 #include <dlfcn.h>
@@ -377,7 +379,9 @@ int pthread_getattr_np(pthread_t h, pthread_attr_t *attr) {
   r = pthread_attr_init(attr);
   if (r != 0)
     return r;
-  pthread_attr_setdetachstate(attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setdetachstate(attr, ip__pyver_threads_joinable()
+                                         ? PTHREAD_CREATE_JOINABLE
+                                         : PTHREAD_CREATE_DETACHED);
   pthread_attr_setguardsize(attr, st.guard);
   r = pthread_attr_setstack(attr, st.base + st.guard, st.size - st.guard);
   if (r != 0)

@@ -544,6 +544,8 @@ IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
+/* 1 when CPython's own threads are joinable (3.13+), 0 when detached. */
+IP_HIDDEN int ip__pyver_threads_joinable(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
 /* gilstate.c: the gilstate slot follows the running coroutine. */
