@@ -89,25 +89,35 @@ def _create_scheduler():
         _signals.install()
         atexit.register(_shutdown_at_exit)
     else:
-        _local.reaper = _Reaper(ident)
+        _local.reaper = _Reaper(ident, sched)
     return sched
 
 
 class _Reaper:
     """Frees a non-main thread's scheduler when the thread exits.
 
-    It lives in the thread's own thread-local storage, which CPython clears
-    on that thread as it exits: the one moment the thread's scheduler can be
-    torn down by the thread that owns it."""
+    It lives in the thread's own thread-local storage, which CPython
+    normally clears on that thread as it exits: the one moment the thread's
+    scheduler can be torn down by the thread that owns it.  When the locals
+    are freed on another thread instead, only the registry entry is dropped
+    here and the engine destroys the scheduler at the thread's exit."""
 
-    __slots__ = ("ident",)
+    __slots__ = ("ident", "sched")
 
-    def __init__(self, ident):
+    def __init__(self, ident, sched):
         self.ident = ident
+        self.sched = sched
 
     def __del__(self):
         sched = _schedulers.get(self.ident)
-        if sched is None or _get_ident() != self.ident:
+        if sched is not self.sched:
+            return  # already gone, or the ident was reused by a new thread
+        if _get_ident() != self.ident:
+            # CPython freed the thread's locals on another thread: only the
+            # registry entry can go here; the engine tears the scheduler
+            # down itself as its thread exits (sched_at_thread_exit).
+            if not sched.live:
+                del _schedulers[self.ident]
             return
         if sched.live:
             # Coroutines the thread never waited for: keep their state, but

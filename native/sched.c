@@ -748,8 +748,27 @@ static void sched_after_fork_child(void) {
 }
 
 
+/* A thread's scheduler is torn down by that thread as it exits.  The
+ * Python side asks for it from thread-local storage, but CPython does not
+ * always free a thread's locals on that thread (seen on 3.11 while another
+ * thread holds references into the scheduler registry): this destructor,
+ * run by the exiting thread itself after its thread state is gone, is the
+ * backstop.  interpose_sched_destroy refuses (EBUSY) a scheduler with live
+ * coroutines, which then stay parked as before, and is a no-op when the
+ * Python side already destroyed it. */
+static pthread_key_t exit_key;
+static int exit_key_ok;
+
+
+static void sched_at_thread_exit(void *arg) {
+  (void) arg;
+  (void) interpose_sched_destroy();
+}
+
+
 static void register_atfork(void) {
   pthread_atfork(NULL, NULL, sched_after_fork_child);
+  exit_key_ok = pthread_key_create(&exit_key, sched_at_thread_exit) == 0;
 }
 
 
@@ -791,6 +810,8 @@ ip_sched_t *ip__sched_ensure(void) {
   sched_all = s;
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
+  if (exit_key_ok && !s->is_main_thread)
+    (void) pthread_setspecific(exit_key, s);
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
   atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
