@@ -92,6 +92,9 @@ SIGNATURES = {
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_thread_idents_enable": (_i, [], True),
+    "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
+    "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
 }
 
 # The C-API entry points the engine calls, by the name the library knows
