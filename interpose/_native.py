@@ -7,13 +7,15 @@ GIL (they create thread states or touch Python objects) or are too short to
 be worth releasing it are bound through ctypes.PyDLL.
 """
 import ctypes
+import errno
 import hashlib
 import os
-import re
+import sys
 
 from . import _compat
+from . import _settings
 
-ABI_VERSION = 1  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -77,17 +79,23 @@ SIGNATURES = {
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_sched_runnable": (_i, [], True),
     "interpose_sched_defer_signal": (_i, [_i], True),
     "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),
-    "interpose_sched_self": (_p, [], True),
+    "interpose_sched_self": (_p, [ctypes.POINTER(_u64)], True),
     "interpose_sched_probe": (
-        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
+        _p, [_p, _u64, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
         True),
+    "interpose_sched_forget_root": (_i, [], True),
     "interpose_sched_destroy": (_i, [], True),
+    "interpose_fd_internal_floor": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_thread_idents_enable": (_i, [], True),
+    "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
+    "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
     "interpose_preempt_start": (_i, [], True),
     # Released: the monitor may be waiting for the GIL as it is told to stop.
     "interpose_preempt_stop": (_i, [], False),
@@ -112,6 +120,8 @@ PY_API = {
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
+    "PyThreadState_GetFrame": "PyThreadState_GetFrame",
+    "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
 }
 
 
@@ -139,28 +149,15 @@ class _Functions:
             setattr(self, name[len("interpose_"):], fn)
 
 
-def _check_stack_size_env():
-    """Validate INTERPOSE_STACK_SIZE the way stack.c parses it, so a typo is
-    an error instead of a silently ignored setting."""
-    raw = os.environ.get("INTERPOSE_STACK_SIZE")
-    if not raw:
-        return
-    m = re.fullmatch(r"(\d+)([kKmM]?)", raw)
-    size = 0
-    if m:
-        size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
-    if not 16 * 1024 <= size <= 1 << 40:
-        raise ValueError(
-            f"interpose: INTERPOSE_STACK_SIZE={raw!r} is not a usable stack size:"
-            " give bytes with an optional K or M suffix, at least 16K (e.g. 1M)"
-        )
-
-
 def _load():
     reason = _compat.unsupported_reason()
     if reason:
         raise NativeLibraryError(f"interpose: {reason}")
-    _check_stack_size_env()
+    try:
+        # The library reads this setting itself, and would ignore a typo.
+        _settings.get("INTERPOSE_STACK_SIZE")
+    except _settings.SettingError as e:
+        raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
         raise NativeLibraryError(
             f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"
@@ -197,7 +194,27 @@ def _load():
     return fns
 
 
+class SubinterpreterError(NativeLibraryError):
+    """interpose was imported in a subinterpreter; it serves the main one."""
+
+
+def _check_main_interpreter():
+    """Refuse a subinterpreter: the engine keeps one interpreter's state
+    (the thread states it creates belong to it), and the main interpreter's
+    runtime must not be replaced under its coroutines."""
+    api = ctypes.pythonapi
+    for name in ("PyInterpreterState_Get", "PyInterpreterState_Main"):
+        getattr(api, name).restype = ctypes.c_void_p
+    if api.PyInterpreterState_Get() != api.PyInterpreterState_Main():
+        raise SubinterpreterError(
+            "interpose: cannot be used in a subinterpreter: it runs in the main"
+            " interpreter only (code and threads of a subinterpreter run as"
+            " plain Python, without coroutines)"
+        )
+
+
 def _bind_python(fns):
+    _check_main_interpreter()
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
         address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
@@ -205,17 +222,59 @@ def _bind_python(fns):
             raise NativeLibraryError(f"interpose: the library does not know {name}")
     get_interp = api.PyInterpreterState_Get
     get_interp.restype = ctypes.c_void_p
-    import sys
-
     r = fns.py_init(sys.hexversion, get_interp())
     if r != 0:
+        why = _INIT_ERRORS.get(-r, os.strerror(-r))
         raise NativeLibraryError(
             f"interpose: the native library refused this interpreter"
-            f" ({sys.version.split()[0]}): {os.strerror(-r)}"
+            f" ({sys.version.split()[0]}): {why}"
         )
 
 
-lib = _load()
+# interpose_py_init's errors, as the one line a user reads.
+_INIT_ERRORS = {
+    errno.ENOENT: "CPython's gilstate key (what PyGILState_GetThisThreadState"
+                  " reads) was not found, so C callbacks into Python could not"
+                  " follow coroutines",
+    errno.ENOTSUP: "unsupported version or thread state layout",
+    errno.EXDEV: "the library already serves another interpreter of this"
+                 " process",
+}
+
+
+def _started_as_command_line():
+    """Whether this process is `python -m interpose ...` or the `interpose`
+    script, which import this package before their own code can run.
+
+    While -m locates the module, sys.argv[0] is "-m" (documented for the -m
+    option); sys.orig_argv then names the module.  The console script is
+    __main__ itself, a file named interpose.  Never while the boot hook runs
+    (it reports for itself, and site must not see SystemExit)."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "sitecustomize":
+            return False
+        frame = frame.f_back
+    if sys.argv[:1] == ["-m"]:
+        orig = getattr(sys, "orig_argv", [])
+        for i, arg in enumerate(orig[1:-1], 1):
+            if arg == "-m":
+                return orig[i + 1] in ("interpose", "interpose.__main__")
+        return False
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main_file) == "interpose"
+
+
+try:
+    lib = _load()
+except (NativeLibraryError, _settings.SettingError) as e:
+    if not _started_as_command_line():
+        raise
+    # The command line reports the reason in one line (or, for `info`, in
+    # its report) instead of the traceback of a failed package import.
+    from .__main__ import unloadable
+
+    sys.exit(unloadable(str(e)))
 
 _check_signals = ctypes.pythonapi.PyErr_CheckSignals
 _check_signals.restype = ctypes.c_int
@@ -237,26 +296,32 @@ def type_modified(tp):
     _type_modified(tp)
 
 
-_get_frame = ctypes.pythonapi.PyThreadState_GetFrame
-_get_frame.restype = ctypes.py_object
-_get_frame.argtypes = [ctypes.c_void_p]
+_decref = ctypes.pythonapi.Py_DecRef
+_decref.restype = None
+_decref.argtypes = [ctypes.c_void_p]
 
 
-def probe(sched):
+def sched_self():
+    """(handle, incarnation) of the calling thread's scheduler, for probe."""
+    incarnation = _u64()
+    return lib.sched_self(ctypes.byref(incarnation)), incarnation.value
+
+
+def probe(sched, incarnation):
     """(switch count, live spawned coroutines, running coroutine's handle or
-    None, its innermost frame or None) of a scheduler from
-    interpose_sched_self."""
+    None, its innermost frame or None) of a scheduler from sched_self();
+    (0, 0, None, None) once that scheduler is gone.  The engine reads the
+    frame itself, with the GIL held throughout, because a thread state
+    handed back to Python could be deleted before Python used it."""
     switches = _u64()
     coro = _p()
     alive = _u64()
-    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro),
-                             ctypes.byref(alive))
+    ref = lib.sched_probe(sched, incarnation, ctypes.byref(switches),
+                          ctypes.byref(coro), ctypes.byref(alive))
     frame = None
-    if tstate:
-        try:
-            frame = _get_frame(tstate)
-        except ValueError:  # no Python frame: NULL without an exception
-            pass
+    if ref:
+        frame = ctypes.cast(ref, ctypes.py_object).value  # a reference of ours
+        _decref(ref)  # the probe's own (PyThreadState_GetFrame's new one)
     return switches.value, alive.value, coro.value, frame
 
 

@@ -18,20 +18,10 @@ from . import _native
 _lib = _native.lib
 _real_setswitchinterval = sys.setswitchinterval
 
-MODES = ("threads", "all", "off")
-
-# The INTERPOSE_PREEMPT setting this process booted with (autostart), or
-# None outside `interpose run`.
+# The INTERPOSE_PREEMPT setting (threads, all, off; _settings checks it)
+# this process booted with, or None outside `interpose run`.
 mode = None
 _started = False
-
-
-def mode_problem(value):
-    """Why value is not a usable INTERPOSE_PREEMPT, or None."""
-    if value in MODES:
-        return None
-    return (f"INTERPOSE_PREEMPT={value!r} is not one of {', '.join(MODES)};"
-            " time slicing stays as for 'threads'")
 
 
 def spawn_default():

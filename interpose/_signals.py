@@ -11,12 +11,22 @@ Two things CPython does not do by itself here:
   and the hub copies every byte it drains to the program's fd.
 * Run handlers in the main coroutine.  On 3.11 and 3.12 CPython runs a
   Python handler in whichever thread state of the main OS thread runs
-  Python next: any coroutine.  Each handler is therefore installed wrapped;
-  run in another coroutine, the wrapper hands the signal to the engine,
-  which wakes the main coroutine and trips the signal again as it resumes,
-  so the handler (and the KeyboardInterrupt of the default SIGINT handler)
-  runs there, as it would in the main thread.
+  Python next: any coroutine that shares the OS thread's ident.  Outside
+  `interpose run` spawned coroutines do, so each handler is installed
+  wrapped; run in another coroutine, the wrapper hands the signal to the
+  engine, which wakes the main coroutine and trips the signal again as it
+  resumes, so the handler (and the KeyboardInterrupt of the default SIGINT
+  handler) runs there, as it would in the main thread.  Under `interpose
+  run` every spawned coroutine has a thread ident of its own
+  (native/hooks_pthread.c), CPython's own main-thread check keeps handlers
+  in the main coroutine, and use_native_main_thread() puts signal.signal
+  and signal.getsignal back untouched.
+
+The replacements carry the names and docstrings of the functions they
+stand for, and 'signal' as their module (programs compare __module__).
 """
+import fcntl
+import functools
 import os
 import signal
 
@@ -73,7 +83,8 @@ def _getsignal(signalnum):
 
 
 def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
-    """signal.set_wakeup_fd, chained behind interpose's pipe."""
+    # signal.set_wakeup_fd, chained behind interpose's pipe (the docstring
+    # is the original's, see _as_original).
     global _program_fd
     if _pipe is None:
         return _real_set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)
@@ -86,12 +97,43 @@ def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
     return previous
 
 
+def _as_original(replacement, original):
+    """replacement, presenting itself as original (name, doc) and as a
+    Python function of the signal module: signal.signal is one already;
+    set_wakeup_fd is a builtin of _signal, and a Python function found in
+    the signal module must say 'signal' (CPython's test_signal checks)."""
+    functools.update_wrapper(replacement, original)
+    replacement.__module__ = "signal"
+    return replacement
+
+
+_signal = _as_original(_signal, _real_signal)
+_getsignal = _as_original(_getsignal, _real_getsignal)
+_set_wakeup_fd = _as_original(_set_wakeup_fd, _real_set_wakeup_fd)
+
+
+def _move_internal(fd):
+    """fd moved above the engine's internal floor, out of the way of the
+    program's own fds (native/fdtable.c says why); fd if it cannot move.
+    Through the hooked fcntl and close, so the fd table follows."""
+    floor = _lib.fd_internal_floor()
+    if fd >= floor:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    except OSError:
+        return fd
+    os.close(fd)
+    return high
+
+
 def _open_pipe():
     """Install a fresh wakeup pipe and hand its read end to the hub; return
     the wakeup fd it replaced.  The pipe stays open for the life of the
     process, like the wakeup fd."""
     global _pipe
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = _move_internal(r), _move_internal(w)
     previous = _real_set_wakeup_fd(w, warn_on_full_buffer=False)
     _pipe = (r, w)
     _lib.sched_set_signal_fd(r)
@@ -115,6 +157,23 @@ def install():
     signal.signal = _signal
     signal.getsignal = _getsignal
     signal.set_wakeup_fd = _set_wakeup_fd
+
+
+def use_native_main_thread():
+    """Under `interpose run` only the main coroutine passes CPython's
+    main-thread check, so handlers need no wrapper: unwrap the installed
+    ones and give signal.signal and signal.getsignal back."""
+    if signal.signal is _real_signal:
+        return
+    for signum in signal.valid_signals():
+        try:
+            handler = _real_getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if isinstance(handler, _InMainCoroutine):
+            _real_signal(signum, handler.handler)
+    signal.signal = _real_signal
+    signal.getsignal = _real_getsignal
 
 
 def renew_after_fork():

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "interpose.h"
+#include "timeconv.h"
 
 #define IP_HIDDEN __attribute__((visibility("hidden")))
 #define IP_UNUSED __attribute__((unused))
@@ -202,11 +203,28 @@ typedef struct ip_coro {
   int preemptible;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
+  /* Invariant: 0, or the pthread_self() value of this coroutine while it is
+   * alive (hooks_pthread.c); 0 for every thread's root coroutine. */
+  uintptr_t thread_ident;
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
   void *san_fake; /* AddressSanitizer's fake stack while switched away */
 } ip_coro_t;
 
 typedef struct ip_sched {
+  /* These first four fields survive the reuse of the struct (sched.c resets
+   * everything from root on).  Invariant: scheduler structs are never freed
+   * (type-stable memory): a destroyed one goes to a free list and may be
+   * reused by another thread, so the blocking monitor and the guard-page
+   * handler may read any struct they once found, at any time, and must
+   * check incarnation to know it is still the scheduler they meant. */
+  struct ip_sched *every_next; /* every struct ever allocated; never shrinks */
+  struct ip_sched *free_next;  /* guarded by the free list's lock */
+  /* Invariant: odd while the scheduler lives, even once destroyed; it
+   * changes after everything is set up and before anything is torn down. */
+  _Atomic uint64_t incarnation;
+  /* The owning thread's kernel id while the scheduler lives, else 0: the
+   * guard-page handler finds its thread's scheduler by it, without TLS. */
+  _Atomic pid_t tid;
   ip_coro_t root;     /* the thread's own context and thread state */
   /* Invariant: the coroutine that gets KeyboardInterrupt and forwarded
    * exceptions; &root except in a child forked from a spawned coroutine. */
@@ -223,14 +241,21 @@ typedef struct ip_sched {
   /* RUNNABLE, runs before the rest of the round: the last coroutine that a
    * running coroutine woke (see wake_local in sched.c). */
   ip_coro_t *run_next;
+  /* RUNNABLE: the part of the run queue the hub's current round took and
+   * has not run yet (see run_round in sched.c). */
+  ip_link_t round;
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
   /* Invariant: non-zero whenever remote is non-empty (set under
    * remote_lock, before the eventfd write), so the hub can skip the lock
    * when it reads zero: a push it misses wakes epoll_wait. */
   atomic_int remote_pending;
+  /* Invariant: epfd and evfd are -1 exactly while fork_pending is set. */
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
+  /* Set in a forked child until the runtime uses the scheduler again (see
+   * sched_after_fork_child): until then every hook is the real call. */
+  int fork_pending;
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
   int signal_forward_fd; /* the program's own wakeup fd, or -1 */
   uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
@@ -255,13 +280,16 @@ typedef struct ip_sched {
    * by the monitor thread. */
   _Atomic int64_t next_timer_ns;
   atomic_int in_epoll;
-  atomic_int round_left; /* coroutines wait in the hub's current round */
   uint64_t mon_switches; /* the monitor's own: switch count last seen */
   int64_t mon_since_ns;  /* the monitor's own: when it last changed */
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
 static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
+/* The live scheduler of the thread whose kernel id is tid, or NULL.
+ * Async-signal-safe: it reads the type-stable list of schedulers without a
+ * lock or TLS (the SIGSEGV handler uses it). */
+IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
 /* Creates the calling thread's scheduler if needed; the GIL must be held. */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
 /* Parks the running coroutine until a wake for the prepared generation. */
@@ -309,7 +337,19 @@ typedef struct ip_real {
   IP_REAL_FUNCTIONS(IP_REAL_FIELD)
 } ip_real_t;
 
-IP_HIDDEN extern ip_real_t ip__real;
+/* The table, resolved on first use (real.c explains why: another library's
+ * constructor may call a hooked function before ours has run).  Every use
+ * goes through ip__real_table(), which the ip__real macro below spells, so
+ * no code can read an unresolved pointer. */
+IP_HIDDEN extern ip_real_t ip__real_storage;
+IP_HIDDEN extern int ip__real_ready;
+IP_HIDDEN void ip__real_resolve(void);
+static inline ip_real_t *ip__real_table(void) {
+  if (__builtin_expect(!__atomic_load_n(&ip__real_ready, __ATOMIC_ACQUIRE), 0))
+    ip__real_resolve();
+  return &ip__real_storage;
+}
+#define ip__real (*ip__real_table())
 
 /* ---- the fd table (fdtable.c) ----------------------------------------- */
 
@@ -333,6 +373,26 @@ enum ip_fd_kind {
 /* The hub saw EPOLLRDHUP, EPOLLHUP or EPOLLERR: a read may now return at
  * once (EOF, an error) with no further event, so rd_drained is ignored. */
 #define IP_FD_RD_FINAL 0x200u
+/* What the kernel refuses before it would block (see ip__refused_at_once):
+ * reads of a write-only (or O_PATH) description and writes to a read-only
+ * one fail with EBADF; an eventfd or timerfd refuses reads and writes of
+ * fewer than 8 bytes, a signalfd reads of fewer than 128, with EINVAL. */
+#define IP_FD_NO_READ 0x400u
+#define IP_FD_NO_WRITE 0x800u
+#define IP_FD_MIN8 0x1000u
+#define IP_FD_MIN128 0x2000u
+
+/* 1 when the real call on a blocking fd of state st would return at once
+ * (an error, or 0 for an empty transfer): the hook must make it without
+ * waiting for readiness first.  len: the bytes asked for. */
+static inline int ip__refused_at_once(uint32_t st, int events, size_t len) {
+  if (len == 0)
+    return 1;
+  if (events & INTERPOSE_READABLE)
+    return (st & IP_FD_NO_READ) || ((st & IP_FD_MIN8) && len < 8) ||
+           ((st & IP_FD_MIN128) && len < 128);
+  return (st & IP_FD_NO_WRITE) || ((st & IP_FD_MIN8) && len < 8);
+}
 
 typedef struct ip_fd {
   _Atomic uint32_t state; /* IP_FD_* bits */
@@ -424,6 +484,10 @@ IP_HIDDEN void ip__fd_dispatch(ip_sched_t *s, uint64_t data,
 IP_HIDDEN void ip__fd_drop_sched(ip_sched_t *s);
 /* In a forked child: every registration and waiter belonged to the parent. */
 IP_HIDDEN void ip__fd_after_fork_child(void);
+/* fd, opened by the runtime for itself with a real (unhooked) call, moved
+ * to the lowest free number at or above the internal floor, close-on-exec;
+ * fd itself when it cannot move.  errno is kept. */
+IP_HIDDEN int ip__fd_move_internal(int fd);
 
 /* ---- hooks (hooks_*.c) ------------------------------------------------ */
 
@@ -491,6 +555,20 @@ IP_HIDDEN void ip__sem_after_fork_child(void);
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
 
+/* ---- thread identities (hooks_pthread.c) ------------------------------ */
+
+/* Set by interpose_thread_idents_enable: spawned coroutines get handles. */
+IP_HIDDEN extern atomic_int ip__thread_idents;
+/* Gives co (on the calling OS thread) a handle when identities are on:
+ * 0, or -ENOMEM / -EAGAIN when none is left. */
+IP_HIDDEN int ip__ident_attach(ip_coro_t *co);
+/* pthread_self() answers handle (0: as usual) on this OS thread: spawn sets
+ * it around PyThreadState_New, which records the thread id. */
+IP_HIDDEN void ip__ident_creating(uintptr_t handle);
+/* Frees co's handle: after its thread state is gone, the handle is dead. */
+IP_HIDDEN void ip__ident_detach(ip_coro_t *co);
+IP_HIDDEN void ip__ident_after_fork_child(ip_coro_t *survivor);
+
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */
 
 typedef struct ip_pyapi {
@@ -508,6 +586,8 @@ typedef struct ip_pyapi {
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
+  void *(*PyThreadState_GetFrame)(void *tstate);
+  void *(*PyGILState_GetThisThreadState)(void);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
@@ -522,6 +602,19 @@ IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
+/* 1 when CPython's own threads are joinable (3.13+), 0 when detached. */
+IP_HIDDEN int ip__pyver_threads_joinable(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
+IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
+/* gilstate.c: the gilstate slot follows the running coroutine. */
+/* GIL held, once: finds CPython's gilstate key; 0, -ENOENT or -ENOTSUP. */
+IP_HIDDEN int ip__gilstate_init(void);
+/* The hub, before switching into a coroutine: binds its thread state. */
+IP_HIDDEN void ip__gilstate_bind(void *tstate);
+/* 1 when the slot holds a thread state that is not the running
+ * coroutine's (a subinterpreter's, bound as it attached on 3.12+): a hook
+ * must not switch under it. */
+IP_HIDDEN int ip__gilstate_foreign(ip_sched_t *s);
+IP_HIDDEN void ip__gilstate_after_fork_child(void);
 
 #endif /* IP_INTERNAL_H */

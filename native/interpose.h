@@ -15,7 +15,7 @@
 
 /* Bumped whenever a signature below or a struct layout changes; the Python
  * side refuses a library built with another value. */
-#define INTERPOSE_ABI_VERSION 1
+#define INTERPOSE_ABI_VERSION 2
 
 /* Results of a park besides 0 (woken) and -errno. */
 #define INTERPOSE_PARK_TIMEOUT 1 /* the park's own timeout expired */
@@ -42,8 +42,11 @@ IP_EXPORT int interpose_preloaded(void);
 /* Records the C-API function called name.  -ENOENT for an unknown name. */
 IP_EXPORT int interpose_py_bind(const char *name, void *fn);
 /* Checks that every needed function was bound and that hexversion is a
- * supported interpreter.  -ENOTSUP for an unsupported version, -EINVAL when
- * a function is missing.  interp is the PyInterpreterState *. */
+ * supported interpreter, and finds CPython's gilstate key (see gilstate.c).
+ * -ENOTSUP for an unsupported version or thread state layout, -EINVAL when a
+ * function is missing, -ENOENT when the gilstate key cannot be found, -EXDEV
+ * when the library already serves another interpreter (it serves one: the
+ * first to call this).  interp is the PyInterpreterState *. */
 IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
 
 /* ---- Coroutines --------------------------------------------------------
@@ -128,6 +131,10 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
  * of every other runnable coroutine, if it is parked or about to park, so
  * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
 IP_EXPORT int interpose_sched_interrupt_main(void);
+/* GIL held.  1 when a coroutine of the calling thread's scheduler is
+ * runnable (queued, next, or woken from another thread), else 0: exit-time
+ * shutdown abandons the coroutines left parked once nothing can run. */
+IP_EXPORT int interpose_sched_runnable(void);
 /* GIL held.  Moves a runnable coroutine of the calling thread (one just
  * spawned) ahead of the run queue: it runs as soon as the caller parks.
  * Thread.start() uses it, as it waits for the new thread to start.
@@ -144,16 +151,28 @@ IP_EXPORT int interpose_sched_defer_signal(int signum);
  * copied to fd (the one the program gave signal.set_wakeup_fd; -1: none)
  * when the hub drains the pipe. */
 IP_EXPORT int interpose_sched_set_signal_forward(int fd);
-/* GIL held.  The calling thread's scheduler, or NULL: an opaque handle for
- * interpose_sched_probe, valid until the thread's scheduler is destroyed. */
-IP_EXPORT void *interpose_sched_self(void);
+/* GIL held.  The calling thread's scheduler, or NULL, and in *incarnation
+ * which life of it this is: together an opaque handle for
+ * interpose_sched_probe that stays safe to pass after the scheduler is
+ * destroyed (the struct is never freed, only reused). */
+IP_EXPORT void *interpose_sched_self(uint64_t *incarnation);
 /* GIL held, any thread.  For the blocking monitor: the scheduler's switch
- * count, the coroutine it is running (*coro; NULL while its hub runs), its
- * number of live spawned coroutines and the running coroutine's thread
- * state (returned).  The thread state stays valid while the caller holds
- * the GIL. */
-IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t *switches,
-                                      void **coro, uint64_t *alive);
+ * count, the coroutine it is running (*coro; NULL while its hub runs) and
+ * its number of live spawned coroutines, and, returned, a new reference to
+ * the running coroutine's innermost frame (PyFrameObject *) or NULL.  A
+ * scheduler destroyed since (its incarnation moved on) reads as zeros and
+ * NULL. */
+IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t incarnation,
+                                      uint64_t *switches, void **coro,
+                                      uint64_t *alive);
+/* GIL held.  The calling thread exits with coroutines still alive in its
+ * scheduler, which is therefore kept: its own thread state is about to be
+ * deleted, and the scheduler stops reporting it (and its thread id).
+ * Returns 1, or 0 when the thread has no scheduler. */
+IP_EXPORT int interpose_sched_forget_root(void);
+/* Any thread.  The lowest number the runtime's own fds are moved to (0:
+ * they stay where they were opened); see fdtable.c. */
+IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
@@ -161,6 +180,21 @@ IP_EXPORT int64_t interpose_clock_ns(void);
  * one. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
+
+/* ---- Thread identities --------------------------------------------------
+ * See native/hooks_pthread.c. */
+
+/* Any thread.  From now on every spawned coroutine has a thread identity of
+ * its own: pthread_self() in it returns a handle (an address in a range the
+ * library reserves and never maps) that the hooked pthread_* functions
+ * understand.  Returns 0, or -ENOMEM when the range cannot be reserved. */
+IP_EXPORT int interpose_thread_idents_enable(void);
+/* Any thread.  The pthread_self() value of the coroutine behind handle, or
+ * 0 when it has none (a root, or identities are off, or it has died). */
+IP_EXPORT uintptr_t interpose_coro_thread_ident(void *handle);
+/* Any thread.  The calling OS thread's real pthread_self(), whichever
+ * coroutine runs. */
+IP_EXPORT uintptr_t interpose_thread_os_ident(void);
 
 /* ---- Preemption (preempt.c) ---------------------------------------------
  * A monitor OS thread makes a preemptible coroutine that has run for about

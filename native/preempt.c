@@ -35,7 +35,8 @@
  * Our solution: a monitor OS thread with a thread state of its own samples
  * every scheduler each half switch interval.  When the same preemptible
  * coroutine has been running for a whole sample period while its
- * scheduler has other work (a runnable coroutine, a due timer, or its epoll
+ * scheduler has other work (a runnable coroutine, one left in the hub's
+ * current round or preempted, a due timer, or its epoll
  * set readable: I/O, a cross-thread wake or a signal byte), the monitor
  * names that coroutine in sched->preempt_co and contends for the GIL
  * (PyEval_RestoreThread).  CPython then makes the coroutine drop the GIL
@@ -182,8 +183,8 @@ static int has_work(ip_sched_t *s, int64_t now) {
   if (__atomic_load_n(&s->run_next, __ATOMIC_RELAXED) != NULL ||
       __atomic_load_n(&s->runq.next, __ATOMIC_RELAXED) != &s->runq ||
       __atomic_load_n(&s->yieldq.next, __ATOMIC_RELAXED) != &s->yieldq ||
-      atomic_load_explicit(&s->remote_pending, memory_order_relaxed) ||
-      atomic_load_explicit(&s->round_left, memory_order_relaxed))
+      __atomic_load_n(&s->round.next, __ATOMIC_RELAXED) != &s->round ||
+      atomic_load_explicit(&s->remote_pending, memory_order_relaxed))
     return 1;
   if (atomic_load_explicit(&s->next_timer_ns, memory_order_relaxed) <= now)
     return 1;

@@ -15,10 +15,23 @@
  *  - A switch happens only with no thread state attached: parks are entered
  *    through ctypes.CDLL, which released the GIL, and a coroutine's body
  *    runs between PyEval_RestoreThread and PyThreadState_DeleteCurrent.
+ *  - While a coroutine runs, CPython's gilstate slot of its OS thread holds
+ *    that coroutine's own thread state, and on 3.12+ only that thread state
+ *    of the thread's coroutines is flagged bound_gilstate.  run_coroutine
+ *    establishes it before every switch into a coroutine
+ *    (ip__gilstate_bind), so C code that calls back into Python from a
+ *    coroutine (PyGILState_Ensure: ctypes callbacks, sqlite3 functions,
+ *    OpenSSL callbacks after a parked read) runs on that coroutine; a
+ *    coroutine's thread state is deleted on its own stack while bound, so
+ *    CPython empties the slot and it never dangles.  A hook does not switch
+ *    while the slot holds another thread state (a subinterpreter's).  See
+ *    gilstate.c and docs/design.md.
  *  - The hub never runs Python and never parks; coroutines only switch to
  *    the hub and the hub only switches to coroutines.
  *  - Coroutine structs are never freed, only recycled (type-stable
- *    memory), so a handle held by Python or another thread stays readable. */
+ *    memory), so a handle held by Python or another thread stays readable.
+ *    Scheduler structs likewise: the blocking monitor samples them from
+ *    another thread and the guard-page handler walks them, with no lock. */
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,6 +62,10 @@ ip_sched_t *ip__sched_all; /* guarded by coro_lock */
 #define sched_all ip__sched_all
 static ip_coro_t *coro_free; /* guarded by coro_lock */
 static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
+static ip_sched_t *sched_free; /* guarded by coro_lock */
+/* Every scheduler struct ever allocated, newest first; pushed under
+ * coro_lock, read without it (the list only grows). */
+static ip_sched_t *_Atomic sched_every;
 static _Atomic uint64_t next_id = 1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -275,10 +292,8 @@ static int claimed_result(ip_coro_t *co) {
 static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
                      int *timer_result) {
   int64_t now = ip__now_ns();
-  int64_t own = timeout_ns >= 0 ? now + timeout_ns : -1;
+  int64_t own = ip__deadline_of(now, timeout_ns); /* beyond INT64_MAX: none */
   int64_t dl = co->shield ? -1 : co->deadline_ns;
-  if (timeout_ns >= 0 && own < now) /* overflow: effectively no timeout */
-    own = -1;
   if (dl >= 0 && dl <= now)
     return -ETIMEDOUT;
   if (own >= 0 && (dl < 0 || own < dl)) {
@@ -378,6 +393,7 @@ static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   publish_for_monitor(s);
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
+  ip__gilstate_bind(co->tstate);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
@@ -409,21 +425,20 @@ static void take_remote(ip_sched_t *s) {
  * longest-preempted one; those woken during the round wait for the next
  * one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
-  ip_link_t batch;
-  ip__queue_init(&batch);
-  ip__queue_splice(&batch, &s->runq);
+  ip_link_t *batch = &s->round;
+  ip__queue_splice(batch, &s->runq);
   if (!ip__queue_empty(&s->yieldq)) {
     ip_link_t *l = s->yieldq.next;
     ip__queue_remove(l);
-    ip__queue_push_back(&batch, l);
+    ip__queue_push_back(batch, l);
   }
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
       s->run_next = NULL; /* its slice was inherited from its waker */
-    } else if (!ip__queue_empty(&batch)) {
-      ip_link_t *l = batch.next;
+    } else if (!ip__queue_empty(batch)) {
+      ip_link_t *l = batch->next;
       ip__queue_remove(l);
       co = container_of(l, ip_coro_t, run_link);
       co->resumed_ns = round_start;
@@ -431,11 +446,9 @@ static void run_round(ip_sched_t *s) {
       return;
     }
     co->hook_calls = 0;
-    /* The round's batch is the hub's own list: tell the monitor. */
-    atomic_store_explicit(&s->round_left, !ip__queue_empty(&batch),
-                          memory_order_relaxed);
     run_coroutine(s, co);
     s = tls_sched;
+    batch = &s->round;
   }
 }
 
@@ -527,19 +540,14 @@ static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
                          int64_t timeout_ns) {
   static int have_pwait2 = 1; /* Linux >= 5.11; probed once, races benign */
   if (have_pwait2 && timeout_ns > 0) {
-    struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    struct timespec ts = ip__timespec_of(timeout_ns);
     long n = syscall(SYS_epoll_pwait2, s->epfd, ev, EPOLL_BATCH, &ts, NULL,
                      (size_t) 0);
     if (n >= 0 || errno != ENOSYS)
       return (int) n;
     have_pwait2 = 0;
   }
-  int timeout_ms = -1;
-  if (timeout_ns >= 0) {
-    int64_t ms = (timeout_ns + 999999) / 1000000;
-    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
-  }
-  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
+  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, ip__ms_ceil(timeout_ns));
 }
 
 
@@ -617,26 +625,40 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 }
 
 
-/* Opens the kernel objects and the hub context; 0 or -errno. */
+/* Empty run queues and timers (a new scheduler's, or a forked child's). */
+static void sched_init_queues(ip_sched_t *s) {
+  ip__queue_init(&s->runq);
+  ip__queue_init(&s->round);
+  ip__queue_init(&s->yieldq);
+  ip__queue_init(&s->remote);
+  atomic_store(&s->remote_pending, 0);
+  pthread_mutex_init(&s->remote_lock, NULL);
+  ip__heap_init(&s->timers);
+}
+
+
+/* Opens the kernel objects and the hub context; 0 or -errno.
+ * Invariant: every fd the runtime opens for itself (these, the signal
+ * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
+ * close-on-exec, so that no child of the program inherits one
+ * (tests/test_internal_fds.py compares what children see with plain
+ * Python's), and those it keeps live above the internal floor (fdtable.c:
+ * the program's fds get plain Python's numbers). */
 static int sched_open(ip_sched_t *s) {
   s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0)
     return -errno;
+  s->epfd = ip__fd_move_internal(s->epfd);
   s->evfd = ip__real.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->evfd < 0)
     goto fail_epoll;
+  s->evfd = ip__fd_move_internal(s->evfd);
   int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
   if (r < 0)
     goto fail_eventfd;
   if (s->signal_fd >= 0 && add_tagged(s->epfd, s->signal_fd, TAG_SIGNAL) < 0)
     s->signal_fd = -1;
   s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
-  ip__queue_init(&s->runq);
-  ip__queue_init(&s->yieldq);
-  ip__queue_init(&s->remote);
-  atomic_store(&s->remote_pending, 0);
-  pthread_mutex_init(&s->remote_lock, NULL);
-  ip__heap_init(&s->timers);
   s->pid = getpid();
   s->is_main_thread = syscall(SYS_gettid) == s->pid;
   return 0;
@@ -646,6 +668,61 @@ fail_epoll:
   r = -errno;
   ip__real.close(s->epfd);
   return r;
+}
+
+
+/* ---- scheduler structs ---------------------------------------------- */
+
+/* A zeroed scheduler struct from the free list or fresh.  A reused one
+ * keeps its place in sched_every and its incarnation (both in front of
+ * root), and its root coroutine's park generation, which only grows. */
+static ip_sched_t *sched_struct_get(void) {
+  pthread_mutex_lock(&coro_lock);
+  ip_sched_t *s = sched_free;
+  if (s != NULL)
+    sched_free = s->free_next;
+  pthread_mutex_unlock(&coro_lock);
+  if (s != NULL) {
+    uint64_t gen = ip__park_gen(&s->root) + 1;
+    size_t keep = offsetof(ip_sched_t, root);
+    memset((char *) s + keep, 0, sizeof(*s) - keep);
+    atomic_store(&s->root.park_word, gen << IP_PARK_STATE_BITS);
+    return s;
+  }
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return NULL;
+  pthread_mutex_lock(&coro_lock);
+  s->every_next = atomic_load_explicit(&sched_every, memory_order_relaxed);
+  atomic_store_explicit(&sched_every, s, memory_order_release);
+  pthread_mutex_unlock(&coro_lock);
+  return s;
+}
+
+
+static void sched_struct_put(ip_sched_t *s) {
+  pthread_mutex_lock(&coro_lock);
+  s->free_next = sched_free;
+  sched_free = s;
+  pthread_mutex_unlock(&coro_lock);
+}
+
+
+/* The scheduler is no longer what its handle named: probes of the old
+ * incarnation fail from here on, and no signal handler finds it. */
+static void sched_retire(ip_sched_t *s) {
+  if (atomic_load(&s->incarnation) & 1)
+    atomic_fetch_add(&s->incarnation, 1);
+  atomic_store(&s->tid, 0);
+}
+
+
+ip_sched_t *ip__sched_of_tid(pid_t tid) {
+  ip_sched_t *s = atomic_load_explicit(&sched_every, memory_order_acquire);
+  for (; s != NULL; s = s->every_next)
+    if (atomic_load_explicit(&s->tid, memory_order_relaxed) == tid)
+      return s;
+  return NULL;
 }
 
 
@@ -669,9 +746,21 @@ static void invalidate(ip_coro_t *co) {
  * resumed, and its struct goes back to the free list; Python objects that
  * still hold its handle then find it gone.  Other threads' schedulers are
  * left allocated (their threads are gone, like a forked child's other
- * threads).  The forking thread's scheduler gets a fresh epoll set,
- * eventfd, queues, timers and hub, and the forking coroutine becomes the
- * thread's main coroutine. */
+ * threads).  The forking thread's scheduler gets fresh queues and timers,
+ * and the forking coroutine becomes the thread's main coroutine.
+ *
+ * Its epoll set, eventfd and hub are made later, by the runtime's first use
+ * of the scheduler (sched_live), not here.  Facts: subprocess's child
+ * (CPython's _posixsubprocess, also on its vfork path, which is fork here)
+ * runs C code between fork and exec: dup2, chdir, closing every fd with
+ * close_fds, and on a failed exec a write of the errno to the parent's
+ * error pipe; no Python after-fork hook runs unless preexec_fn is given.
+ * Consequence: fds opened here would be closed under us by close_fds, and a
+ * hook that then parked would fail in epoll_ctl; the error pipe write was
+ * lost that way and Popen returned a child exiting 255 instead of raising.
+ * Solution: until the runtime asks for the scheduler again (os.fork's
+ * after-fork hook does, preexec_fn's too), the child's hooks are the real
+ * calls, blocking as they would without interpose. */
 int ip__forked_child;
 
 
@@ -689,20 +778,28 @@ static void sched_after_fork_child(void) {
     coro_free = co;
   }
   for (ip_sched_t *other = sched_all; other != NULL; other = other->all_next)
-    if (&other->root != survivor)
-      invalidate(&other->root);
+    if (other != s) {
+      sched_retire(other); /* its thread did not survive; its id may recur */
+      if (&other->root != survivor)
+        invalidate(&other->root);
+    }
   sched_all = s;
+  ip__ident_after_fork_child(survivor);
   ip__sem_after_fork_child();
+  ip__gilstate_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;
+  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid)); /* the child's own */
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);
+  s->epfd = s->evfd = -1;
+  s->fork_pending = 1;
   ip__heap_free(&s->timers);
+  sched_init_queues(s);
   ip__fd_after_fork_child();
   ip__names_after_fork_child();
-  if (sched_open(s) < 0)
-    ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
+  s->pid = getpid();
   s->main = survivor;
   s->dead = NULL;
   s->run_next = NULL;
@@ -713,21 +810,56 @@ static void sched_after_fork_child(void) {
 }
 
 
+/* The calling thread's scheduler, its epoll set reopened if a fork left it
+ * pending; NULL with errno set if that fails. */
+static ip_sched_t *sched_live(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->fork_pending)
+    return s;
+  int r = sched_open(s);
+  if (r < 0) {
+    errno = -r;
+    return NULL;
+  }
+  s->fork_pending = 0;
+  return s;
+}
+
+
+/* A thread's scheduler is torn down by that thread as it exits.  The
+ * Python side asks for it from thread-local storage, but CPython does not
+ * always free a thread's locals on that thread (seen on 3.11 while another
+ * thread holds references into the scheduler registry): this destructor,
+ * run by the exiting thread itself after its thread state is gone, is the
+ * backstop.  interpose_sched_destroy refuses (EBUSY) a scheduler with live
+ * coroutines, which then stay parked as before, and is a no-op when the
+ * Python side already destroyed it. */
+static pthread_key_t exit_key;
+static int exit_key_ok;
+
+
+static void sched_at_thread_exit(void *arg) {
+  (void) arg;
+  (void) interpose_sched_destroy();
+}
+
+
 static void register_atfork(void) {
   pthread_atfork(NULL, NULL, sched_after_fork_child);
+  exit_key_ok = pthread_key_create(&exit_key, sched_at_thread_exit) == 0;
 }
 
 
 ip_sched_t *ip__sched_ensure(void) {
   if (tls_sched != NULL)
-    return tls_sched;
+    return sched_live();
   int r = ip__stack_install_guard_handler();
   if (r < 0) {
     errno = -r;
     return NULL;
   }
   pthread_once(&atfork_once, register_atfork);
-  ip_sched_t *s = calloc(1, sizeof(*s));
+  ip_sched_t *s = sched_struct_get();
   if (s == NULL)
     return NULL;
   s->signal_fd = -1;
@@ -736,6 +868,7 @@ ip_sched_t *ip__sched_ensure(void) {
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
+  sched_init_queues(s);
   r = sched_open(s);
   if (r < 0) {
     ip__stack_release(&s->hub_stack);
@@ -757,11 +890,15 @@ ip_sched_t *ip__sched_ensure(void) {
   sched_all = s;
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
+  if (exit_key_ok && !s->is_main_thread)
+    (void) pthread_setspecific(exit_key, s);
+  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
+  atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
   ip__preempt_wake_monitor(); /* its root runs: watch it */
   return s;
 fail:
-  free(s);
+  sched_struct_put(s);
   errno = -r;
   return NULL;
 }
@@ -786,23 +923,32 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = ip__stack_acquire(&co->stack, stack_size);
   if (r < 0)
     goto fail_coro;
+  co->id = atomic_fetch_add(&next_id, 1);
+  r = ip__ident_attach(co);
+  if (r < 0)
+    goto fail_stack;
+  /* CPython records the thread id in the new thread state: the coroutine's
+   * identity must be in force while it is created (hooks_pthread.c). */
+  ip__ident_creating(co->thread_ident);
   co->tstate = ip__py.PyThreadState_New(ip__py.interp);
+  ip__ident_creating(0);
   r = -ENOMEM;
   if (co->tstate == NULL)
-    goto fail_stack;
+    goto fail_ident;
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
   co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
-  co->id = atomic_fetch_add(&next_id, 1);
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
   ip__preempt_wake_monitor(); /* it may now have something to preempt */
   *id_out = co->id;
   return co;
+fail_ident:
+  ip__ident_detach(co);
 fail_stack:
   ip__stack_release(&co->stack);
 fail_coro:
@@ -818,6 +964,7 @@ void ip__coro_main(void *arg) {
   ip_coro_t *co = arg;
   san_arrive(NULL);
   ip__py_run_body(co);
+  ip__ident_detach(co); /* the thread is gone: its ident is dead */
   ip_sched_t *s = tls_sched;
   if (co == s->main) {
     /* Only after fork: the coroutine that forked became the child's main
@@ -849,7 +996,7 @@ uint64_t interpose_coro_prepare(void) {
 
 
 int interpose_coro_park(int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   return ip__park(s, timeout_ns);
@@ -913,7 +1060,7 @@ int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
 
 
 int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   if (fd < 0)
@@ -941,17 +1088,62 @@ int interpose_sched_interrupt_main(void) {
 }
 
 
-void *interpose_sched_self(void) { return tls_sched; }
+int interpose_sched_runnable(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
+         !ip__queue_empty(&s->yieldq) || s->run_next != NULL ||
+         atomic_load(&s->remote_pending) != 0;
+}
 
 
-void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro,
-                            uint64_t *alive) {
+void *interpose_sched_self(uint64_t *incarnation) {
+  ip_sched_t *s = tls_sched;
+  *incarnation = s ? atomic_load(&s->incarnation) : 0;
+  return s;
+}
+
+
+/* Reads like a seqlock: the incarnation before and after the fields tells
+ * whether they belonged to the scheduler the caller means.  The struct is
+ * type-stable, so reading it is safe even when they did not.  (Schedulers
+ * are also created and destroyed only with the GIL held, which the caller
+ * holds, so the second check is a second line of defence.)  The thread
+ * state read is alive: a coroutine's is cleared before it is deleted and
+ * the root's when its thread exits (interpose_sched_forget_root), both with
+ * the GIL held, which the caller holds until PyThreadState_GetFrame is
+ * done with it. */
+void *interpose_sched_probe(void *sched, uint64_t incarnation,
+                            uint64_t *switches, void **coro, uint64_t *alive) {
   ip_sched_t *s = sched;
-  *switches = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
-  *alive = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
+  *switches = *alive = 0;
+  *coro = NULL;
+  if (s == NULL || atomic_load_explicit(&s->incarnation,
+                                        memory_order_acquire) != incarnation)
+    return NULL;
+  uint64_t sw = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
+  uint64_t al = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
   ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
+  void *tstate = co ? __atomic_load_n(&co->tstate, __ATOMIC_RELAXED) : NULL;
+  atomic_thread_fence(memory_order_acquire);
+  if (atomic_load_explicit(&s->incarnation, memory_order_relaxed) !=
+      incarnation)
+    return NULL;
+  *switches = sw;
+  *alive = al;
   *coro = co;
-  return co == NULL ? NULL : __atomic_load_n(&co->tstate, __ATOMIC_RELAXED);
+  return tstate ? ip__py.PyThreadState_GetFrame(tstate) : NULL;
+}
+
+
+int interpose_sched_forget_root(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  __atomic_store_n(&s->root.tstate, NULL, __ATOMIC_RELAXED);
+  atomic_store(&s->tid, 0);
+  return 1;
 }
 
 
@@ -998,6 +1190,7 @@ int interpose_sched_destroy(void) {
       !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq) ||
       s->run_next != NULL)
     return -EBUSY;
+  sched_retire(s);
   pthread_mutex_lock(&coro_lock);
   for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {
     if (*p == s) {
@@ -1013,7 +1206,7 @@ int interpose_sched_destroy(void) {
   ip__stack_release(&s->hub_stack);
   pthread_mutex_destroy(&s->remote_lock);
   tls_sched = NULL;
-  free(s);
+  sched_struct_put(s);
   ip__stack_thread_exit();
   return 0;
 }
