@@ -159,6 +159,13 @@ class _Handle:
             self._done.release()
 
     def join(self, timeout=None):
+        if timeout is not None and not (
+                isinstance(timeout, (int, float)) and timeout < 0):
+            # 3.13's _ThreadHandle.join converts the timeout before anything
+            # else, so join(inf) raises OverflowError even for a finished
+            # thread.  A fresh lock's acquire uses the same conversion and
+            # returns at once: it raises exactly what the real join raises.
+            _thread.allocate_lock().acquire(True, timeout)
         if (self.ident is not None and self.ident == _thread.get_ident()
                 and not self._finished):
             raise RuntimeError("Cannot join current thread")
