@@ -1,4 +1,4 @@
-"""The command line: python -m interpose (run | env | info | demo)."""
+"""The command line: python -m interpose (run | env | info | demo | ps)."""
 import argparse
 import os
 import shlex
@@ -174,6 +174,27 @@ def _demo(args):
 _DEMO_MARKER = "INTERPOSE_DEMO_PRELOADED"
 
 
+def _ps(args):
+    """Print the coroutine dump (or statistics) of another process that runs
+    under interpose, through its control socket (interpose/_watch.py)."""
+    from . import _watch
+
+    try:
+        pid = int(args.pid)
+        if pid <= 0:
+            raise ValueError
+    except ValueError:
+        return _fail(f"ps needs a process id, not {args.pid!r}")
+    try:
+        text = _watch.request(pid, b"stats" if args.stats else b"dump",
+                              timeout=args.timeout)
+    except OSError as e:
+        return _fail(str(e.strerror or e) if isinstance(e, TimeoutError) and e.strerror
+                     else str(e), 1)
+    sys.stdout.write(text)
+    return 0 if text and not text.startswith("interpose: refused") else 1
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
@@ -195,6 +216,14 @@ def main(argv=None):
     demo.add_argument("--clients", type=int, default=100,
                       help="client coroutines, and as many server ones (default 100)")
     demo.set_defaults(func=_demo)
+    ps = sub.add_parser("ps", help="print every coroutine (stack, wait reason) of"
+                                   " a running interpose process")
+    ps.add_argument("pid", help="the process id")
+    ps.add_argument("--stats", action="store_true",
+                    help="print its statistics instead of the dump")
+    ps.add_argument("--timeout", type=float, default=10,
+                    help="seconds to wait for the answer (default 10)")
+    ps.set_defaults(func=_ps)
     args = parser.parse_args(argv)
     return args.func(args)
 

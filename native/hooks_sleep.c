@@ -33,6 +33,7 @@ static int64_t ts_ns(const struct timespec *ts) {
 static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
   for (;;) {
     ip__prepare(s->current);
+    ip__wait_note(s->current, IP_WAIT_SLEEP, -1, 0, NULL);
     int64_t left = deadline_ns - ip__now_ns();
     int r = ip__park(s, left > 0 ? left : 0);
     int64_t now = ip__now_ns();

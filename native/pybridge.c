@@ -29,6 +29,7 @@ static const struct {
     BINDING(PyObject_GetArenaAllocator),
     BINDING(PyObject_SetArenaAllocator),
     BINDING(PyErr_SetInterruptEx),
+    BINDING(PyThreadState_GetFrame),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 

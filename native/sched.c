@@ -94,6 +94,9 @@ static ip_coro_t *coro_alloc(void) {
   atomic_store(&co->cancelled, 0);
   co->shield = 0;
   co->wake_result = 0;
+  ip__wait_note(co, IP_WAIT_NONE, -1, 0, NULL);
+  co->run_ns = co->max_turn_ns = co->turns = 0;
+  memset(co->held, 0, sizeof(co->held));
   return co;
 }
 
@@ -177,8 +180,10 @@ int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
     if (atomic_compare_exchange_weak(&co->park_word, &w, claimed)) {
       co->wake_result = result;
       atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
-      if (st == IP_PARK_SLEEP)
+      if (st == IP_PARK_SLEEP) {
+        co->ready_ns = ip__now_ns(); /* for the run-queue latency */
         enqueue_woken(co, front);
+      }
       return 1;
     }
   }
@@ -356,15 +361,36 @@ static void reclaim_dead(ip_sched_t *s) {
 }
 
 
+/* The bucket of a duration in the log2 latency histogram. */
+static unsigned latency_bucket(int64_t ns) {
+  if (ns <= 0)
+    return 0;
+  unsigned b = 64u - (unsigned) __builtin_clzll((uint64_t) ns);
+  return b < IP_LATENCY_BUCKETS ? b : IP_LATENCY_BUCKETS - 1;
+}
+
+
+/* Statistics cost two clock reads per turn (vDSO, no system call): the
+ * run-queue latency and the length of the turn, which is the coroutine's
+ * time on the thread. */
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
+  int64_t start = ip__now_ns();
+  s->latency_hist[latency_bucket(start - co->ready_ns)]++;
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
   san_arrive(s->hub_san_fake);
+  uint64_t turn = (uint64_t) (ip__now_ns() - start);
+  co->run_ns += turn;
+  co->turns++;
+  if (turn > co->max_turn_ns)
+    co->max_turn_ns = turn;
+  if (turn > s->max_turn_ns)
+    s->max_turn_ns = turn;
   __atomic_store_n(&s->current, NULL, __ATOMIC_RELAXED);
   if (s->dead != NULL)
     reclaim_dead(s);
@@ -427,6 +453,7 @@ void ip__yield_if_due(ip_sched_t *s) {
   if (ip__now_ns() - co->resumed_ns < TIME_SLICE_NS)
     return;
   ip__prepare(co);
+  ip__wait_note(co, IP_WAIT_YIELD, -1, 0, NULL);
   if (ip__park(s, 0) == -EINTR)
     co->pending_eintr = 1; /* the signal is for the next real wait */
 }
@@ -518,7 +545,12 @@ static void poll_events(ip_sched_t *s) {
     s->last_poll_ns = now;
   }
   s->stats.epoll_waits++;
+  int stuck = timeout_ns < 0 && s->fd_waits == 0 && s->ext_waits == 0;
+  if (stuck)
+    ip__diag_stuck(s);
   int n = epoll_wait_ns(s, ev, timeout_ns);
+  if (stuck)
+    atomic_store(&s->stuck, 0);
   if (timeout_ns != 0)
     s->last_poll_ns = ip__now_ns();
   if (n < 0) {
@@ -594,7 +626,8 @@ static int sched_open(ip_sched_t *s) {
   pthread_mutex_init(&s->remote_lock, NULL);
   ip__heap_init(&s->timers);
   s->pid = getpid();
-  s->is_main_thread = syscall(SYS_gettid) == s->pid;
+  s->tid = (pid_t) syscall(SYS_gettid);
+  s->is_main_thread = s->tid == s->pid;
   return 0;
 fail_eventfd:
   ip__real.close(s->evfd);
@@ -702,6 +735,7 @@ ip_sched_t *ip__sched_ensure(void) {
   root->state = IP_CORO_RUNNING;
   root->deadline_ns = -1;
   root->timer.index = SIZE_MAX;
+  root->wait_fd = -1;
   name_copy(root, "main");
   root_stack_bounds(s);
   s->main = root;
@@ -750,6 +784,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
   co->id = atomic_fetch_add(&next_id, 1);
+  co->ready_ns = ip__now_ns();
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
@@ -804,6 +839,7 @@ int interpose_coro_park(int64_t timeout_ns) {
   ip_sched_t *s = tls_sched;
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
+  ip__wait_note(s->current, IP_WAIT_PARK, -1, 0, NULL);
   return ip__park(s, timeout_ns);
 }
 
@@ -894,6 +930,21 @@ int interpose_sched_interrupt_main(void) {
 
 
 void *interpose_sched_self(void) { return tls_sched; }
+
+
+void ip__sched_each(void (*sched_fn)(ip_sched_t *s, void *arg),
+                    void (*coro_fn)(ip_coro_t *co, void *arg), void *arg) {
+  pthread_mutex_lock(&coro_lock);
+  for (ip_sched_t *s = sched_all; s != NULL; s = s->all_next) {
+    sched_fn(s, arg);
+    if (s->root.id != 0)
+      coro_fn(&s->root, arg);
+  }
+  for (ip_coro_t *co = coro_all; co != NULL; co = co->all_next)
+    if (co->id != 0 && co->state != IP_CORO_DEAD && co->sched != NULL)
+      coro_fn(co, arg);
+  pthread_mutex_unlock(&coro_lock);
+}
 
 
 void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro,

@@ -23,6 +23,10 @@ C_TYPES = {
     "void **": ctypes.POINTER(ctypes.c_void_p),
     "int *": ctypes.POINTER(ctypes.c_int),
     "interpose_stats_t *": ctypes.POINTER(_native.Stats),
+    "interpose_coro_info_t *": ctypes.POINTER(_native.CoroInfo),
+    "interpose_sched_info_t *": ctypes.POINTER(_native.SchedInfo),
+    "long": ctypes.c_long,
+    "char *": ctypes.c_char_p,
 }
 
 
