@@ -178,9 +178,11 @@ def _describe(info, frame):
     kind = info.wait_kind
     if kind == 2:
         return describe_fd(info.wait_fd, info.wait_events)
-    if kind == 3:
-        return (f"poll on {info.wait_events} fds, first "
-                + describe_fd(info.wait_fd, _native.READABLE))
+    if kind == 3:  # the events asked for are the caller's: assume reading
+        first = describe_fd(info.wait_fd, _native.READABLE)
+        if info.wait_events == 1:
+            return f"poll: {first}"
+        return f"poll on {info.wait_events} fds, the first: {first}"
     if kind == 4:
         name = _find_lock(frame, info.wait_obj)
         code = frame.f_code.co_name if frame is not None else "?"
@@ -305,8 +307,9 @@ def format_dump(views, scheds, title="interpose dump"):
             current = v.sched
             s = info_of.get(v.sched)
             count = sum(1 for w in views if w.sched == v.sched)
+            stuck = ", stuck" if s is not None and s.stuck else ""
             out.append(f"\n=== scheduler on {_thread_title(v.tid, by_sched.get(v.sched), s)}:"
-                       f" {count} coroutine(s), {s.switches if s else '?'} switches ===\n")
+                       f" {count} coroutine(s), {s.switches if s else '?'} switches{stuck} ===\n")
         out.append("\n" + format_coroutine(v, now_ns))
     return "".join(out)
 

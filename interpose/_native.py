@@ -400,6 +400,17 @@ _sem_getvalue.restype = ctypes.c_int
 _sem_getvalue.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
 
 
+_setname = _libc.pthread_setname_np
+_setname.restype = ctypes.c_int
+_setname.argtypes = [ctypes.c_ulong, ctypes.c_char_p]
+
+
+def name_os_thread(ident, name):
+    """Give the OS thread behind a _thread ident (its pthread_t) the name
+    that ps, top and /proc/PID/task/TID/comm show (15 bytes at most)."""
+    _setname(ident, name.encode()[:15])
+
+
 def sem_value(sem):
     """The value of the semaphore at address sem (0: a lock that is held)."""
     value = ctypes.c_int()

@@ -20,7 +20,7 @@ def format_sched(info, names, own=None):
     p50, p90, p99, pmax = _sched.latency_percentiles(list(info.latency))
     title = "main thread" if info.is_main_thread else "thread"
     lines = [f"scheduler on OS {title} {info.tid} ({names.get(info.sched, '?')}):"
-             f" {info.alive} coroutine(s) alive, {info.switches} switches"]
+             f" {info.alive} spawned coroutine(s) alive, {info.switches} switches"]
     if own is not None:
         lines.append(f"  created {own.coroutines_created}, parks {own.parks},"
                      f" timeouts {own.timeouts}, epoll waits {own.epoll_waits}")

@@ -28,6 +28,9 @@ from . import _dump
 from . import _native
 
 _lib = _native.lib
+# The OS thread's name (ps -L, /proc/PID/task/TID/comm): tests and tools
+# that count a program's own threads leave it out.
+THREAD_NAME = "interpose-diag"
 _started = False
 _sockets = []  # [listener, eventfd] while running
 
@@ -58,7 +61,8 @@ def start(control=True, deadlock="report"):
     _sockets[:] = [listener, evfd]
     from . import _threads
 
-    _threads.real_start_new_thread(_Watcher(listener, evfd, deadlock).run, ())
+    ident = _threads.real_start_new_thread(_Watcher(listener, evfd, deadlock).run, ())
+    _native.name_os_thread(ident, THREAD_NAME)
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _started = True
 
@@ -85,6 +89,7 @@ class _Watcher:
         self.check_at = None  # when to confirm stuck schedulers
         self.first = {}  # sched -> switches when it was seen stuck
         self.reported = set()  # (sched, switches) already reported
+        self.examined = 0  # confirmed stuck schedulers examined (tests read it)
 
     def run(self):
         _deadlock.helper_tids.add(threading.get_native_id())
@@ -121,6 +126,7 @@ class _Watcher:
         self.first = {}
         if not stuck or all((s.sched, s.switches) in self.reported for s in stuck):
             return
+        self.examined += 1
         # Every scheduler must be stuck or another thread could wake them;
         # _deadlock counts the OS threads, schedulers included.
         if not _deadlock.deadlocked(stuck):
@@ -154,20 +160,23 @@ class _Watcher:
                     return
                 conn.settimeout(5)
                 request = conn.recv(64).strip()
-                conn.sendall(answer(request).encode("utf-8", "replace"))
+                conn.sendall(self.answer(request).encode("utf-8", "replace"))
             except OSError:
                 pass  # the client went away
 
 
-def answer(request):
-    """The text a control request gets."""
-    if request == b"dump":
-        return _dump.dump_text()
-    if request == b"stats":
-        from . import _stats
+    def answer(self, request):
+        """The text a control request gets."""
+        if request == b"dump":
+            return _dump.dump_text()
+        if request == b"stats":
+            from . import _stats
 
-        return _stats.format_all()
-    return f"interpose: unknown request {request!r}\n"
+            return _stats.format_all()
+        if request == b"watch":
+            return (f"deadlock watcher: mode {self.mode}, examined"
+                    f" {self.examined}, reported {len(self.reported)}\n")
+        return f"interpose: unknown request {request!r}\n"
 
 
 def _now():
