@@ -287,6 +287,7 @@ typedef struct ip_sched {
    * turn any coroutine took; written by the hub only. */
   uint64_t latency_hist[IP_LATENCY_BUCKETS];
   uint64_t max_turn_ns;
+  int64_t now_ns; /* the hub's latest clock reading (see run_coroutine) */
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;

@@ -169,6 +169,17 @@ static void enqueue_woken(ip_coro_t *co, int front) {
 }
 
 
+/* When a wake happened, for the run-queue latency.  The hub wakes in
+ * batches (an epoll batch, expired timers) right after reading the clock,
+ * so its wakes reuse that reading: the I/O path pays no clock read per
+ * wake.  Coroutines and other threads read the clock. */
+static int64_t wake_time(ip_sched_t *s) {
+  if (s == tls_sched && s->current == NULL)
+    return s->now_ns;
+  return ip__now_ns();
+}
+
+
 int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
   uint64_t w = atomic_load(&co->park_word);
   for (;;) {
@@ -181,7 +192,7 @@ int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
       co->wake_result = result;
       atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
       if (st == IP_PARK_SLEEP) {
-        co->ready_ns = ip__now_ns(); /* for the run-queue latency */
+        co->ready_ns = wake_time(co->sched);
         enqueue_woken(co, front);
       }
       return 1;
@@ -370,21 +381,24 @@ static unsigned latency_bucket(int64_t ns) {
 }
 
 
-/* Statistics cost two clock reads per turn (vDSO, no system call): the
- * run-queue latency and the length of the turn, which is the coroutine's
- * time on the thread. */
+/* Statistics cost one clock read per turn (vDSO, no system call): a turn
+ * starts when the previous one of the round ended (s->now_ns; the hub's
+ * bookkeeping in between takes nanoseconds) and its end is read here.  The
+ * turn's length is the coroutine's time on the thread; its start minus its
+ * wake time is its run-queue latency. */
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
-  int64_t start = ip__now_ns();
+  int64_t start = s->now_ns;
   s->latency_hist[latency_bucket(start - co->ready_ns)]++;
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
   san_arrive(s->hub_san_fake);
-  uint64_t turn = (uint64_t) (ip__now_ns() - start);
+  s->now_ns = ip__now_ns();
+  uint64_t turn = (uint64_t) (s->now_ns - start);
   co->run_ns += turn;
   co->turns++;
   if (turn > co->max_turn_ns)
@@ -421,6 +435,7 @@ static void run_round(ip_sched_t *s) {
   ip__queue_init(&batch);
   ip__queue_splice(&batch, &s->runq);
   int64_t round_start = ip__now_ns(); /* one clock read per round */
+  s->now_ns = round_start;
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
@@ -551,8 +566,10 @@ static void poll_events(ip_sched_t *s) {
   int n = epoll_wait_ns(s, ev, timeout_ns);
   if (stuck)
     atomic_store(&s->stuck, 0);
+  /* The wake time of this batch's wakes: after a wait, now; after a poll
+   * (timeout 0) the end of the last turn, a moment ago. */
   if (timeout_ns != 0)
-    s->last_poll_ns = ip__now_ns();
+    s->now_ns = s->last_poll_ns = ip__now_ns();
   if (n < 0) {
     IP_CHECK(errno == EINTR);
     wake_main_for_signal(s);
@@ -574,6 +591,7 @@ static void poll_events(ip_sched_t *s) {
 
 static void fire_timers(ip_sched_t *s) {
   int64_t now = ip__now_ns();
+  s->now_ns = now;
   ip_timer_t *t;
   while ((t = ip__heap_min(&s->timers)) != NULL && t->deadline_ns <= now) {
     ip__heap_remove(&s->timers, t);
@@ -736,6 +754,7 @@ ip_sched_t *ip__sched_ensure(void) {
   root->deadline_ns = -1;
   root->timer.index = SIZE_MAX;
   root->wait_fd = -1;
+  root->ready_ns = s->now_ns = ip__now_ns();
   name_copy(root, "main");
   root_stack_bounds(s);
   s->main = root;
