@@ -187,7 +187,12 @@ def _describe(info, frame):
         name = _find_lock(frame, info.wait_obj)
         code = frame.f_code.co_name if frame is not None else "?"
         label = f"lock {name!r}" if name else "lock"
-        return f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
+        text = f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
+        if code == "_wait_for_tstate_lock":  # threading.Thread.join
+            target = frame.f_locals.get("self")
+            if isinstance(target, threading.Thread):
+                text = f"join thread {target.name!r}: {text}"
+        return text
     if kind == 5:
         return "sleep"
     if kind == 6:
@@ -233,7 +238,11 @@ def _link_owners(views):
     """Sets owner on each lock waiter whose lock one coroutine holds: it
     took the semaphore last, has not posted it, and the semaphore's value
     is 0 (taken).  Two claimants (a lock released by another coroutine than
-    its taker leaves a stale claim) give no owner rather than a wrong one."""
+    its taker leaves a stale claim) give no owner rather than a wrong one.
+    On 3.13 a lock waiter waits on a semaphore of its own, which names
+    neither the lock nor an owner: no owners there (see _compat)."""
+    if _compat.LOCK_SEM_OFFSET is None:
+        return
     for v in views:
         if not v.wait_sem:
             continue
