@@ -5,6 +5,7 @@ INTERPOSE_CONTROL=0        no control socket (`interpose ps` cannot reach it)
 INTERPOSE_DEADLOCK=MODE    report (default): print the deadlock report once
                            and keep waiting; exit: print it and exit with
                            status 70; off: do not watch
+INTERPOSE_DEADLOCK_LOG=P  also append each deadlock report to the file P
 INTERPOSE_DUMP_SIGNAL=SIG  on SIG (a name such as SIGQUIT or USR2, or a
                            number) write the dump to stderr; off by default,
                            as the program may use every signal itself

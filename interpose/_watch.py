@@ -14,7 +14,8 @@ only the same user (or root) gets an answer.  Requests are one line:
 
 Settings: INTERPOSE_CONTROL=0 turns the socket off; INTERPOSE_DEADLOCK=off
 turns the watcher off, =exit makes a deadlock end the process with status
-70 after the report (default: report and keep waiting).
+70 after the report (default: report and keep waiting);
+INTERPOSE_DEADLOCK_LOG=PATH also appends every report to PATH.
 """
 import os
 import select
@@ -142,6 +143,7 @@ class _Watcher:
         for s in stuck:
             self.reported.add((s.sched, s.switches))
         _write_stderr(text)
+        _append_log(text)
         if exiting:
             os._exit(_deadlock.EXIT_STATUS)
 
@@ -177,6 +179,20 @@ class _Watcher:
             return (f"deadlock watcher: mode {self.mode}, examined"
                     f" {self.examined}, reported {len(self.reported)}\n")
         return f"interpose: unknown request {request!r}\n"
+
+
+def _append_log(text):
+    """INTERPOSE_DEADLOCK_LOG=PATH: also append each report to PATH (with
+    the command line), for operators, and for checking that a whole test
+    suite produced no false report."""
+    path = os.environ.get("INTERPOSE_DEADLOCK_LOG")
+    if not path:
+        return
+    try:
+        with open(path, "a") as f:
+            f.write(f"=== {' '.join(sys.argv)}\n{text}")
+    except OSError as e:
+        _write_stderr(f"interpose: cannot append to INTERPOSE_DEADLOCK_LOG: {e}\n")
 
 
 def _now():

@@ -24,9 +24,10 @@ from processes import ProcessGroup, interpose_run
 
 from interpose import _compat, _watch
 
-# Lock owners (the lock cycle) are known where a lock has a semaphore of
-# its own: CPython 3.11 and 3.12 (interpose/_compat.py).
+# Lock names and owners (the lock cycle) are known where a lock has a
+# semaphore of its own: CPython 3.11 and 3.12 (interpose/_compat.py).
 OWNERS = _compat.LOCK_SEM_OFFSET is not None
+WAITER = "lock 'waiter'" if OWNERS else "lock"
 
 WAIT = 30  # seconds: a bound for states to appear, never a measurement
 
@@ -107,8 +108,8 @@ def test_dump_shows_each_coroutine_with_its_wait_reason_and_stack():
     assert re.search(r"'receiver' parked: recv fd \d+ from unix:\(unnamed\)", text)
     assert re.search(r"'piper' parked: read fd \d+ \(pipe:\[\d+\]\)", text)
     assert re.search(r"'sleeper' parked: sleep\n  .*times out in 29\.\d+ s", text)
-    assert "'getter' parked: lock 'waiter'" in text
-    assert "'waiter' parked: lock 'waiter'" in text
+    assert f"'getter' parked: {WAITER} (semaphore" in text
+    assert f"'waiter' parked: {WAITER} (semaphore" in text
     assert "'spawned' parked: sleep" in text
     assert re.search(r"'joiner' parked: join coroutine \d+ 'spawned'", text)
     # Stacks are the program's, without interpose's own frames.
@@ -285,7 +286,7 @@ def test_queue_without_producer_is_a_deadlock():
         t.join()
     """, env={"INTERPOSE_DEADLOCK": "exit"}, timeout=WAIT)
     assert proc.returncode == 70, proc
-    assert re.search(r"'consumer' parked: lock 'waiter' .* in wait\(\)", proc.stderr)
+    assert re.search(r"'consumer' parked: %s .* in wait\(\)" % WAITER, proc.stderr)
     assert "q.get" not in proc.stderr or "in get" in proc.stderr
     assert "in get\n" in proc.stderr  # queue.Queue.get on its stack
     assert not OWNERS or re.search(r"'main' \(main\) parked: join thread 'consumer': lock"
@@ -423,3 +424,29 @@ def test_bad_diagnostics_settings_get_one_line():
         "interpose: INTERPOSE_DEADLOCK: the deadlock mode must be one of report,"
         " exit, off, not 'maybe'; reporting.\n"
         "interpose: INTERPOSE_DUMP_SIGNAL: no signal called 'SIGNOPE'; no dump signal.\n")
+
+
+def test_deadlock_log_gets_each_report(tmp_path):
+    log = tmp_path / "deadlocks.log"
+    proc = run_hooked("""
+        import threading
+        threading.Lock().acquire(); l = threading.Lock(); l.acquire(); l.acquire()
+    """, env={"INTERPOSE_DEADLOCK": "exit", "INTERPOSE_DEADLOCK_LOG": str(log)},
+        timeout=WAIT)
+    assert proc.returncode == 70
+    text = log.read_text()
+    assert text.startswith("=== -c\ninterpose: deadlock: all 1 coroutine(s)"), text
+    assert text.count("interpose: deadlock:") == 1
+
+
+def test_faulthandler_shows_every_coroutine():
+    proc = run_hooked("""
+        import faulthandler, sys, threading
+        def parked_in_a_coroutine():
+            threading.Event().wait()
+        # start() returns once the thread runs; it parks before main resumes
+        threading.Thread(target=parked_in_a_coroutine, daemon=True).start()
+        faulthandler.dump_traceback(sys.stdout, all_threads=True)
+    """)
+    assert proc.returncode == 0, proc
+    assert "in parked_in_a_coroutine" in proc.stdout, proc.stdout
