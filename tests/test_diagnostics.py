@@ -98,7 +98,7 @@ def test_dump_shows_each_coroutine_with_its_wait_reason_and_stack():
         c = interpose.spawn(interpose.sleep, 20, name="spawned")
         with interpose.deadline(50):
             d = interpose.spawn(c.join, name="joiner")
-            time.sleep(0.05)
+            interpose.sleep(0)  # every runnable coroutine runs until it parks
             buf = io.StringIO()
             interpose.dump(buf)
         print(buf.getvalue())
@@ -107,14 +107,13 @@ def test_dump_shows_each_coroutine_with_its_wait_reason_and_stack():
     assert "coroutine 1 'main' (main) running" in text
     assert re.search(r"'receiver' parked: recv fd \d+ from unix:\(unnamed\)", text)
     assert re.search(r"'piper' parked: read fd \d+ \(pipe:\[\d+\]\)", text)
-    assert re.search(r"'sleeper' parked: sleep\n  .*times out in 29\.\d+ s", text)
+    assert re.search(r"'sleeper' parked: sleep\n  .*times out in (29\.\d+|30\.000) s", text)
     assert f"'getter' parked: {WAITER} (semaphore" in text
     assert f"'waiter' parked: {WAITER} (semaphore" in text
     assert "'spawned' parked: sleep" in text
     assert re.search(r"'joiner' parked: join coroutine \d+ 'spawned'", text)
     # Stacks are the program's, without interpose's own frames.
-    assert 'in receiver\n        def receiver(): a.recv(10)' in text.replace(
-        "    File", "File") or "in receiver" in text
+    assert re.search(r'File "<string>", line \d+, in receiver\n', text), text
     assert "interpose/_sched.py" not in text and "_dump.py" not in text
 
 
@@ -392,7 +391,6 @@ def test_no_report_while_a_coroutine_sleeps(procs, tmp_path):
     proc.stdin.close()
     assert proc.wait(WAIT) == 0
     assert proc.stdout.read() == "slept\n"
-    assert _examined(proc.pid) if False else True
     assert proc.stderr.read() == ""
 
 
