@@ -4,6 +4,7 @@ only fails here instead of corrupting memory at run time."""
 import ctypes
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -93,3 +94,29 @@ def test_constants_match_header():
                          ("INTERPOSE_READABLE", _native.READABLE),
                          ("INTERPOSE_WRITABLE", _native.WRITABLE)]:
         assert int(re.search(rf"#define {macro} (\d+)", text).group(1)) == value
+
+
+def _c_layout(tmp_path, struct, fields):
+    """sizeof(struct) and offsetof(struct, f) for each field, from a C
+    program compiled against native/interpose.h."""
+    src = tmp_path / "layout.c"
+    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include "interpose.h"',
+             "int main(void) {", f'  printf("%zu\\n", sizeof({struct}));']
+    lines += [f'  printf("%zu\\n", offsetof({struct}, {f}));' for f in fields]
+    lines += ["  return 0;", "}"]
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", "-I", os.path.dirname(HEADER), "-o", str(exe), str(src)],
+                   check=True, capture_output=True, text=True)
+    return [int(x) for x in subprocess.run([str(exe)], check=True, capture_output=True,
+                                           text=True).stdout.split()]
+
+
+@pytest.mark.parametrize("struct, ctype", [
+    ("interpose_coro_info_t", "CoroInfo"), ("interpose_sched_info_t", "SchedInfo")])
+def test_diagnostics_structs_match_header(tmp_path, struct, ctype):
+    cls = getattr(_native, ctype)
+    fields = [name for name, _ in cls._fields_]
+    size, *offsets = _c_layout(tmp_path, struct, fields)
+    assert size == ctypes.sizeof(cls)
+    assert offsets == [getattr(cls, f).offset for f in fields]
