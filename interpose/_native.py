@@ -157,6 +157,8 @@ PY_API = {
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
     "PyThreadState_GetFrame": "PyThreadState_GetFrame",
+    "PyInterpreterState_ThreadHead": "PyInterpreterState_ThreadHead",
+    "PyThreadState_Next": "PyThreadState_Next",
 }
 
 

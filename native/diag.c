@@ -17,6 +17,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 
@@ -169,6 +170,51 @@ static void sched_out(ip_sched_t *s, void *arg) {
 }
 
 
+static int ptr_cmp(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) *(void *const *) a;
+  uintptr_t y = (uintptr_t) *(void *const *) b;
+  return x < y ? -1 : x > y;
+}
+
+
+/* The interpreter's thread states, sorted, or NULL (*n = 0) when out of
+ * memory.  A thread state recorded by the engine is read only if it is in
+ * this list: a thread that exited with coroutines alive keeps its
+ * scheduler, and its root's thread state pointer then dangles. */
+static void **live_tstates(size_t *n) {
+  size_t count = 0, cap = 256;
+  void **all = malloc(cap * sizeof(*all));
+  void *ts = all ? ip__py.PyInterpreterState_ThreadHead(ip__py.interp) : NULL;
+  for (; ts != NULL; ts = ip__py.PyThreadState_Next(ts)) {
+    if (count == cap) {
+      void **bigger = realloc(all, 2 * cap * sizeof(*all));
+      if (bigger == NULL)
+        break;
+      all = bigger;
+      cap *= 2;
+    }
+    all[count++] = ts;
+  }
+  qsort(all, count, sizeof(*all), ptr_cmp);
+  *n = count;
+  return all;
+}
+
+
+static void take_frames(interpose_coro_info_t *out, long filled) {
+  size_t n;
+  void **live = live_tstates(&n);
+  for (long i = 0; i < filled; i++) {
+    void *tstate = out[i].frame;
+    out[i].frame = NULL;
+    if (tstate != NULL && live != NULL &&
+        bsearch(&tstate, live, n, sizeof(*live), ptr_cmp) != NULL)
+      out[i].frame = ip__py.PyThreadState_GetFrame(tstate);
+  }
+  free(live);
+}
+
+
 long interpose_diag_coros(interpose_coro_info_t *out, size_t cap,
                           int frames) {
   if (!ip__py_ready())
@@ -181,10 +227,11 @@ long interpose_diag_coros(interpose_coro_info_t *out, size_t cap,
    * runs no Python code, so no thread state can be deleted meanwhile
    * (the caller disables the garbage collector, whose finalizers could). */
   long filled = w.n < (long) w.cap ? w.n : (long) w.cap;
-  for (long i = 0; i < filled; i++) {
-    void *tstate = out[i].frame;
-    out[i].frame = tstate == NULL || !frames
-                       ? NULL : ip__py.PyThreadState_GetFrame(tstate);
+  if (frames) {
+    take_frames(out, filled);
+  } else {
+    for (long i = 0; i < filled; i++)
+      out[i].frame = NULL;
   }
   return w.n;
 }

@@ -552,6 +552,8 @@ typedef struct ip_pyapi {
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
   void *(*PyThreadState_GetFrame)(void *tstate);
+  void *(*PyInterpreterState_ThreadHead)(void *interp);
+  void *(*PyThreadState_Next)(void *tstate);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;

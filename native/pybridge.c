@@ -30,6 +30,8 @@ static const struct {
     BINDING(PyObject_SetArenaAllocator),
     BINDING(PyErr_SetInterruptEx),
     BINDING(PyThreadState_GetFrame),
+    BINDING(PyInterpreterState_ThreadHead),
+    BINDING(PyThreadState_Next),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 

@@ -714,6 +714,8 @@ static void sched_after_fork_child(void) {
   s->dead = NULL;
   s->run_next = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
+  s->fd_waits = s->ext_waits = 0; /* the parent's parked coroutines' */
+  atomic_store(&s->stuck, 0);
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
 }

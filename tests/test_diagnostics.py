@@ -448,3 +448,22 @@ def test_faulthandler_shows_every_coroutine():
     """)
     assert proc.returncode == 0, proc
     assert "in parked_in_a_coroutine" in proc.stdout, proc.stdout
+
+
+def test_dump_after_a_thread_exited_with_a_coroutine_alive():
+    # Regression: the exited thread's scheduler stays (its coroutine is
+    # alive) and its root's thread state is gone; the dump must not read it.
+    out = check_ok(run_hooked("""
+        import io, threading, interpose
+        ev = interpose.Event()
+        def body():
+            interpose.spawn(ev.wait, name="orphan")
+            interpose.sleep(0)
+        t = threading.Thread(target=body); t.start(); t.join()
+        buf = io.StringIO()
+        interpose.dump(buf)
+        text = buf.getvalue()
+        print("'orphan' parked" in text, text.count("scheduler on OS"))
+        ev.set()
+    """, env={"INTERPOSE_THREADS": "native"}))
+    assert out == ["True 2"]
