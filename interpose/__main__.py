@@ -188,9 +188,11 @@ def _ps(args):
     try:
         text = _watch.request(pid, b"stats" if args.stats else b"dump",
                               timeout=args.timeout)
+    except TimeoutError:
+        return _fail(f"process {pid} did not answer within {args.timeout} s"
+                     " (is it stopped, or stuck in C code holding the GIL?)", 1)
     except OSError as e:
-        return _fail(str(e.strerror or e) if isinstance(e, TimeoutError) and e.strerror
-                     else str(e), 1)
+        return _fail(str(e), 1)
     sys.stdout.write(text)
     return 0 if text and not text.startswith("interpose: refused") else 1
 

@@ -10,9 +10,9 @@ INTERPOSE_DUMP_SIGNAL=SIG  on SIG (a name such as SIGQUIT or USR2, or a
                            number) write the dump to stderr; off by default,
                            as the program may use every signal itself
 """
+import os
 import signal
 import sys
-import os
 
 from . import _deadlock
 from . import _dump

@@ -1,7 +1,7 @@
 """The diagnostics thread: one real OS thread per process that serves
 `interpose ps PID` on a control socket and watches for deadlocks.
 
-It has no scheduler, so its blocking calls really block, and it takes the
+It has no scheduler, so its blocking calls (poll) really block, and it takes the
 GIL only to answer a request or to examine a stuck scheduler: it works
 while every coroutine is parked, and costs nothing while it waits.
 
@@ -94,21 +94,25 @@ class _Watcher:
 
     def run(self):
         _deadlock.helper_tids.add(threading.get_native_id())
-        fds = [f for f in (self.listener, self.evfd) if f is not None and f != -1]
+        poller = select.poll()
+        listen_fd = self.listener.fileno() if self.listener is not None else -1
+        for fd in (listen_fd, self.evfd):
+            if fd >= 0:
+                poller.register(fd, select.POLLIN)
         while True:
             if self.evfd >= 0:
                 _lib.diag_arm()
                 if self.check_at is None:
                     self.note_stuck()
-            timeout = None
+            timeout_ms = None
             if self.check_at is not None:
-                timeout = max(0.0, self.check_at - _now())
-            ready, _, _ = select.select(fds, [], [], timeout)
+                timeout_ms = max(0, round((self.check_at - _now()) * 1000 + 0.5))
+            ready = {fd for fd, _ in poller.poll(timeout_ms)}
             if self.evfd in ready:
                 os.read(self.evfd, 8)
                 if self.check_at is None:
                     self.note_stuck()
-            if self.listener in ready:
+            if listen_fd in ready:
                 self.serve()
             if self.check_at is not None and _now() >= self.check_at:
                 self.check_at = None

@@ -37,7 +37,7 @@ READY_TIMEOUT = 30
 # POOL_MAX in native/hooks_names.c: the resolver pool's worker threads.
 RESOLVER_POOL_MAX = 4
 # interpose's diagnostics thread (interpose/_watch.py: `interpose ps`, the
-# deadlock watcher), idle in select() unless asked.
+# deadlock watcher), idle in poll() unless asked.
 DIAGNOSTICS_THREADS = 1
 ONE_OS_THREAD = 1 + RESOLVER_POOL_MAX + DIAGNOSTICS_THREADS
 
