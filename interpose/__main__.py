@@ -6,6 +6,7 @@ import sys
 
 USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
                      [--native-threads] [--monitor SECONDS]
+                     [--deadlock MODE] [--dump-signal SIG]
                      (script.py | -m module | -c code) [args ...]
 
 Runs a Python program with libinterpose.so preloaded: its main code is the
@@ -21,6 +22,10 @@ options:
   --native-threads     keep threads as OS threads, each with its own scheduler
   --monitor SECONDS    report, with its stack, a coroutine that runs longer
                        than SECONDS without reaching a hooked call
+  --deadlock MODE      report (default): print a deadlock report and keep
+                       waiting; exit: print it and exit with status 70; off
+  --dump-signal SIG    dump every coroutine to stderr on SIG (e.g. SIGQUIT)
+                       (docs/diagnostics.md)
 """
 
 
@@ -56,7 +61,8 @@ def _interpreter_options():
 def parse_run(argv):
     """(options, target argv) for `interpose run`; raises SystemExit."""
     opts = {"stack_size": None, "main_hooks": True, "stats": False,
-            "native_threads": False, "monitor": None}
+            "native_threads": False, "monitor": None, "deadlock": None,
+            "dump_signal": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -64,7 +70,7 @@ def parse_run(argv):
             print(USAGE_RUN, end="")
             raise SystemExit(0)
         option = arg.split("=", 1)[0]
-        if option in ("--stack-size", "--monitor"):
+        if option in ("--stack-size", "--monitor", "--deadlock", "--dump-signal"):
             if "=" in arg:
                 value = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
@@ -100,6 +106,9 @@ def _run(argv):
         problem = autostart.monitor_setting_problem(opts["monitor"])
         if problem:
             return _fail(problem)
+    problem = _diagnostics_problem(opts)
+    if problem:
+        return _fail(problem)
     if opts["stack_size"] is not None:
         os.environ["INTERPOSE_STACK_SIZE"] = opts["stack_size"]
         try:
@@ -111,6 +120,22 @@ def _run(argv):
     env = autostart.environment(**opts)
     exe = sys.executable
     os.execve(exe, [exe, *_interpreter_options(), *target], env)
+
+
+def _diagnostics_problem(opts):
+    """Why --deadlock / --dump-signal are unusable, or None."""
+    from . import _diagnostics
+
+    if opts["deadlock"] is not None:
+        problem = _diagnostics.deadlock_setting_problem(opts["deadlock"])
+        if problem:
+            return f"--deadlock: {problem}"
+    if opts["dump_signal"] is not None:
+        try:
+            _diagnostics.parse_signal(opts["dump_signal"])
+        except ValueError as e:
+            return f"--dump-signal: {e}"
+    return None
 
 
 def _env(args):

@@ -280,6 +280,8 @@ def format_coroutine(v, now_ns=None):
         head += f": {v.waits_for}"
     extras = [f"ran {_ms(v.run_ns)} in {v.turns} turns,"
               f" longest {_ms(v.max_turn_ns)}"]
+    if v.state == "running":  # a turn is counted when it ends
+        extras[0] += ", besides the current turn"
     if v.timeout_ns >= 0:
         extras.append(f"times out in {_seconds(max(0, v.timeout_ns - now_ns))}")
     if v.deadline_ns >= 0:

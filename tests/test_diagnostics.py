@@ -467,3 +467,40 @@ def test_dump_after_a_thread_exited_with_a_coroutine_alive():
         ev.set()
     """, env={"INTERPOSE_THREADS": "native"}))
     assert out == ["True 2"]
+
+
+def test_run_options_for_the_diagnostics():
+    argv = [sys.executable, "-m", "interpose", "run"]
+    env = _snippet_env(None)
+    bad = subprocess.run([*argv, "--deadlock", "maybe", "-c", "pass"],
+                         capture_output=True, text=True, env=env, timeout=WAIT)
+    assert bad.returncode == 2 and bad.stderr == (
+        "interpose: --deadlock: the deadlock mode must be one of report, exit,"
+        " off, not 'maybe'\n")
+    bad = subprocess.run([*argv, "--dump-signal", "SIGKILL", "-c", "pass"],
+                         capture_output=True, text=True, env=env, timeout=WAIT)
+    assert bad.returncode == 2
+    assert bad.stderr == "interpose: --dump-signal: signal 'SIGKILL' cannot be caught\n"
+    dead = subprocess.run([*argv, "--deadlock=exit", "-c",
+                           "import threading; threading.Event().wait()"],
+                          capture_output=True, text=True, env=env, timeout=WAIT)
+    assert dead.returncode == 70 and "interpose: deadlock: all 1 coroutine(s)" in dead.stderr
+    dumped = subprocess.run([*argv, "--dump-signal", "USR1", "-c",
+                             "import os, signal; os.kill(os.getpid(), signal.SIGUSR1)"],
+                            capture_output=True, text=True, env=env, timeout=WAIT)
+    assert dumped.returncode == 0 and dumped.stderr.startswith("interpose dump on SIGUSR1")
+
+
+def test_run_stats_prints_latency_and_busiest_coroutines():
+    proc = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", "--stats", "-c",
+         "import threading; t = threading.Thread(target=sum, args=([1],), name='adder');"
+         " t.start(); t.join()"],
+        capture_output=True, text=True, env=_snippet_env(None), timeout=WAIT)
+    assert proc.returncode == 0, proc
+    assert re.search(r"^interpose statistics \(pid \d+\):\n"
+                     r"scheduler on OS main thread \d+ \(MainThread\): 0 spawned"
+                     r" coroutine\(s\) alive, \d+ switches\n"
+                     r"  created 1, parks \d+, timeouts 0, epoll waits \d+\n"
+                     r"  longest turn [\d.]+ ms; run-queue latency p50 <= [\d.]+ ms,",
+                     proc.stderr), proc.stderr
