@@ -54,22 +54,43 @@ class CoroutineView:
 
 # ---- names ------------------------------------------------------------------
 
+def _os_thread_names():
+    """native id -> Thread.name for OS threads that one Thread stands for
+    (converted threads share their OS thread's native id: left out)."""
+    names, seen = {}, set()
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid in seen:
+            names.pop(tid, None)
+        elif tid is not None:
+            names[tid] = thread.name
+        seen.add(tid)
+    return names
+
+
 def _names():
     """handle -> name from the Python runtime, and sched handle -> the OS
-    thread's name."""
+    thread's name.  A thread's main coroutine is named after the OS thread
+    (its Thread's current name with native threads), else 'main'."""
     from . import _sched  # imported late: _sched imports the world
 
     by_handle, by_sched = {}, {}
+    by_tid = _os_thread_names()
     converted = _sched._idents is not None
     active = dict(threading._active)
-    for sched in list(_sched._schedulers.values()):
+    for ident, sched in list(_sched._schedulers.items()):
+        thread = threading._active.get(ident)
+        name = sched.name
+        if thread is not None and by_tid.get(thread.native_id) == thread.name:
+            name = thread.name
         if sched.native:
-            by_sched[sched.native] = sched.name
+            by_sched[sched.native] = name
         for handle, coro in list(sched.live.items()):
             thread = active.get(coro.id) if converted and coro._thread else None
             by_handle[handle] = thread.name if thread is not None else coro.name
         if sched.main is not None:
-            by_handle.setdefault(sched.main._handle, "main")
+            by_handle.setdefault(sched.main._handle,
+                                 "main" if name == "MainThread" else name)
     return by_handle, by_sched
 
 

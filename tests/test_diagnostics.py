@@ -504,3 +504,21 @@ def test_run_stats_prints_latency_and_busiest_coroutines():
                      r"  created 1, parks \d+, timeouts 0, epoll waits \d+\n"
                      r"  longest turn [\d.]+ ms; run-queue latency p50 <= [\d.]+ ms,",
                      proc.stderr), proc.stderr
+
+
+def test_deadlock_across_two_os_threads_with_native_threads():
+    proc = run_hooked("""
+        import threading
+        ev = threading.Event()
+        t = threading.Thread(target=ev.wait, name="waiter")
+        t.start()
+        t.join()
+    """, env={"INTERPOSE_DEADLOCK": "exit", "INTERPOSE_THREADS": "native"},
+        timeout=WAIT)
+    assert proc.returncode == 70, proc
+    err = proc.stderr
+    assert "interpose: deadlock: all 2 coroutine(s) of OS thread(s)" in err
+    assert re.search(r"=== scheduler on OS thread \d+ \(waiter\): 1 coroutine\(s\),"
+                     r" \d+ switches, stuck ===\n\ncoroutine \d+ 'waiter' \(main\)"
+                     r" parked: %s" % WAITER, err), err
+    assert re.search(r"'main' \(main\) parked: join thread 'waiter'", err), err
