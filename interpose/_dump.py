@@ -23,7 +23,8 @@ from . import _native
 
 _lib = _native.lib
 
-STATES = {1: "runnable", 2: "running", 3: "parked"}
+STATES = {_native.RUNNABLE: "runnable", _native.RUNNING: "running",
+          _native.PARKED: "parked"}
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LOCK_TYPE = _thread.LockType
 
@@ -197,14 +198,14 @@ def _describe_park(frame):
 
 def _describe(info, frame):
     kind = info.wait_kind
-    if kind == 2:
+    if kind == _native.WAIT_FD:
         return describe_fd(info.wait_fd, info.wait_events)
-    if kind == 3:  # the events asked for are the caller's: assume reading
+    if kind == _native.WAIT_POLL:  # the caller's events are unknown: say reading
         first = describe_fd(info.wait_fd, _native.READABLE)
         if info.wait_events == 1:
             return f"poll: {first}"
         return f"poll on {info.wait_events} fds, the first: {first}"
-    if kind == 4:
+    if kind == _native.WAIT_LOCK:
         name = _find_lock(frame, info.wait_obj)
         code = frame.f_code.co_name if frame is not None else "?"
         label = f"lock {name!r}" if name else "lock"
@@ -214,13 +215,13 @@ def _describe(info, frame):
             if isinstance(target, threading.Thread):
                 text = f"join thread {target.name!r}: {text}"
         return text
-    if kind == 5:
+    if kind == _native.WAIT_SLEEP:
         return "sleep"
-    if kind == 6:
+    if kind == _native.WAIT_RESOLVE:
         return "name lookup (resolver thread)"
-    if kind == 7:
+    if kind == _native.WAIT_YIELD:
         return "its turn (time slice used up)"
-    if kind == 1:
+    if kind == _native.WAIT_PARK:
         return _describe_park(frame)
     return "?"
 
@@ -237,7 +238,7 @@ def snapshot():
     for info, frame in raw:
         state = STATES.get(info.state, f"state {info.state}")
         name = by_handle.get(info.handle) or info.name.decode("utf-8", "replace")
-        parked = info.state == 3
+        parked = info.state == _native.PARKED
         views.append(CoroutineView(
             id=info.id, name=name, state=state, tid=info.tid,
             sched=info.sched, is_main=bool(info.is_main),
@@ -246,7 +247,8 @@ def snapshot():
             cancelled=bool(info.cancelled), run_ns=info.run_ns,
             max_turn_ns=info.max_turn_ns, turns=info.turns,
             wait_kind=info.wait_kind if parked else 0,
-            wait_sem=(info.wait_obj or 0) if parked and info.wait_kind == 4 else 0,
+            wait_sem=((info.wait_obj or 0)
+                      if parked and info.wait_kind == _native.WAIT_LOCK else 0),
             held=tuple(h for h in info.held if h), frame=frame,
         ))
     _link_owners(views)

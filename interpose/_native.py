@@ -22,6 +22,10 @@ _SOURCE_DIR = os.path.join(os.path.dirname(PACKAGE_DIR), "native")
 PARK_TIMEOUT = 1  # INTERPOSE_PARK_TIMEOUT
 READABLE = 1
 WRITABLE = 2
+# INTERPOSE_WAIT_*: why a parked coroutine waits (CoroInfo.wait_kind).
+WAIT_PARK, WAIT_FD, WAIT_POLL, WAIT_LOCK, WAIT_SLEEP, WAIT_RESOLVE, WAIT_YIELD = range(1, 8)
+# CoroInfo.state (enum ip_coro_state in native/internal.h).
+RUNNABLE, RUNNING, PARKED = 1, 2, 3
 
 _REBUILD = (
     "Rebuild it: 'pip install .' (or, in a source checkout, 'pip install -e .'"

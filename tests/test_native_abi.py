@@ -120,3 +120,10 @@ def test_diagnostics_structs_match_header(tmp_path, struct, ctype):
     size, *offsets = _c_layout(tmp_path, struct, fields)
     assert size == ctypes.sizeof(cls)
     assert offsets == [getattr(cls, f).offset for f in fields]
+
+
+def test_wait_kinds_match_header():
+    kinds = dict(re.findall(r"#define INTERPOSE_WAIT_(\w+) (\d+)", _header_text()))
+    assert kinds.pop("NONE") == "0"
+    assert {k: int(v) for k, v in kinds.items()} == {
+        k: getattr(_native, "WAIT_" + k) for k in kinds}
