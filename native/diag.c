@@ -159,7 +159,9 @@ static void sched_out(ip_sched_t *s, void *arg) {
     o->sched = s;
     o->tid = s->tid;
     o->is_main_thread = s->is_main_thread;
-    o->stuck = atomic_load(&s->stuck);
+    /* A wake queued by another thread (which may have exited since) is on
+     * its way, however late the hub runs: not stuck. */
+    o->stuck = atomic_load(&s->stuck) && !atomic_load(&s->remote_pending);
     o->alive = (int32_t) LOAD(s->stats.alive);
     o->switches = LOAD(s->stats.switches);
     o->max_turn_ns = LOAD(s->max_turn_ns);

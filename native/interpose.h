@@ -207,7 +207,7 @@ typedef struct interpose_sched_info {
   void *sched;
   int32_t tid;
   int32_t is_main_thread;
-  int32_t stuck;       /* see ip_sched_t.stuck in internal.h */
+  int32_t stuck;       /* ip_sched_t.stuck (internal.h), no remote wake queued */
   int32_t alive;
   uint64_t switches;
   uint64_t max_turn_ns;
