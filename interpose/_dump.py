@@ -210,7 +210,9 @@ def _describe(info, frame):
         code = frame.f_code.co_name if frame is not None else "?"
         label = f"lock {name!r}" if name else "lock"
         text = f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
-        if code == "_wait_for_tstate_lock":  # threading.Thread.join
+        # threading.Thread.join: 3.11/3.12 wait for its tstate lock, 3.13
+        # in Thread.join itself (its _ThreadHandle).
+        if code in ("_wait_for_tstate_lock", "join"):
             target = frame.f_locals.get("self")
             if isinstance(target, threading.Thread):
                 text = f"join thread {target.name!r}: {text}"
