@@ -7,7 +7,8 @@ pool (ip_sched_t.stuck).  Its coroutines are then all parked on locks,
 events, queues or joins: only another coroutine, another OS thread or a
 signal handler can end those waits.  The watcher (_watch.py) confirms that
 a scheduler stayed stuck without a single switch for CONFIRM_S, then asks
-this module.  A deadlock is reported only when, besides:
+this module (a scheduler with a wake queued by another thread does not
+count as stuck: diag.c).  A deadlock is reported only when, besides:
 
 * no OS thread of the process can wake them: every thread is a stuck
   scheduler's, a helper of interpose's own (the watcher, the blocking
