@@ -7,6 +7,7 @@ GIL (they create thread states or touch Python objects) or are too short to
 be worth releasing it are bound through ctypes.PyDLL.
 """
 import ctypes
+import errno
 import hashlib
 import os
 import re
@@ -163,6 +164,7 @@ PY_API = {
     "PyThreadState_GetFrame": "PyThreadState_GetFrame",
     "PyInterpreterState_ThreadHead": "PyInterpreterState_ThreadHead",
     "PyThreadState_Next": "PyThreadState_Next",
+    "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
 }
 
 
@@ -248,7 +250,27 @@ def _load():
     return fns
 
 
+class SubinterpreterError(NativeLibraryError):
+    """interpose was imported in a subinterpreter; it serves the main one."""
+
+
+def _check_main_interpreter():
+    """Refuse a subinterpreter: the engine keeps one interpreter's state
+    (the thread states it creates belong to it), and the main interpreter's
+    runtime must not be replaced under its coroutines."""
+    api = ctypes.pythonapi
+    for name in ("PyInterpreterState_Get", "PyInterpreterState_Main"):
+        getattr(api, name).restype = ctypes.c_void_p
+    if api.PyInterpreterState_Get() != api.PyInterpreterState_Main():
+        raise SubinterpreterError(
+            "interpose: cannot be used in a subinterpreter: it runs in the main"
+            " interpreter only (code and threads of a subinterpreter run as"
+            " plain Python, without coroutines)"
+        )
+
+
 def _bind_python(fns):
+    _check_main_interpreter()
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
         address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
@@ -260,10 +282,22 @@ def _bind_python(fns):
 
     r = fns.py_init(sys.hexversion, get_interp())
     if r != 0:
+        why = _INIT_ERRORS.get(-r, os.strerror(-r))
         raise NativeLibraryError(
             f"interpose: the native library refused this interpreter"
-            f" ({sys.version.split()[0]}): {os.strerror(-r)}"
+            f" ({sys.version.split()[0]}): {why}"
         )
+
+
+# interpose_py_init's errors, as the one line a user reads.
+_INIT_ERRORS = {
+    errno.ENOENT: "CPython's gilstate key (what PyGILState_GetThisThreadState"
+                  " reads) was not found, so C callbacks into Python could not"
+                  " follow coroutines",
+    errno.ENOTSUP: "unsupported version or thread state layout",
+    errno.EXDEV: "the library already serves another interpreter of this"
+                 " process",
+}
 
 
 lib = _load()

@@ -554,6 +554,7 @@ typedef struct ip_pyapi {
   void *(*PyThreadState_GetFrame)(void *tstate);
   void *(*PyInterpreterState_ThreadHead)(void *interp);
   void *(*PyThreadState_Next)(void *tstate);
+  void *(*PyGILState_GetThisThreadState)(void);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
@@ -569,5 +570,16 @@ IP_HIDDEN void ip__arena_install(void);
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
+IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
+/* gilstate.c: the gilstate slot follows the running coroutine. */
+/* GIL held, once: finds CPython's gilstate key; 0, -ENOENT or -ENOTSUP. */
+IP_HIDDEN int ip__gilstate_init(void);
+/* The hub, before switching into a coroutine: binds its thread state. */
+IP_HIDDEN void ip__gilstate_bind(void *tstate);
+/* 1 when the slot holds a thread state that is not the running
+ * coroutine's (a subinterpreter's, bound as it attached on 3.12+): a hook
+ * must not switch under it. */
+IP_HIDDEN int ip__gilstate_foreign(ip_sched_t *s);
+IP_HIDDEN void ip__gilstate_after_fork_child(void);
 
 #endif /* IP_INTERNAL_H */
