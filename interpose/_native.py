@@ -14,7 +14,7 @@ import re
 
 from . import _compat
 
-ABI_VERSION = 1  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -127,11 +127,13 @@ SIGNATURES = {
     "interpose_sched_defer_signal": (_i, [_i], True),
     "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),
-    "interpose_sched_self": (_p, [], True),
+    "interpose_sched_self": (_p, [ctypes.POINTER(_u64)], True),
     "interpose_sched_probe": (
-        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
+        _p, [_p, _u64, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
         True),
+    "interpose_sched_forget_root": (_i, [], True),
     "interpose_sched_destroy": (_i, [], True),
+    "interpose_fd_internal_floor": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
@@ -322,26 +324,32 @@ def type_modified(tp):
     _type_modified(tp)
 
 
-_get_frame = ctypes.pythonapi.PyThreadState_GetFrame
-_get_frame.restype = ctypes.py_object
-_get_frame.argtypes = [ctypes.c_void_p]
+_decref = ctypes.pythonapi.Py_DecRef
+_decref.restype = None
+_decref.argtypes = [ctypes.c_void_p]
 
 
-def probe(sched):
+def sched_self():
+    """(handle, incarnation) of the calling thread's scheduler, for probe."""
+    incarnation = _u64()
+    return lib.sched_self(ctypes.byref(incarnation)), incarnation.value
+
+
+def probe(sched, incarnation):
     """(switch count, live spawned coroutines, running coroutine's handle or
-    None, its innermost frame or None) of a scheduler from
-    interpose_sched_self."""
+    None, its innermost frame or None) of a scheduler from sched_self();
+    (0, 0, None, None) once that scheduler is gone.  The engine reads the
+    frame itself, with the GIL held throughout, because a thread state
+    handed back to Python could be deleted before Python used it."""
     switches = _u64()
     coro = _p()
     alive = _u64()
-    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro),
-                             ctypes.byref(alive))
+    ref = lib.sched_probe(sched, incarnation, ctypes.byref(switches),
+                          ctypes.byref(coro), ctypes.byref(alive))
     frame = None
-    if tstate:
-        try:
-            frame = _get_frame(tstate)
-        except ValueError:  # no Python frame: NULL without an exception
-            pass
+    if ref:
+        frame = ctypes.cast(ref, ctypes.py_object).value  # a reference of ours
+        _decref(ref)  # the probe's own (PyThreadState_GetFrame's new one)
     return switches.value, alive.value, coro.value, frame
 
 

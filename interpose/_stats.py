@@ -40,7 +40,7 @@ def format_sched(info, names, own=None):
 def format_all():
     """Every scheduler's statistics as text."""
     _, names = _dump._names()
-    me = _native.lib.sched_self()
+    me = _native.sched_self()[0]
     out = [f"interpose statistics (pid {os.getpid()}):\n"]
     for info in _native.diag_scheds():
         own = _sched.statistics() if info.sched == me else None

@@ -27,6 +27,7 @@ import threading
 from . import _deadlock
 from . import _dump
 from . import _native
+from . import _signals
 
 _lib = _native.lib
 # The OS thread's name (ps -L, /proc/PID/task/TID/comm): tests and tools
@@ -47,7 +48,7 @@ def start(control=True, deadlock="report"):
         return
     listener = None
     if control:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener = _internal_socket()
         try:
             listener.bind(control_address(os.getpid()))
             listener.listen(16)
@@ -57,7 +58,7 @@ def start(control=True, deadlock="report"):
             sys.stderr.write(f"interpose: no control socket for `interpose ps`: {e}\n")
     evfd = -1
     if deadlock != "off":
-        evfd = os.eventfd(0, os.EFD_CLOEXEC)
+        evfd = _signals._move_internal(os.eventfd(0, os.EFD_CLOEXEC))
         _lib.diag_set_notify_fd(evfd)
     _sockets[:] = [listener, evfd]
     from . import _threads
@@ -66,6 +67,15 @@ def start(control=True, deadlock="report"):
     _native.name_os_thread(ident, THREAD_NAME)
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _started = True
+
+
+def _internal_socket():
+    """A Unix stream socket whose fd is above the engine's internal floor,
+    so that the program's own fds keep the numbers plain Python gives them
+    (native/fdtable.c)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = _signals._move_internal(sock.detach())
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
 
 
 def _after_fork_in_child():

@@ -119,7 +119,7 @@ static void fill_coro(interpose_coro_info_t *o, ip_coro_t *co) {
   o->handle = co;
   o->sched = s;
   o->id = LOAD(co->id);
-  o->tid = s->tid;
+  o->tid = atomic_load(&s->tid);
   o->state = LOAD(co->state);
   o->wait_kind = LOAD(co->wait_kind);
   o->wait_fd = LOAD(co->wait_fd);
@@ -157,7 +157,7 @@ static void sched_out(ip_sched_t *s, void *arg) {
     interpose_sched_info_t *o = &w->scheds[w->n];
     memset(o, 0, sizeof(*o));
     o->sched = s;
-    o->tid = s->tid;
+    o->tid = atomic_load(&s->tid);
     o->is_main_thread = s->is_main_thread;
     /* A wake queued by another thread (which may have exited since) is on
      * its way, however late the hub runs: not stuck. */
