@@ -156,8 +156,8 @@ class _Watcher:
             return
         for s in stuck:
             self.reported.add((s.sched, s.switches))
+        _append_log(text)  # first: once stderr shows it, a test may end us
         _write_stderr(text)
-        _append_log(text)
         if exiting:
             os._exit(_deadlock.EXIT_STATUS)
 
