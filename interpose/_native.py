@@ -10,9 +10,10 @@ import ctypes
 import errno
 import hashlib
 import os
-import re
+import sys
 
 from . import _compat
+from . import _settings
 
 ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
@@ -194,28 +195,15 @@ class _Functions:
             setattr(self, name[len("interpose_"):], fn)
 
 
-def _check_stack_size_env():
-    """Validate INTERPOSE_STACK_SIZE the way stack.c parses it, so a typo is
-    an error instead of a silently ignored setting."""
-    raw = os.environ.get("INTERPOSE_STACK_SIZE")
-    if not raw:
-        return
-    m = re.fullmatch(r"(\d+)([kKmM]?)", raw)
-    size = 0
-    if m:
-        size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
-    if not 16 * 1024 <= size <= 1 << 40:
-        raise ValueError(
-            f"interpose: INTERPOSE_STACK_SIZE={raw!r} is not a usable stack size:"
-            " give bytes with an optional K or M suffix, at least 16K (e.g. 1M)"
-        )
-
-
 def _load():
     reason = _compat.unsupported_reason()
     if reason:
         raise NativeLibraryError(f"interpose: {reason}")
-    _check_stack_size_env()
+    try:
+        # The library reads this setting itself, and would ignore a typo.
+        _settings.get("INTERPOSE_STACK_SIZE")
+    except _settings.SettingError as e:
+        raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
         raise NativeLibraryError(
             f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"
@@ -280,8 +268,6 @@ def _bind_python(fns):
             raise NativeLibraryError(f"interpose: the library does not know {name}")
     get_interp = api.PyInterpreterState_Get
     get_interp.restype = ctypes.c_void_p
-    import sys
-
     r = fns.py_init(sys.hexversion, get_interp())
     if r != 0:
         why = _INIT_ERRORS.get(-r, os.strerror(-r))
@@ -302,7 +288,39 @@ _INIT_ERRORS = {
 }
 
 
-lib = _load()
+def _started_as_command_line():
+    """Whether this process is `python -m interpose ...` or the `interpose`
+    script, which import this package before their own code can run.
+
+    While -m locates the module, sys.argv[0] is "-m" (documented for the -m
+    option); sys.orig_argv then names the module.  The console script is
+    __main__ itself, a file named interpose.  Never while the boot hook runs
+    (it reports for itself, and site must not see SystemExit)."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "sitecustomize":
+            return False
+        frame = frame.f_back
+    if sys.argv[:1] == ["-m"]:
+        orig = getattr(sys, "orig_argv", [])
+        for i, arg in enumerate(orig[1:-1], 1):
+            if arg == "-m":
+                return orig[i + 1] in ("interpose", "interpose.__main__")
+        return False
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main_file) == "interpose"
+
+
+try:
+    lib = _load()
+except (NativeLibraryError, _settings.SettingError) as e:
+    if not _started_as_command_line():
+        raise
+    # The command line reports the reason in one line (or, for `info`, in
+    # its report) instead of the traceback of a failed package import.
+    from .__main__ import unloadable
+
+    sys.exit(unloadable(str(e)))
 
 _check_signals = ctypes.pythonapi.PyErr_CheckSignals
 _check_signals.restype = ctypes.c_int

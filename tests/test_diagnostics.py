@@ -417,11 +417,11 @@ def test_dump_signal_writes_every_coroutine_to_stderr(procs, tmp_path):
 def test_bad_diagnostics_settings_get_one_line():
     proc = run_hooked("print('ok')", env={"INTERPOSE_DEADLOCK": "maybe",
                                           "INTERPOSE_DUMP_SIGNAL": "SIGNOPE"})
-    assert proc.returncode == 0 and proc.stdout == "ok\n"
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (
-        "interpose: INTERPOSE_DEADLOCK: the deadlock mode must be one of report,"
-        " exit, off, not 'maybe'; reporting.\n"
-        "interpose: INTERPOSE_DUMP_SIGNAL: no signal called 'SIGNOPE'; no dump signal.\n")
+        "interpose: INTERPOSE_DEADLOCK='maybe' is not one of 'report', 'exit',"
+        " 'off'; INTERPOSE_DUMP_SIGNAL='SIGNOPE' is not a signal that can be"
+        " caught (e.g. SIGQUIT)\n"), proc.stderr
 
 
 def test_deadlock_log_gets_each_report(tmp_path):
@@ -475,12 +475,12 @@ def test_run_options_for_the_diagnostics():
     bad = subprocess.run([*argv, "--deadlock", "maybe", "-c", "pass"],
                          capture_output=True, text=True, env=env, timeout=WAIT)
     assert bad.returncode == 2 and bad.stderr == (
-        "interpose: --deadlock: the deadlock mode must be one of report, exit,"
-        " off, not 'maybe'\n")
+        "interpose: --deadlock='maybe' is not one of 'report', 'exit', 'off'\n")
     bad = subprocess.run([*argv, "--dump-signal", "SIGKILL", "-c", "pass"],
                          capture_output=True, text=True, env=env, timeout=WAIT)
     assert bad.returncode == 2
-    assert bad.stderr == "interpose: --dump-signal: signal 'SIGKILL' cannot be caught\n"
+    assert bad.stderr == ("interpose: --dump-signal='SIGKILL' is not a signal"
+                          " that can be caught (e.g. SIGQUIT)\n")
     dead = subprocess.run([*argv, "--deadlock=exit", "-c",
                            "import threading; threading.Event().wait()"],
                           capture_output=True, text=True, env=env, timeout=WAIT)
