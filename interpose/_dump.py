@@ -77,7 +77,6 @@ def _names():
 
     by_handle, by_sched = {}, {}
     by_tid = _os_thread_names()
-    converted = _sched._idents is not None
     active = dict(threading._active)
     for ident, sched in list(_sched._schedulers.items()):
         thread = threading._active.get(ident)
@@ -87,7 +86,11 @@ def _names():
         if sched.native:
             by_sched[sched.native] = name
         for handle, coro in list(sched.live.items()):
-            thread = active.get(coro.id) if converted and coro._thread else None
+            # A converted thread's ident is its coroutine's pthread_self()
+            # (native/hooks_pthread.c): its Thread has the current name.
+            thread = None
+            if coro._thread:
+                thread = active.get(_lib.coro_thread_ident(handle) or -1)
             by_handle[handle] = thread.name if thread is not None else coro.name
         if sched.main is not None:
             by_handle.setdefault(sched.main._handle,

@@ -145,6 +145,9 @@ SIGNATURES = {
     "interpose_diag_set_notify_fd": (_i, [_i], True),
     "interpose_diag_arm": (_i, [], True),
     "interpose_diag_resolver_threads": (_i, [], True),
+    "interpose_thread_idents_enable": (_i, [], True),
+    "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
+    "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
 }
 
 # The C-API entry points the engine calls, by the name the library knows

@@ -27,7 +27,9 @@ _lib = _native.lib
 _prepare = _lib.coro_prepare
 _current_handle = _lib.coro_current
 _park = _lib.coro_park
-_get_ident = _thread.get_ident
+# The OS thread's real pthread_self(), whichever coroutine asks: schedulers
+# are per OS thread, while _thread.get_ident() is per converted thread.
+_get_ident = _lib.thread_os_ident
 
 # Per OS thread, in that thread's own thread state: the reaper that frees a
 # non-main thread's scheduler when the thread exits.
@@ -37,9 +39,12 @@ _local = _thread._local()
 _join_guard = _thread.allocate_lock()
 # Per OS thread: ident -> _Scheduler.
 _schedulers = {}
-# Set by _threads.install(): a _thread._local in which every spawned
-# coroutine, running in its own thread state, stores its thread identity.
-_idents = None
+# Per thread state, so per coroutine: .sched caches the scheduler of the OS
+# thread the coroutine runs on (the hot paths skip the ctypes call).
+_tls = _thread._local()
+# Set by _threads.install(): every spawned coroutine has a thread identity
+# of its own (native/hooks_pthread.c).
+thread_idents = False
 
 
 class _Scheduler:
@@ -59,9 +64,14 @@ class _Scheduler:
 
 
 def _scheduler():
+    try:
+        return _tls.sched
+    except AttributeError:
+        pass
     sched = _schedulers.get(_get_ident())
     if sched is None:
         sched = _create_scheduler()
+    _tls.sched = sched
     return sched
 
 
@@ -79,25 +89,35 @@ def _create_scheduler():
         _signals.install()
         atexit.register(_shutdown_at_exit)
     else:
-        _local.reaper = _Reaper(ident)
+        _local.reaper = _Reaper(ident, sched)
     return sched
 
 
 class _Reaper:
     """Frees a non-main thread's scheduler when the thread exits.
 
-    It lives in the thread's own thread-local storage, which CPython clears
-    on that thread as it exits: the one moment the thread's scheduler can be
-    torn down by the thread that owns it."""
+    It lives in the thread's own thread-local storage, which CPython
+    normally clears on that thread as it exits: the one moment the thread's
+    scheduler can be torn down by the thread that owns it.  When the locals
+    are freed on another thread instead, only the registry entry is dropped
+    here and the engine destroys the scheduler at the thread's exit."""
 
-    __slots__ = ("ident",)
+    __slots__ = ("ident", "sched")
 
-    def __init__(self, ident):
+    def __init__(self, ident, sched):
         self.ident = ident
+        self.sched = sched
 
     def __del__(self):
         sched = _schedulers.get(self.ident)
-        if sched is None or _get_ident() != self.ident:
+        if sched is not self.sched:
+            return  # already gone, or the ident was reused by a new thread
+        if _get_ident() != self.ident:
+            # CPython freed the thread's locals on another thread: only the
+            # registry entry can go here; the engine tears the scheduler
+            # down itself as its thread exits (sched_at_thread_exit).
+            if not sched.live:
+                del _schedulers[self.ident]
             return
         if sched.live:
             # Coroutines the thread never waited for: keep their state, but
@@ -113,7 +133,7 @@ def prepare():
 
     Raises an exception that a spawned coroutine forwarded to the main one.
     """
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     if sched.pending is not None:
         _raise_pending(sched)
     return _current_handle(), _prepare()
@@ -131,7 +151,7 @@ def park_failed(code):
     forwarded exceptions (returns if none raise); others raise."""
     if code == -errno.EINTR:
         _native.check_signals()
-        sched = _schedulers.get(_get_ident())
+        sched = getattr(_tls, "sched", None) or _schedulers.get(_get_ident())
         if sched is not None and sched.pending is not None:
             _raise_pending(sched)
         return
@@ -229,8 +249,7 @@ class Coroutine:
     # -- running in the coroutine's own thread state --------------------
 
     def _bootstrap(self):
-        if _idents is not None:
-            _idents.ident = self._id
+        _tls.sched = self._sched
         if threading._trace_hook is not None:
             sys.settrace(threading._trace_hook)
         if threading._profile_hook is not None:
@@ -269,14 +288,16 @@ class Coroutine:
             if self._join_waiters is not None:
                 self._join_waiters.wake_all()
         sched.live.pop(self._handle, None)
-        if _idents is not None:
-            _forget_dummy_thread(self._id)
+        if thread_idents and not self._thread:
+            _forget_dummy_thread(_thread.get_ident())
 
 
 def _forget_dummy_thread(ident):
-    """threading.current_thread() in a coroutine that is not a Thread
-    registers a _DummyThread that nothing removes: drop it with the
-    coroutine, so idents do not pile up in threading._active."""
+    """threading.current_thread() in a coroutine that is not a thread
+    (interpose.spawn) registers a _DummyThread that nothing removes: drop it
+    with the coroutine, so idents do not pile up in threading._active.  A
+    coroutine that stands for a thread keeps it, as plain 3.11 keeps the
+    dummy of a _thread.start_new_thread thread."""
     thread = threading._active.get(ident)
     if type(thread) is threading._DummyThread:
         threading._active.pop(ident, None)
@@ -327,7 +348,7 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
 def _spawn(fn, args, kwargs, name, size, thread):
     """spawn() after validation; thread marks a coroutine standing for a
     thread (size 0: the default stack)."""
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     label = "" if name is None else str(name)
     coro = Coroutine(0, 0, label)
     coro._thread = thread
@@ -347,7 +368,7 @@ def _spawn(fn, args, kwargs, name, size, thread):
 def current():
     """The running Coroutine (the thread's main coroutine outside spawned
     ones)."""
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     return sched.live.get(_current_handle()) or sched.main
 
 

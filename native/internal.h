@@ -232,6 +232,9 @@ typedef struct ip_coro {
   /* Semaphores it took last (sem_trywait/sem_wait succeeded and it has not
    * posted them since), newest first: the owners in a lock cycle. */
   const void *held[IP_HELD_LOCKS];
+  /* Invariant: 0, or the pthread_self() value of this coroutine while it is
+   * alive (hooks_pthread.c); 0 for every thread's root coroutine. */
+  uintptr_t thread_ident;
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
   void *san_fake; /* AddressSanitizer's fake stack while switched away */
 } ip_coro_t;
@@ -568,6 +571,20 @@ IP_HIDDEN void ip__sem_after_fork_child(void);
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
 
+/* ---- thread identities (hooks_pthread.c) ------------------------------ */
+
+/* Set by interpose_thread_idents_enable: spawned coroutines get handles. */
+IP_HIDDEN extern atomic_int ip__thread_idents;
+/* Gives co (on the calling OS thread) a handle when identities are on:
+ * 0, or -ENOMEM / -EAGAIN when none is left. */
+IP_HIDDEN int ip__ident_attach(ip_coro_t *co);
+/* pthread_self() answers handle (0: as usual) on this OS thread: spawn sets
+ * it around PyThreadState_New, which records the thread id. */
+IP_HIDDEN void ip__ident_creating(uintptr_t handle);
+/* Frees co's handle: after its thread state is gone, the handle is dead. */
+IP_HIDDEN void ip__ident_detach(ip_coro_t *co);
+IP_HIDDEN void ip__ident_after_fork_child(ip_coro_t *survivor);
+
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */
 
 typedef struct ip_pyapi {
@@ -603,6 +620,8 @@ IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
+/* 1 when CPython's own threads are joinable (3.13+), 0 when detached. */
+IP_HIDDEN int ip__pyver_threads_joinable(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
 /* gilstate.c: the gilstate slot follows the running coroutine. */

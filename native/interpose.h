@@ -248,5 +248,19 @@ IP_EXPORT int interpose_diag_arm(void);
 /* Any thread.  Resolver pool threads alive (they wake only the coroutine
  * whose lookup they run). */
 IP_EXPORT int interpose_diag_resolver_threads(void);
+/* ---- Thread identities --------------------------------------------------
+ * See native/hooks_pthread.c. */
+
+/* Any thread.  From now on every spawned coroutine has a thread identity of
+ * its own: pthread_self() in it returns a handle (an address in a range the
+ * library reserves and never maps) that the hooked pthread_* functions
+ * understand.  Returns 0, or -ENOMEM when the range cannot be reserved. */
+IP_EXPORT int interpose_thread_idents_enable(void);
+/* Any thread.  The pthread_self() value of the coroutine behind handle, or
+ * 0 when it has none (a root, or identities are off, or it has died). */
+IP_EXPORT uintptr_t interpose_coro_thread_ident(void *handle);
+/* Any thread.  The calling OS thread's real pthread_self(), whichever
+ * coroutine runs. */
+IP_EXPORT uintptr_t interpose_thread_os_ident(void);
 
 #endif /* INTERPOSE_H */

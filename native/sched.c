@@ -775,6 +775,7 @@ static void sched_after_fork_child(void) {
         invalidate(&other->root);
     }
   sched_all = s;
+  ip__ident_after_fork_child(survivor);
   ip__sem_after_fork_child();
   ip__gilstate_after_fork_child();
   if (s == NULL)
@@ -799,8 +800,27 @@ static void sched_after_fork_child(void) {
 }
 
 
+/* A thread's scheduler is torn down by that thread as it exits.  The
+ * Python side asks for it from thread-local storage, but CPython does not
+ * always free a thread's locals on that thread (seen on 3.11 while another
+ * thread holds references into the scheduler registry): this destructor,
+ * run by the exiting thread itself after its thread state is gone, is the
+ * backstop.  interpose_sched_destroy refuses (EBUSY) a scheduler with live
+ * coroutines, which then stay parked as before, and is a no-op when the
+ * Python side already destroyed it. */
+static pthread_key_t exit_key;
+static int exit_key_ok;
+
+
+static void sched_at_thread_exit(void *arg) {
+  (void) arg;
+  (void) interpose_sched_destroy();
+}
+
+
 static void register_atfork(void) {
   pthread_atfork(NULL, NULL, sched_after_fork_child);
+  exit_key_ok = pthread_key_create(&exit_key, sched_at_thread_exit) == 0;
 }
 
 
@@ -844,6 +864,8 @@ ip_sched_t *ip__sched_ensure(void) {
   sched_all = s;
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
+  if (exit_key_ok && !s->is_main_thread)
+    (void) pthread_setspecific(exit_key, s);
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
   atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
@@ -874,23 +896,32 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = ip__stack_acquire(&co->stack, stack_size);
   if (r < 0)
     goto fail_coro;
+  co->id = atomic_fetch_add(&next_id, 1);
+  r = ip__ident_attach(co);
+  if (r < 0)
+    goto fail_stack;
+  /* CPython records the thread id in the new thread state: the coroutine's
+   * identity must be in force while it is created (hooks_pthread.c). */
+  ip__ident_creating(co->thread_ident);
   co->tstate = ip__py.PyThreadState_New(ip__py.interp);
+  ip__ident_creating(0);
   r = -ENOMEM;
   if (co->tstate == NULL)
-    goto fail_stack;
+    goto fail_ident;
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
   co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
-  co->id = atomic_fetch_add(&next_id, 1);
   co->ready_ns = ip__now_ns();
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
   *id_out = co->id;
   return co;
+fail_ident:
+  ip__ident_detach(co);
 fail_stack:
   ip__stack_release(&co->stack);
 fail_coro:
@@ -906,6 +937,7 @@ void ip__coro_main(void *arg) {
   ip_coro_t *co = arg;
   san_arrive(NULL);
   ip__py_run_body(co);
+  ip__ident_detach(co); /* the thread is gone: its ident is dead */
   ip_sched_t *s = tls_sched;
   if (co == s->main) {
     /* Only after fork: the coroutine that forked became the child's main
