@@ -17,6 +17,7 @@ turns the watcher off, =exit makes a deadlock end the process with status
 70 after the report (default: report and keep waiting);
 INTERPOSE_DEADLOCK_LOG=PATH also appends every report to PATH.
 """
+import _thread
 import os
 import select
 import socket
@@ -63,8 +64,15 @@ def start(control=True, deadlock="report"):
     _sockets[:] = [listener, evfd]
     from . import _threads
 
-    ident = _threads.real_start_new_thread(_Watcher(listener, evfd, deadlock).run, ())
+    # Wait until the thread runs: CPython counts a thread in _thread._count()
+    # only once it has started, and a program that compares the count
+    # before and after its own threads must not see ours arrive late.
+    running = _thread.allocate_lock()
+    running.acquire()
+    ident = _threads.real_start_new_thread(
+        _Watcher(listener, evfd, deadlock).run, (running,))
     _native.name_os_thread(ident, THREAD_NAME)
+    running.acquire()
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _started = True
 
@@ -102,8 +110,9 @@ class _Watcher:
         self.reported = set()  # (sched, switches) already reported
         self.examined = 0  # confirmed stuck schedulers examined (tests read it)
 
-    def run(self):
+    def run(self, running):
         _deadlock.helper_tids.add(threading.get_native_id())
+        running.release()
         poller = select.poll()
         listen_fd = self.listener.fileno() if self.listener is not None else -1
         for fd in (listen_fd, self.evfd):
