@@ -145,6 +145,7 @@ SIGNATURES = {
     "interpose_diag_set_notify_fd": (_i, [_i], True),
     "interpose_diag_arm": (_i, [], True),
     "interpose_diag_resolver_threads": (_i, [], True),
+    "interpose_diag_start_thread": (_i, [ctypes.py_object, ctypes.c_char_p], True),
     "interpose_thread_idents_enable": (_i, [], True),
     "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
     "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
@@ -171,6 +172,8 @@ PY_API = {
     "PyInterpreterState_ThreadHead": "PyInterpreterState_ThreadHead",
     "PyThreadState_Next": "PyThreadState_Next",
     "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
+    "PyGILState_Ensure": "PyGILState_Ensure",
+    "PyGILState_Release": "PyGILState_Release",
 }
 
 

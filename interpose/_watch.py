@@ -62,16 +62,18 @@ def start(control=True, deadlock="report"):
         evfd = _signals._move_internal(os.eventfd(0, os.EFD_CLOEXEC))
         _lib.diag_set_notify_fd(evfd)
     _sockets[:] = [listener, evfd]
-    from . import _threads
 
-    # Wait until the thread runs: CPython counts a thread in _thread._count()
-    # only once it has started, and a program that compares the count
-    # before and after its own threads must not see ours arrive late.
+    # Wait until the thread runs, so that it is counted among interpose's
+    # own threads (helper_tids) before the program starts.
     running = _thread.allocate_lock()
     running.acquire()
-    ident = _threads.real_start_new_thread(
-        _Watcher(listener, evfd, deadlock).run, (running,))
-    _native.name_os_thread(ident, THREAD_NAME)
+    watcher = _Watcher(listener, evfd, deadlock)
+    # A thread of the engine's, not of _thread: _thread._count() and
+    # threading.enumerate() stay what the program's threads make them.
+    r = _lib.diag_start_thread(lambda: watcher.run(running), THREAD_NAME.encode())
+    if r != 0:
+        sys.stderr.write(f"interpose: no diagnostics thread: {os.strerror(-r)}\n")
+        return
     running.acquire()
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _started = True

@@ -15,6 +15,7 @@
  * structs are type-stable, so a racy read of a coroutine running on
  * another OS thread yields a stale value, never a fault. */
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,49 @@ int interpose_diag_arm(void) {
 
 
 int interpose_diag_resolver_threads(void) { return ip__names_workers(); }
+
+
+/* ---- the diagnostics thread ------------------------------------------- */
+
+/* The thread's body: a fresh OS thread has no thread state, so
+ * PyGILState_Ensure makes one (the 3.11 first-tstate quirk of DESIGN.md
+ * cannot bite: the thread never has another), calls body, which returns
+ * only if it fails. */
+static void *diag_thread_main(void *body) {
+  int g = ip__py.PyGILState_Ensure();
+  void *r = ip__py.PyObject_CallNoArgs(body);
+  if (r != NULL)
+    ip__py.Py_DecRef(r);
+  else
+    ip__py.PyErr_WriteUnraisable(body);
+  ip__py.Py_DecRef(body);
+  ip__py.PyGILState_Release(g);
+  return NULL;
+}
+
+
+int interpose_diag_start_thread(void *body, const char *name) {
+  if (!ip__py_ready() || body == NULL)
+    return -EINVAL;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* signals stay the program's */
+  ip__py.Py_IncRef(body);
+  pthread_t t;
+  int r = pthread_create(&t, &attr, diag_thread_main, body);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    ip__py.Py_DecRef(body);
+    return -r;
+  }
+  if (name != NULL)
+    pthread_setname_np(t, name);
+  return 0;
+}
 
 
 /* ---- snapshots -------------------------------------------------------- */

@@ -606,6 +606,8 @@ typedef struct ip_pyapi {
   void *(*PyInterpreterState_ThreadHead)(void *interp);
   void *(*PyThreadState_Next)(void *tstate);
   void *(*PyGILState_GetThisThreadState)(void);
+  int (*PyGILState_Ensure)(void);
+  void (*PyGILState_Release)(int state);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;

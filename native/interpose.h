@@ -248,6 +248,11 @@ IP_EXPORT int interpose_diag_arm(void);
 /* Any thread.  Resolver pool threads alive (they wake only the coroutine
  * whose lookup they run). */
 IP_EXPORT int interpose_diag_resolver_threads(void);
+/* GIL held.  Runs body() (a Python callable; a new reference is taken) on a
+ * new OS thread named name, with every signal blocked, through
+ * PyGILState_Ensure: a thread CPython's _thread module does not count
+ * (_thread._count()) and threading does not list.  0 or -errno. */
+IP_EXPORT int interpose_diag_start_thread(void *body, const char *name);
 /* ---- Thread identities --------------------------------------------------
  * See native/hooks_pthread.c. */
 

@@ -33,6 +33,8 @@ static const struct {
     BINDING(PyInterpreterState_ThreadHead),
     BINDING(PyThreadState_Next),
     BINDING(PyGILState_GetThisThreadState),
+    BINDING(PyGILState_Ensure),
+    BINDING(PyGILState_Release),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 
