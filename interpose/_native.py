@@ -125,6 +125,7 @@ SIGNATURES = {
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_sched_runnable": (_i, [], True),
     "interpose_sched_defer_signal": (_i, [_i], True),
     "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),

@@ -21,7 +21,7 @@ import threading
 from . import _errors
 from . import _native
 from . import _signals
-from ._waitqueue import INT64_MAX, WaitQueue, deadline_ns, remaining_ns
+from ._waitqueue import WaitQueue, deadline_ns, remaining_ns, timeout_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
@@ -374,18 +374,19 @@ def current():
 
 def sleep(seconds):
     """Suspend the running coroutine for at least seconds; sleep(0) lets
-    every other runnable coroutine run first."""
+    every other runnable coroutine run first; sleep(math.inf) parks until
+    the coroutine is cancelled or its deadline passes."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise TypeError("sleep() needs a number of seconds")
-    if seconds < 0 or math.isnan(seconds):
+    if seconds < 0:
         raise ValueError("sleep length must be non-negative")
-    deadline = _lib.clock_ns() + math.ceil(seconds * 1e9)
+    deadline = deadline_ns(seconds)  # NaN: ValueError, as time.sleep
     while True:
         prepare()
-        code = _park(min(INT64_MAX, max(0, deadline - _lib.clock_ns())))
+        code = _park(remaining_ns(deadline))
         if code < 0:
             park_failed(code)
-        if _lib.clock_ns() >= deadline:
+        if deadline is not None and _lib.clock_ns() >= deadline:
             return
 
 
@@ -449,13 +450,14 @@ class deadline:
 
     def __enter__(self):
         _scheduler()
-        when = min(INT64_MAX, _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9))
+        left = timeout_ns(self._seconds)
+        when = -1 if left is None else _lib.clock_ns() + left
         previous = _lib.coro_set_deadline(when)
-        if 0 <= previous < when:
+        if 0 <= previous and (when < 0 or previous < when):
             _lib.coro_set_deadline(previous)
             when = previous
         self._previous = previous
-        self.deadline_ns = when
+        self.deadline_ns = when if when >= 0 else None
         return self
 
     def __exit__(self, *exc_info):
@@ -498,7 +500,8 @@ class shielded:
 def run(fn, /, *args, **kwargs):
     """Run fn(*args, **kwargs) as this thread's main coroutine and return its
     result.  When it returns or raises, every coroutine still alive on this
-    thread is cancelled and waited for (as asyncio.run does)."""
+    thread is cancelled and run until it finishes (as asyncio.run does),
+    except one parked where cancellation cannot reach (a lock wait)."""
     sched = _scheduler()
     if current() is not sched.main:
         raise RuntimeError("interpose.run() must be called outside spawned coroutines")
@@ -518,19 +521,34 @@ def run(fn, /, *args, **kwargs):
 
 
 def _shutdown(sched):
-    """Cancel and join every coroutine still alive on this thread, except
-    those standing for threads (threading waits for non-daemon ones)."""
+    """Cancel every coroutine still alive on this thread, except those
+    standing for threads (threading waits for non-daemon ones), and let them
+    run until each has finished or nothing on the thread can run any more.
+
+    The ones then still alive are parked in waits that cancellation does
+    not end: lock waits (Lock.acquire, Event.wait, Queue.get), which CPython
+    cannot let fail.  Only another coroutine or thread could wake them, and
+    none is runnable, so waiting for them could hang the process for ever;
+    they are left parked, as daemon threads are.  Returns them.
+
+    Nothing joins the cancelled coroutines, so an exception one raises
+    other than its cancellation (from a finally, say) is reported through
+    threading.excepthook when it finishes, as asyncio.run reports errors
+    during its shutdown."""
+    stuck = set()
     while True:
-        victims = [c for c in sched.live.values() if not c._thread]
+        victims = [c for c in sched.live.values()
+                   if not c._thread and c not in stuck]
         if not victims:
-            return
+            return stuck
         for coro in victims:
             coro.cancel()
-        for coro in victims:
-            try:
-                coro.join()
-            except Exception:
-                pass  # already reported when it finished
+        while True:
+            with shielded():  # a deadline of the main one must not stop it
+                sleep(0)  # every runnable coroutine runs first
+            if all(c._done for c in victims) or not _lib.sched_runnable():
+                break
+        stuck.update(c for c in victims if not c._done)
 
 
 def _shutdown_at_exit():
@@ -539,9 +557,10 @@ def _shutdown_at_exit():
         return
     _shutdown(sched)
     if sched.live:
-        # Daemon threads are abandoned, as CPython abandons daemon threads:
-        # they must never run again, for the interpreter is about to clear
-        # their thread states.  With the main coroutine's hooks off nothing
+        # Daemon threads, and coroutines parked where cancellation cannot
+        # reach, are abandoned, as CPython abandons daemon threads: they
+        # must never run again, for the interpreter is about to clear their
+        # thread states.  With the main coroutine's hooks off nothing
         # switches to them any more (this is the last atexit handler).
         _lib.coro_set_hooks(0)
 

@@ -130,6 +130,10 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
  * of every other runnable coroutine, if it is parked or about to park, so
  * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
 IP_EXPORT int interpose_sched_interrupt_main(void);
+/* GIL held.  1 when a coroutine of the calling thread's scheduler is
+ * runnable (queued, next, or woken from another thread), else 0: exit-time
+ * shutdown abandons the coroutines left parked once nothing can run. */
+IP_EXPORT int interpose_sched_runnable(void);
 /* GIL held.  Moves a runnable coroutine of the calling thread (one just
  * spawned) ahead of the run queue: it runs as soon as the caller parks.
  * Thread.start() uses it, as it waits for the new thread to start.

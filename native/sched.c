@@ -447,17 +447,16 @@ static void take_remote(ip_sched_t *s) {
 /* Runs every coroutine that was runnable when the round began; those woken
  * during the round wait for the next one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
-  ip_link_t batch;
-  ip__queue_init(&batch);
-  ip__queue_splice(&batch, &s->runq);
+  ip_link_t *batch = &s->round;
+  ip__queue_splice(batch, &s->runq);
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   s->now_ns = round_start;
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
       s->run_next = NULL; /* its slice was inherited from its waker */
-    } else if (!ip__queue_empty(&batch)) {
-      ip_link_t *l = batch.next;
+    } else if (!ip__queue_empty(batch)) {
+      ip_link_t *l = batch->next;
       ip__queue_remove(l);
       co = container_of(l, ip_coro_t, run_link);
       co->resumed_ns = round_start;
@@ -467,6 +466,7 @@ static void run_round(ip_sched_t *s) {
     co->hook_calls = 0;
     run_coroutine(s, co);
     s = tls_sched;
+    batch = &s->round;
   }
 }
 
@@ -635,6 +635,17 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 }
 
 
+/* Empty run queues and timers (a new scheduler's, or a forked child's). */
+static void sched_init_queues(ip_sched_t *s) {
+  ip__queue_init(&s->runq);
+  ip__queue_init(&s->round);
+  ip__queue_init(&s->remote);
+  atomic_store(&s->remote_pending, 0);
+  pthread_mutex_init(&s->remote_lock, NULL);
+  ip__heap_init(&s->timers);
+}
+
+
 /* Opens the kernel objects and the hub context; 0 or -errno.
  * Invariant: every fd the runtime opens for itself (these, the signal
  * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
@@ -657,11 +668,6 @@ static int sched_open(ip_sched_t *s) {
   if (s->signal_fd >= 0 && add_tagged(s->epfd, s->signal_fd, TAG_SIGNAL) < 0)
     s->signal_fd = -1;
   s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
-  ip__queue_init(&s->runq);
-  ip__queue_init(&s->remote);
-  atomic_store(&s->remote_pending, 0);
-  pthread_mutex_init(&s->remote_lock, NULL);
-  ip__heap_init(&s->timers);
   s->pid = getpid();
   s->is_main_thread = syscall(SYS_gettid) == s->pid;
   return 0;
@@ -749,9 +755,21 @@ static void invalidate(ip_coro_t *co) {
  * resumed, and its struct goes back to the free list; Python objects that
  * still hold its handle then find it gone.  Other threads' schedulers are
  * left allocated (their threads are gone, like a forked child's other
- * threads).  The forking thread's scheduler gets a fresh epoll set,
- * eventfd, queues, timers and hub, and the forking coroutine becomes the
- * thread's main coroutine. */
+ * threads).  The forking thread's scheduler gets fresh queues and timers,
+ * and the forking coroutine becomes the thread's main coroutine.
+ *
+ * Its epoll set, eventfd and hub are made later, by the runtime's first use
+ * of the scheduler (sched_live), not here.  Facts: subprocess's child
+ * (CPython's _posixsubprocess, also on its vfork path, which is fork here)
+ * runs C code between fork and exec: dup2, chdir, closing every fd with
+ * close_fds, and on a failed exec a write of the errno to the parent's
+ * error pipe; no Python after-fork hook runs unless preexec_fn is given.
+ * Consequence: fds opened here would be closed under us by close_fds, and a
+ * hook that then parked would fail in epoll_ctl; the error pipe write was
+ * lost that way and Popen returned a child exiting 255 instead of raising.
+ * Solution: until the runtime asks for the scheduler again (os.fork's
+ * after-fork hook does, preexec_fn's too), the child's hooks are the real
+ * calls, blocking as they would without interpose. */
 int ip__forked_child;
 
 
@@ -784,11 +802,13 @@ static void sched_after_fork_child(void) {
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid)); /* the child's own */
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);
+  s->epfd = s->evfd = -1;
+  s->fork_pending = 1;
   ip__heap_free(&s->timers);
+  sched_init_queues(s);
   ip__fd_after_fork_child();
   ip__names_after_fork_child();
-  if (sched_open(s) < 0)
-    ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
+  s->pid = getpid();
   s->main = survivor;
   s->dead = NULL;
   s->run_next = NULL;
@@ -797,6 +817,22 @@ static void sched_after_fork_child(void) {
   atomic_store(&s->stuck, 0);
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
+}
+
+
+/* The calling thread's scheduler, its epoll set reopened if a fork left it
+ * pending; NULL with errno set if that fails. */
+static ip_sched_t *sched_live(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->fork_pending)
+    return s;
+  int r = sched_open(s);
+  if (r < 0) {
+    errno = -r;
+    return NULL;
+  }
+  s->fork_pending = 0;
+  return s;
 }
 
 
@@ -826,7 +862,7 @@ static void register_atfork(void) {
 
 ip_sched_t *ip__sched_ensure(void) {
   if (tls_sched != NULL)
-    return tls_sched;
+    return sched_live();
   int r = ip__stack_install_guard_handler();
   if (r < 0) {
     errno = -r;
@@ -841,6 +877,7 @@ ip_sched_t *ip__sched_ensure(void) {
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
+  sched_init_queues(s);
   r = sched_open(s);
   if (r < 0) {
     ip__stack_release(&s->hub_stack);
@@ -969,7 +1006,7 @@ uint64_t interpose_coro_prepare(void) {
 
 
 int interpose_coro_park(int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   ip__wait_note(s->current, IP_WAIT_PARK, -1, 0, NULL);
@@ -1034,7 +1071,7 @@ int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
 
 
 int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   if (fd < 0)
@@ -1059,6 +1096,15 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+int interpose_sched_runnable(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
+         s->run_next != NULL || atomic_load(&s->remote_pending) != 0;
 }
 
 
