@@ -9,16 +9,23 @@ Layout:
   _threads     threading on coroutines (interpose run), or native threads
   _signals     signal handlers in the main coroutine, the wakeup fd
   _monitor     reports coroutines that keep their thread too long
+  _dump        the coroutine dump (interpose.dump, interpose ps)
+  _deadlock    decides whether stuck coroutines can be woken; the report
+  _watch       the diagnostics thread: control socket, deadlock watcher
+  _stats       statistics as text (--stats, interpose ps --stats)
+  _diagnostics starts the above from the environment
   _errors      exceptions
   _demo_echo   the no-argument echo demo (python -m interpose demo)
   _autostart   boots the runtime in a preloaded process (with _boot/)
   _settings    the INTERPOSE_* environment settings and their checks
   __main__     the command line
 """
+from ._dump import dump as dump
 from ._errors import Cancelled as Cancelled
 from ._errors import NativeLibraryError as NativeLibraryError
 from ._monitor import start as start_blocking_monitor
 from ._sched import Coroutine as Coroutine
+from ._sched import CoroutineStatistics as CoroutineStatistics
 from ._sched import Statistics as Statistics
 from ._sched import current as current
 from ._sched import deadline as deadline
@@ -41,6 +48,7 @@ __all__ = [
     "Cancelled",
     "Condition",
     "Coroutine",
+    "CoroutineStatistics",
     "Event",
     "Lock",
     "NativeLibraryError",
@@ -51,6 +59,7 @@ __all__ = [
     "__version__",
     "current",
     "deadline",
+    "dump",
     "no_hooks",
     "run",
     "sleep",

@@ -1,4 +1,4 @@
-"""The command line: python -m interpose (run | env | info | demo)."""
+"""The command line: python -m interpose (run | env | info | demo | ps)."""
 import argparse
 import os
 import shlex
@@ -9,6 +9,7 @@ from . import _settings
 
 USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
                      [--native-threads] [--monitor SECONDS]
+                     [--deadlock MODE] [--dump-signal SIG]
                      (script.py | -m module | -c code) [args ...]
 
 Runs a Python program with libinterpose.so preloaded: its main code is the
@@ -24,6 +25,10 @@ options:
   --native-threads     keep threads as OS threads, each with its own scheduler
   --monitor SECONDS    report, with its stack, a coroutine that runs longer
                        than SECONDS without reaching a hooked call
+  --deadlock MODE      report (default): print a deadlock report and keep
+                       waiting; exit: print it and exit with status 70; off
+  --dump-signal SIG    dump every coroutine to stderr on SIG (e.g. SIGQUIT)
+                       (docs/diagnostics.md)
 """
 
 
@@ -90,7 +95,8 @@ def _interpreter_options():
 def parse_run(argv):
     """(options, target argv) for `interpose run`; raises SystemExit."""
     opts = {"stack_size": None, "main_hooks": True, "stats": False,
-            "native_threads": False, "monitor": None}
+            "native_threads": False, "monitor": None, "deadlock": None,
+            "dump_signal": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -98,7 +104,7 @@ def parse_run(argv):
             print(USAGE_RUN, end="")
             raise SystemExit(0)
         option = arg.split("=", 1)[0]
-        if option in ("--stack-size", "--monitor"):
+        if option in ("--stack-size", "--monitor", "--deadlock", "--dump-signal"):
             if "=" in arg:
                 value = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
@@ -134,6 +140,10 @@ def _run(argv):
             _settings.monitor_seconds(opts["monitor"], "--monitor")
         if opts["stack_size"] is not None:
             _settings.stack_size(opts["stack_size"], "--stack-size")
+        if opts["deadlock"] is not None:
+            _settings.deadlock_mode(opts["deadlock"], "--deadlock")
+        if opts["dump_signal"] is not None:
+            _settings.signal_number(opts["dump_signal"], "--dump-signal")
     except _settings.SettingError as e:
         return _fail(str(e))
     autostart, problem = _load()
@@ -258,6 +268,29 @@ def _demo(args):
 _DEMO_MARKER = "INTERPOSE_DEMO_PRELOADED"
 
 
+def _ps(args):
+    """Print the coroutine dump (or statistics) of another process that runs
+    under interpose, through its control socket (interpose/_watch.py)."""
+    from . import _watch
+
+    try:
+        pid = int(args.pid)
+        if pid <= 0:
+            raise ValueError
+    except ValueError:
+        return _fail(f"ps needs a process id, not {args.pid!r}")
+    try:
+        text = _watch.request(pid, b"stats" if args.stats else b"dump",
+                              timeout=args.timeout)
+    except TimeoutError:
+        return _fail(f"process {pid} did not answer within {args.timeout} s"
+                     " (is it stopped, or stuck in C code holding the GIL?)", 1)
+    except OSError as e:
+        return _fail(str(e), 1)
+    sys.stdout.write(text)
+    return 0 if text and not text.startswith("interpose: refused") else 1
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
@@ -279,6 +312,14 @@ def main(argv=None):
     demo.add_argument("--clients", type=int, default=100,
                       help="client coroutines, and as many server ones (default 100)")
     demo.set_defaults(func=_demo)
+    ps = sub.add_parser("ps", help="print every coroutine (stack, wait reason) of"
+                                   " a running interpose process")
+    ps.add_argument("pid", help="the process id")
+    ps.add_argument("--stats", action="store_true",
+                    help="print its statistics instead of the dump")
+    ps.add_argument("--timeout", type=float, default=10,
+                    help="seconds to wait for the answer (default 10)")
+    ps.set_defaults(func=_ps)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -11,11 +11,15 @@ its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
 coroutines that run longer than SECONDS without reaching a hooked call),
 INTERPOSE_PREEMPT=threads|all|off (which coroutines take turns at bytecode
 boundaries: threads and main coroutines, also spawned ones, or none).
+Diagnostics (docs/diagnostics.md): INTERPOSE_CONTROL=0 (no control socket
+for `interpose ps`), INTERPOSE_DEADLOCK=report|exit|off, and
+INTERPOSE_DUMP_SIGNAL=SIGQUIT (dump every coroutine on that signal).
 """
 import atexit
 import os
 import sys
 
+from . import _diagnostics
 from . import _monitor
 from . import _native
 from . import _preempt
@@ -63,6 +67,7 @@ def boot():
         _native.lib.coro_set_hooks(1)
     if _settings.get("INTERPOSE_STATS") == "1":
         atexit.register(_print_statistics)
+    _diagnostics.boot()
     monitor = _settings.get("INTERPOSE_MONITOR")
     if monitor is not None:
         _monitor.start(monitor)
@@ -91,13 +96,14 @@ def boot_problem():
 
 
 def _print_statistics():
-    stats = _sched.statistics()
-    fields = ", ".join(f"{k}={v}" for k, v in stats.__dict__.items())
-    sys.stderr.write(f"interpose statistics (pid {os.getpid()}): {fields}\n")
+    from . import _stats
+
+    sys.stderr.write(_stats.format_all())
 
 
 def environment(stack_size=None, main_hooks=True, stats=False, base=None,
-                native_threads=False, monitor=None):
+                native_threads=False, monitor=None, deadlock=None,
+                dump_signal=None):
     """The environment that makes a Python process boot interpose."""
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = _preload_list(env.get("LD_PRELOAD"))
@@ -113,6 +119,10 @@ def environment(stack_size=None, main_hooks=True, stats=False, base=None,
         env["INTERPOSE_THREADS"] = "native"
     if monitor is not None:
         env["INTERPOSE_MONITOR"] = str(monitor)
+    if deadlock is not None:
+        env["INTERPOSE_DEADLOCK"] = deadlock
+    if dump_signal is not None:
+        env["INTERPOSE_DUMP_SIGNAL"] = dump_signal
     return env
 
 

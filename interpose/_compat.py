@@ -38,3 +38,11 @@ def unsupported_reason():
             " its coroutine switching relies on the GIL. Use a default build."
         )
     return None
+
+# Where a _thread.lock keeps its semaphore: on 3.11 and 3.12 the object
+# (lockobject in Modules/_threadmodule.c) holds a PyThread_type_lock, on
+# Linux a malloc'ed sem_t, right after its header; 3.13 made the lock a
+# PyMutex, which waits on a per-waiter semaphore, so no semaphore names the
+# lock.  The deadlock report matches lock objects with the semaphore a
+# coroutine waits on, where there is one.  Delete with 3.12 support.
+LOCK_SEM_OFFSET = None if PY313 else 2 * 8

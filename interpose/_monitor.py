@@ -16,9 +16,12 @@ Opt in with INTERPOSE_MONITOR=SECONDS, `interpose run --monitor SECONDS`,
 or interpose.start_blocking_monitor(SECONDS).
 """
 import sys
+import threading
 import time
 import traceback
 
+from . import _deadlock
+from . import _dump
 from . import _native
 from . import _sched
 from . import _threads
@@ -34,6 +37,7 @@ class _Monitor:
         self.seen = {}
 
     def run(self):
+        _deadlock.helper_tids.add(threading.get_native_id())
         period = max(self.threshold / 4, 0.001)
         while True:
             time.sleep(period)
@@ -58,13 +62,22 @@ class _Monitor:
         self.seen = seen
 
     def report(self, sched, elapsed, handle, frame):
+        """One report, in the dump's format (interpose/_dump.py)."""
         coro = sched.live.get(handle) or sched.main
-        stack = "".join(traceback.format_stack(frame))
+        views, _ = _dump.snapshot()
+        view = next((v for v in views if v.sched == sched.native
+                     and v.state == "running"), None)
+        if view is not None:
+            text = _dump.format_coroutine(view)
+        else:  # it switched meanwhile: the stack sampled is all there is
+            text = "".join(traceback.format_stack(frame))
+        for v in views:
+            v.frame = v.owner = None
         file = self.file or sys.stderr
         file.write(
             f"interpose: {coro} on OS thread {sched.name!r} has run for"
             f" {elapsed:.3f} s without reaching a hooked call; every other"
-            f" coroutine of that thread is waiting.  Its stack:\n{stack}")
+            f" coroutine of that thread is waiting:\n{text}")
         file.flush()
 
 
@@ -80,4 +93,5 @@ def start(threshold, file=None):
         _monitor.file = file
         return
     _monitor = _Monitor(threshold, file)
-    _threads.real_start_new_thread(_monitor.run, ())
+    ident = _threads.real_start_new_thread(_monitor.run, ())
+    _native.name_os_thread(ident, "interpose-mon")

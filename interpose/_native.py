@@ -24,6 +24,10 @@ _SOURCE_DIR = os.path.join(os.path.dirname(PACKAGE_DIR), "native")
 PARK_TIMEOUT = 1  # INTERPOSE_PARK_TIMEOUT
 READABLE = 1
 WRITABLE = 2
+# INTERPOSE_WAIT_*: why a parked coroutine waits (CoroInfo.wait_kind).
+WAIT_PARK, WAIT_FD, WAIT_POLL, WAIT_LOCK, WAIT_SLEEP, WAIT_RESOLVE, WAIT_YIELD = range(1, 8)
+# CoroInfo.state (enum ip_coro_state in native/internal.h).
+RUNNABLE, RUNNING, PARKED = 1, 2, 3
 
 _REBUILD = (
     "Rebuild it: 'pip install .' (or, in a source checkout, 'pip install -e .'"
@@ -44,6 +48,49 @@ class Stats(ctypes.Structure):
         ("timeouts", ctypes.c_uint64),
         ("epoll_waits", ctypes.c_uint64),
         ("preemptions", ctypes.c_uint64),
+    ]
+
+
+class CoroInfo(ctypes.Structure):
+    """interpose_coro_info_t."""
+    _fields_ = [
+        ("handle", ctypes.c_void_p),
+        ("sched", ctypes.c_void_p),
+        ("id", ctypes.c_uint64),
+        ("tid", ctypes.c_int32),
+        ("state", ctypes.c_int32),
+        ("wait_kind", ctypes.c_int32),
+        ("wait_fd", ctypes.c_int32),
+        ("wait_events", ctypes.c_int32),
+        ("cancelled", ctypes.c_int32),
+        ("is_main", ctypes.c_int32),
+        ("shield", ctypes.c_int32),
+        ("wait_obj", ctypes.c_void_p),
+        ("timer_ns", ctypes.c_int64),
+        ("deadline_ns", ctypes.c_int64),
+        ("run_ns", ctypes.c_uint64),
+        ("max_turn_ns", ctypes.c_uint64),
+        ("turns", ctypes.c_uint64),
+        ("held", ctypes.c_void_p * 4),
+        ("frame", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+    ]
+
+
+LATENCY_BUCKETS = 48
+
+
+class SchedInfo(ctypes.Structure):
+    """interpose_sched_info_t."""
+    _fields_ = [
+        ("sched", ctypes.c_void_p),
+        ("tid", ctypes.c_int32),
+        ("is_main_thread", ctypes.c_int32),
+        ("stuck", ctypes.c_int32),
+        ("alive", ctypes.c_int32),
+        ("switches", ctypes.c_uint64),
+        ("max_turn_ns", ctypes.c_uint64),
+        ("latency", ctypes.c_uint64 * LATENCY_BUCKETS),
     ]
 
 
@@ -93,6 +140,14 @@ SIGNATURES = {
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_diag_coros": (
+        ctypes.c_long, [ctypes.POINTER(CoroInfo), _sz, _i], True),
+    "interpose_diag_scheds": (ctypes.c_long, [ctypes.POINTER(SchedInfo), _sz], True),
+    "interpose_diag_fd_addr": (_i, [_i, _i, ctypes.c_char_p, _sz], True),
+    "interpose_diag_set_notify_fd": (_i, [_i], True),
+    "interpose_diag_arm": (_i, [], True),
+    "interpose_diag_resolver_threads": (_i, [], True),
+    "interpose_diag_start_thread": (_i, [ctypes.py_object, ctypes.c_char_p], True),
     "interpose_thread_idents_enable": (_i, [], True),
     "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
     "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
@@ -100,6 +155,7 @@ SIGNATURES = {
     # Released: the monitor may be waiting for the GIL as it is told to stop.
     "interpose_preempt_stop": (_i, [], False),
     "interpose_preempt_set_interval": (_i, [_i64], True),
+    "interpose_preempt_monitor_tid": (_i, [], False),
     "interpose_coro_set_preemptible": (_i, [_p, _i], True),
 }
 
@@ -121,7 +177,11 @@ PY_API = {
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
     "PyThreadState_GetFrame": "PyThreadState_GetFrame",
+    "PyInterpreterState_ThreadHead": "PyInterpreterState_ThreadHead",
+    "PyThreadState_Next": "PyThreadState_Next",
     "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
+    "PyGILState_Ensure": "PyGILState_Ensure",
+    "PyGILState_Release": "PyGILState_Release",
 }
 
 
@@ -343,3 +403,97 @@ def spawn_raw(body, stack_size, name):
     if not handle:
         raise OSError(-err.value, os.strerror(-err.value))
     return handle, cid.value
+
+
+_decref = ctypes.pythonapi.Py_DecRef
+_decref.restype = None
+_decref.argtypes = [ctypes.c_void_p]
+
+
+def diag_coros(frames=True):
+    """Every live coroutine of every scheduler: a list of (CoroInfo, frame or
+    None; always None without frames).  The garbage collector is paused meanwhile: the engine reads the
+    frames with no lock but the GIL, which a finalizer could give away."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        cap = 64
+        while True:
+            buf = (CoroInfo * cap)()
+            n = lib.diag_coros(buf, cap, 1 if frames else 0)
+            if n < 0:
+                return []
+            if n <= cap:
+                break
+            _release_frames(buf, cap)
+            cap = n + 16
+    finally:
+        if enabled:
+            gc.enable()
+    out = []
+    for info in buf[:n]:
+        frame = None
+        if info.frame:
+            frame = ctypes.cast(info.frame, ctypes.py_object).value
+            _decref(info.frame)  # the engine's reference; frame holds one
+            info.frame = None
+        out.append((info, frame))
+    return out
+
+
+def _release_frames(buf, n):
+    for info in buf[:n]:
+        if info.frame:
+            _decref(info.frame)
+            info.frame = None
+
+
+def diag_scheds():
+    """Every scheduler: a list of SchedInfo."""
+    cap = 8
+    while True:
+        buf = (SchedInfo * cap)()
+        n = lib.diag_scheds(buf, cap)
+        if n <= cap:
+            return list(buf[:n])
+        cap = n + 4
+
+
+def fd_address(fd, peer):
+    """The peer's (peer true) or own address of socket fd as text, or None."""
+    buf = ctypes.create_string_buffer(256)
+    if lib.diag_fd_addr(fd, 1 if peer else 0, buf, len(buf)) != 0:
+        return None
+    return buf.value.decode("utf-8", "replace")
+
+
+def address_at(address):
+    """The pointer stored at address (reads the process's memory)."""
+    return ctypes.c_void_p.from_address(address).value
+
+
+_libc = ctypes.CDLL(None)
+_sem_getvalue = _libc.sem_getvalue
+_sem_getvalue.restype = ctypes.c_int
+_sem_getvalue.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+
+
+_setname = _libc.pthread_setname_np
+_setname.restype = ctypes.c_int
+_setname.argtypes = [ctypes.c_ulong, ctypes.c_char_p]
+
+
+def name_os_thread(ident, name):
+    """Give the OS thread behind a _thread ident (its pthread_t) the name
+    that ps, top and /proc/PID/task/TID/comm show (15 bytes at most)."""
+    _setname(ident, name.encode()[:15])
+
+
+def sem_value(sem):
+    """The value of the semaphore at address sem (0: a lock that is held)."""
+    value = ctypes.c_int()
+    if _sem_getvalue(sem, ctypes.byref(value)) != 0:
+        return None
+    return value.value

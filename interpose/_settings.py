@@ -61,6 +61,35 @@ def monitor_seconds(raw, label="INTERPOSE_MONITOR"):
     return seconds
 
 
+def deadlock_mode(raw, label="INTERPOSE_DEADLOCK"):
+    """report, exit or off (docs/diagnostics.md).  Raises SettingError."""
+    if raw not in DEADLOCK_MODES:
+        raise SettingError(
+            f"{label}={raw!r} is not one of {', '.join(map(repr, DEADLOCK_MODES))}")
+    return raw
+
+
+DEADLOCK_MODES = ("report", "exit", "off")
+
+
+def signal_number(raw, label="INTERPOSE_DUMP_SIGNAL"):
+    """The signal number for a name (SIGQUIT, QUIT) or a number, which must
+    be catchable.  Raises SettingError naming label."""
+    import signal
+
+    text = raw.strip().upper()
+    if text.isdigit():
+        signum = int(text)
+    else:
+        signum = getattr(signal.Signals, text if text.startswith("SIG") else "SIG" + text,
+                         None)
+    if signum is None or signum not in signal.valid_signals() or signum in (
+            signal.SIGKILL, signal.SIGSTOP):
+        raise SettingError(f"{label}={raw!r} is not a signal that can be caught"
+                           " (e.g. SIGQUIT)")
+    return int(signum)
+
+
 def _choice(name, allowed):
     def check(raw):
         if raw not in allowed:
@@ -79,6 +108,11 @@ PARSERS = {
     "INTERPOSE_STACK_SIZE": stack_size,
     "INTERPOSE_MONITOR": monitor_seconds,
     "INTERPOSE_PREEMPT": _choice("INTERPOSE_PREEMPT", ("threads", "all", "off")),
+    # Diagnostics (docs/diagnostics.md).
+    "INTERPOSE_CONTROL": _choice("INTERPOSE_CONTROL", ("0", "1")),
+    "INTERPOSE_DEADLOCK": deadlock_mode,
+    "INTERPOSE_DEADLOCK_LOG": lambda raw: raw,  # a path, opened when needed
+    "INTERPOSE_DUMP_SIGNAL": signal_number,
     BOOT_REQUIRED: _choice(BOOT_REQUIRED, ("1",)),
 }
 

@@ -456,9 +456,13 @@ int ip__fd_wait(ip_sched_t *s, int fd, int events, int64_t timeout_ns,
     return r;
   if (check_first)
     r = ready_now(fd, events);
-  if (r == 0)
+  if (r == 0) {
+    ip__wait_note(co, IP_WAIT_FD, fd, events, NULL);
+    s->fd_waits++;
     r = ip__park(s, timeout_ns);
-  else if (r > 0)
+    s = co->sched; /* a fork may have replaced the scheduler's insides */
+    s->fd_waits--;
+  } else if (r > 0)
     r = 0;
   ip__fd_unwatch(s, &w);
   return r;

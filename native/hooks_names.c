@@ -143,8 +143,11 @@ static int run_parked(ip_sched_t *s, job_t *j) {
   int r = submit(j);
   if (r < 0)
     return r; /* not submitted: still ours alone */
+  s->ext_waits++;
   for (;;) {
+    ip__wait_note(j->co, IP_WAIT_RESOLVE, -1, 0, NULL);
     r = ip__park(s, -1);
+    s = j->co->sched;
     if (r != -EINTR)
       break;
     /* Park again for a new generation.  The worker sets done before it
@@ -156,6 +159,7 @@ static int run_parked(ip_sched_t *s, job_t *j) {
       break;
     }
   }
+  s->ext_waits--;
   if (r != 0) {
     job_release(j); /* abandoned: the worker frees it */
     return r;
@@ -447,3 +451,11 @@ void ip__names_after_fork_child(void) {
 }
 
 #pragma GCC visibility pop
+
+
+int ip__names_workers(void) {
+  pthread_mutex_lock(&pool_lock);
+  int n = workers;
+  pthread_mutex_unlock(&pool_lock);
+  return n;
+}

@@ -139,8 +139,10 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
   sem_waiter_t w = {.sem = sem, .co = co};
   int64_t poll_ns = sem_process_shared(sem) ? SHARED_POLL_FIRST_NS : -1;
   for (;;) {
-    if (sem_trywait(sem) == 0)
+    if (ip__real.sem_trywait(sem) == 0) {
+      ip__diag_took(sem);
       return 0;
+    }
     if (errno != EAGAIN)
       return -1;
     int64_t timeout = -1;
@@ -151,8 +153,9 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
     }
     w.gen = ip__prepare(co);
     enlist(&w);
-    if (sem_trywait(sem) == 0) {
+    if (ip__real.sem_trywait(sem) == 0) {
       delist(&w);
+      ip__diag_took(sem);
       return 0;
     }
     if (poll_ns > 0 && (timeout < 0 || timeout > poll_ns)) {
@@ -160,6 +163,7 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       poll_ns = poll_ns * 2 < SHARED_POLL_MAX_NS ? poll_ns * 2 : SHARED_POLL_MAX_NS;
     }
     co->shield++;
+    ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
     int r = ip__park(s, timeout);
     co->shield--;
     delist(&w);
@@ -203,7 +207,20 @@ int sem_clockwait(sem_t *restrict sem, clockid_t clk,
 }
 
 
+/* Hooked only to note which coroutine holds which CPython lock (the lock
+ * cycle of a deadlock report): CPython takes an uncontended lock with
+ * sem_trywait.  A few loads when no scheduler runs here. */
+int sem_trywait(sem_t *sem) {
+  int r = ip__real.sem_trywait(sem);
+  if (r == 0 && ip__hooks_armed())
+    ip__diag_took(sem);
+  return r;
+}
+
+
 int sem_post(sem_t *sem) {
+  if (ip__hooks_armed())
+    ip__diag_gave(sem);
   int r = ip__real.sem_post(sem);
   if (r == 0) {
     atomic_thread_fence(memory_order_seq_cst);

@@ -29,6 +29,7 @@ static int valid_ts(const struct timespec *ts) {
 static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
   for (;;) {
     ip__prepare(s->current);
+    ip__wait_note(s->current, IP_WAIT_SLEEP, -1, 0, NULL);
     int r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
     int64_t now = ip__now_ns();
     *left_ns = deadline_ns > now ? deadline_ns - now : 0;

@@ -76,7 +76,12 @@ static int wait_any(ip_sched_t *s, const int *fds, const short *events,
   }
   r = probe(probe_arg);
   if (r == 0) {
+    ip__wait_note(co, IP_WAIT_POLL, watched > 0 ? w[0].fd : -1, watched,
+                  NULL);
+    s->fd_waits += watched > 0;
     r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
+    s = co->sched;
+    s->fd_waits -= watched > 0;
   } else {
     r = r < 0 ? r : 0;
   }

@@ -173,6 +173,20 @@ enum ip_coro_state {
 #define IP_PARK_SLEEP 2u  /* switched away; the winner of a wake enqueues */
 #define IP_PARK_STATE_BITS 2
 
+/* Why a parked coroutine waits (ip_coro_t.wait_kind); the values are part
+ * of the ABI (INTERPOSE_WAIT_* in interpose.h). */
+enum ip_wait_kind {
+  IP_WAIT_NONE = 0,
+  IP_WAIT_PARK = 1,    /* interpose_coro_park from Python: see its stack */
+  IP_WAIT_FD = 2,      /* one fd (a blocking call, wait_readable, ...) */
+  IP_WAIT_POLL = 3,    /* poll/select/epoll_wait over several fds */
+  IP_WAIT_LOCK = 4,    /* a semaphore: a CPython lock */
+  IP_WAIT_SLEEP = 5,   /* a sleep hook */
+  IP_WAIT_RESOLVE = 6, /* a name lookup on the resolver pool */
+  IP_WAIT_YIELD = 7,   /* gave its turn away at the end of a time slice */
+};
+#define IP_HELD_LOCKS 4
+
 struct ip_sched;
 
 typedef struct ip_coro {
@@ -203,12 +217,32 @@ typedef struct ip_coro {
   int preemptible;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
+  /* What the coroutine waits for while parked, for interpose.dump() and
+   * the deadlock report (diag.c).  Written by the owning thread just
+   * before it parks; read by other threads without a lock (the struct is
+   * type-stable), so a reader may see the previous park's reason. */
+  int wait_kind;        /* IP_WAIT_* */
+  int wait_fd;          /* IP_WAIT_FD, IP_WAIT_POLL: the (first) fd */
+  int wait_events;      /* IP_WAIT_FD: INTERPOSE_READABLE | _WRITABLE;
+                           IP_WAIT_POLL: the number of fds */
+  const void *wait_obj; /* IP_WAIT_LOCK: the sem_t */
+  /* Statistics, written by the owning thread's hub: when it last became
+   * runnable, its time on the thread, its longest single turn, turns. */
+  int64_t ready_ns;
+  uint64_t run_ns;
+  uint64_t max_turn_ns;
+  uint64_t turns;
+  /* Semaphores it took last (sem_trywait/sem_wait succeeded and it has not
+   * posted them since), newest first: the owners in a lock cycle. */
+  const void *held[IP_HELD_LOCKS];
   /* Invariant: 0, or the pthread_self() value of this coroutine while it is
    * alive (hooks_pthread.c); 0 for every thread's root coroutine. */
   uintptr_t thread_ident;
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
   void *san_fake; /* AddressSanitizer's fake stack while switched away */
 } ip_coro_t;
+
+#define IP_LATENCY_BUCKETS 48
 
 typedef struct ip_sched {
   /* These first four fields survive the reuse of the struct (sched.c resets
@@ -282,6 +316,21 @@ typedef struct ip_sched {
   atomic_int in_epoll;
   uint64_t mon_switches; /* the monitor's own: switch count last seen */
   int64_t mon_since_ns;  /* the monitor's own: when it last changed */
+  /* Diagnostics (diag.c).  Parked coroutines waiting on an fd or on the
+   * resolver pool: while either is non-zero something outside the
+   * scheduler can wake it, so it is not deadlocked. */
+  int fd_waits;
+  int ext_waits;
+  /* Invariant: 1 only while the hub sleeps in epoll_wait with no timer,
+   * an empty run queue and fd_waits == ext_waits == 0: every coroutine of
+   * the thread is parked on something only another coroutine, another OS
+   * thread or a signal can end. */
+  atomic_int stuck;
+  /* Run-queue latency (wake to run) in log2(ns) buckets, and the longest
+   * turn any coroutine took; written by the hub only. */
+  uint64_t latency_hist[IP_LATENCY_BUCKETS];
+  uint64_t max_turn_ns;
+  int64_t now_ns; /* the hub's latest clock reading (see run_coroutine) */
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
@@ -316,6 +365,31 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   return atomic_load(&co->park_word) >> IP_PARK_STATE_BITS;
 }
 
+/* ---- diagnostics (diag.c) --------------------------------------------- */
+
+/* Records what the running coroutine is about to park for. */
+static inline void ip__wait_note(ip_coro_t *co, int kind, int fd, int events,
+                                 const void *obj) {
+  co->wait_kind = kind;
+  co->wait_fd = fd;
+  co->wait_events = events;
+  co->wait_obj = obj;
+}
+/* The hub of s is about to sleep with nothing but other coroutines, other
+ * threads or signals able to wake its coroutines: tell the deadlock
+ * watcher, if one waits to hear it.  Async-signal-unsafe; hub only. */
+IP_HIDDEN void ip__diag_stuck(ip_sched_t *s);
+/* The running coroutine took or gave back a semaphore. */
+IP_HIDDEN void ip__diag_took(const void *sem);
+IP_HIDDEN void ip__diag_gave(const void *sem);
+/* Resolver pool threads alive (hooks_names.c): not wakers of their own. */
+IP_HIDDEN int ip__names_workers(void);
+/* Locks the registry of coroutines and schedulers (sched.c) and calls fn
+ * for every live coroutine, roots included. */
+IP_HIDDEN void ip__sched_each(void (*sched_fn)(ip_sched_t *s, void *arg),
+                              void (*coro_fn)(ip_coro_t *co, void *arg),
+                              void *arg);
+
 /* ---- real libc functions (real.c) ------------------------------------ */
 
 #define IP_REAL_FUNCTIONS(X)                                                  \
@@ -330,7 +404,8 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
   X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
   X(posix_spawn_file_actions_adddup2) X(sem_wait) X(sem_timedwait)          \
-  X(sem_clockwait) X(sem_post) X(pthread_cond_timedwait) X(listen)
+  X(sem_clockwait) X(sem_post) X(sem_trywait) X(pthread_cond_timedwait) \
+  X(listen)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {
@@ -587,7 +662,11 @@ typedef struct ip_pyapi {
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
   void *(*PyThreadState_GetFrame)(void *tstate);
+  void *(*PyInterpreterState_ThreadHead)(void *interp);
+  void *(*PyThreadState_Next)(void *tstate);
   void *(*PyGILState_GetThisThreadState)(void);
+  int (*PyGILState_Ensure)(void);
+  void (*PyGILState_Release)(int state);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;

@@ -181,6 +181,83 @@ IP_EXPORT int64_t interpose_clock_ns(void);
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
 
+/* ---- Diagnostics (diag.c) ----------------------------------------------
+ * What interpose.dump(), `interpose ps`, the deadlock report and the
+ * statistics read.  Everything here is a snapshot taken under the engine's
+ * registry lock; the fields of coroutines running on other threads are read
+ * without stopping them, so a reason or counter may be one park old. */
+
+/* Why a parked coroutine waits (interpose_coro_info_t.wait_kind). */
+#define INTERPOSE_WAIT_NONE 0
+#define INTERPOSE_WAIT_PARK 1    /* a wait of the Python runtime: see stack */
+#define INTERPOSE_WAIT_FD 2      /* wait_fd for wait_events */
+#define INTERPOSE_WAIT_POLL 3    /* poll/select/epoll: wait_events fds */
+#define INTERPOSE_WAIT_LOCK 4    /* the semaphore wait_obj (a CPython lock) */
+#define INTERPOSE_WAIT_SLEEP 5
+#define INTERPOSE_WAIT_RESOLVE 6 /* a name lookup on the resolver pool */
+#define INTERPOSE_WAIT_YIELD 7   /* gave its turn away; runnable again soon */
+
+#define INTERPOSE_HELD_LOCKS 4
+#define INTERPOSE_LATENCY_BUCKETS 48
+
+typedef struct interpose_coro_info {
+  void *handle;
+  void *sched;
+  uint64_t id;
+  int32_t tid;         /* the OS thread (gettid) of its scheduler */
+  int32_t state;       /* 1 runnable, 2 running, 3 parked */
+  int32_t wait_kind;   /* INTERPOSE_WAIT_*; meaningful when parked */
+  int32_t wait_fd;
+  int32_t wait_events;
+  int32_t cancelled;
+  int32_t is_main;     /* the thread's main coroutine */
+  int32_t shield;
+  const void *wait_obj;
+  int64_t timer_ns;    /* when its park times out (interpose_clock_ns), or -1 */
+  int64_t deadline_ns; /* its deadline, or -1 */
+  uint64_t run_ns;     /* time on its thread, all turns */
+  uint64_t max_turn_ns;
+  uint64_t turns;
+  const void *held[INTERPOSE_HELD_LOCKS]; /* semaphores it took, or NULL */
+  void *frame;         /* new reference to its innermost frame, or NULL */
+  char name[64];
+} interpose_coro_info_t;
+
+typedef struct interpose_sched_info {
+  void *sched;
+  int32_t tid;
+  int32_t is_main_thread;
+  int32_t stuck;       /* ip_sched_t.stuck (internal.h), no remote wake queued */
+  int32_t alive;
+  uint64_t switches;
+  uint64_t max_turn_ns;
+  uint64_t latency[INTERPOSE_LATENCY_BUCKETS]; /* wake-to-run, log2(ns) */
+} interpose_sched_info_t;
+
+/* GIL held (the frames are read and referenced).  Fills out[0..cap) with
+ * every live coroutine of every scheduler and returns how many there are,
+ * which may exceed cap (then only cap were filled).  With frames non-zero
+ * each entry's frame is a new reference the caller owns; else NULL. */
+IP_EXPORT long interpose_diag_coros(interpose_coro_info_t *out, size_t cap,
+                                    int frames);
+/* GIL held.  Like interpose_diag_coros, for the schedulers. */
+IP_EXPORT long interpose_diag_scheds(interpose_sched_info_t *out, size_t cap);
+/* Any thread.  Writes "ADDR:PORT" (or "unix:PATH") of socket fd's peer
+ * (peer = 1) or own address (peer = 0) into buf, NUL-terminated; 0, or
+ * -ENOTSOCK, -ENOTCONN or another -errno. */
+IP_EXPORT int interpose_diag_fd_addr(int fd, int peer, char *buf, size_t len);
+/* Any thread.  The deadlock watcher's eventfd (-1: none): once armed, the
+ * next hub that finds its scheduler stuck writes 1 to it and disarms. */
+IP_EXPORT int interpose_diag_set_notify_fd(int fd);
+IP_EXPORT int interpose_diag_arm(void);
+/* Any thread.  Resolver pool threads alive (they wake only the coroutine
+ * whose lookup they run). */
+IP_EXPORT int interpose_diag_resolver_threads(void);
+/* GIL held.  Runs body() (a Python callable; a new reference is taken) on a
+ * new OS thread named name, with every signal blocked, through
+ * PyGILState_Ensure: a thread CPython's _thread module does not count
+ * (_thread._count()) and threading does not list.  0 or -errno. */
+IP_EXPORT int interpose_diag_start_thread(void *body, const char *name);
 /* ---- Thread identities --------------------------------------------------
  * See native/hooks_pthread.c. */
 
@@ -209,6 +286,9 @@ IP_EXPORT int interpose_preempt_stop(void);
 /* Any thread.  The switch interval, in microseconds (sys.setswitchinterval
  * reports it here); values below 1 count as 1.  Returns 0. */
 IP_EXPORT int interpose_preempt_set_interval(int64_t interval_us);
+/* Any thread.  The preemption monitor's kernel thread id while it runs,
+ * else 0. */
+IP_EXPORT int interpose_preempt_monitor_tid(void);
 /* GIL held.  Sets whether coroutine may be preempted (on: 0 or 1; -1 only
  * reads); returns the previous setting, or -EINVAL for a NULL handle. */
 IP_EXPORT int interpose_coro_set_preemptible(void *coro, int on);

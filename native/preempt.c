@@ -273,9 +273,19 @@ static void sleep_until_busy(void) {
 }
 
 
+/* The monitor's kernel thread id while it runs (0 otherwise): the
+ * deadlock watcher must not count it as a thread that could wake a parked
+ * coroutine, since it only ever asks running ones to yield. */
+static _Atomic pid_t monitor_tid;
+
+
+int interpose_preempt_monitor_tid(void) { return atomic_load(&monitor_tid); }
+
+
 static void *monitor_main(void *arg) {
   (void) arg;
   is_monitor = 1;
+  atomic_store(&monitor_tid, (pid_t) syscall(SYS_gettid));
   pthread_setname_np(pthread_self(), "ip-preempt"); /* as ps and tests see it */
   void *tstate = ip__py.PyThreadState_New(ip__py.interp);
   while (tstate != NULL && !atomic_load(&monitor_stop)) {
@@ -297,6 +307,7 @@ static void *monitor_main(void *arg) {
     ip__py.PyThreadState_Clear(tstate);
     ip__py.PyThreadState_DeleteCurrent();
   }
+  atomic_store(&monitor_tid, 0);
   return NULL;
 }
 

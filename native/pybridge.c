@@ -30,7 +30,11 @@ static const struct {
     BINDING(PyObject_SetArenaAllocator),
     BINDING(PyErr_SetInterruptEx),
     BINDING(PyThreadState_GetFrame),
+    BINDING(PyInterpreterState_ThreadHead),
+    BINDING(PyThreadState_Next),
     BINDING(PyGILState_GetThisThreadState),
+    BINDING(PyGILState_Ensure),
+    BINDING(PyGILState_Release),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 

@@ -115,6 +115,9 @@ static ip_coro_t *coro_alloc(void) {
   co->shield = 0;
   co->wake_result = 0;
   co->preemptible = 0;
+  ip__wait_note(co, IP_WAIT_NONE, -1, 0, NULL);
+  co->run_ns = co->max_turn_ns = co->turns = 0;
+  memset(co->held, 0, sizeof(co->held));
   return co;
 }
 
@@ -187,6 +190,17 @@ static void enqueue_woken(ip_coro_t *co, int front) {
 }
 
 
+/* When a wake happened, for the run-queue latency.  The hub wakes in
+ * batches (an epoll batch, expired timers) right after reading the clock,
+ * so its wakes reuse that reading: the I/O path pays no clock read per
+ * wake.  Coroutines and other threads read the clock. */
+static int64_t wake_time(ip_sched_t *s) {
+  if (s == tls_sched && s->current == NULL)
+    return s->now_ns;
+  return ip__now_ns();
+}
+
+
 int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
   uint64_t w = atomic_load(&co->park_word);
   for (;;) {
@@ -198,8 +212,10 @@ int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
     if (atomic_compare_exchange_weak(&co->park_word, &w, claimed)) {
       co->wake_result = result;
       atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
-      if (st == IP_PARK_SLEEP)
+      if (st == IP_PARK_SLEEP) {
+        co->ready_ns = wake_time(co->sched);
         enqueue_woken(co, front);
+      }
       return 1;
     }
   }
@@ -387,17 +403,41 @@ static void publish_for_monitor(ip_sched_t *s) {
 }
 
 
+/* The bucket of a duration in the log2 latency histogram. */
+static unsigned latency_bucket(int64_t ns) {
+  if (ns <= 0)
+    return 0;
+  unsigned b = 64u - (unsigned) __builtin_clzll((uint64_t) ns);
+  return b < IP_LATENCY_BUCKETS ? b : IP_LATENCY_BUCKETS - 1;
+}
+
+
+/* Statistics cost one clock read per turn (vDSO, no system call): a turn
+ * starts when the previous one of the round ended (s->now_ns; the hub's
+ * bookkeeping in between takes nanoseconds) and its end is read here.  The
+ * turn's length is the coroutine's time on the thread; its start minus its
+ * wake time is its run-queue latency. */
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
   publish_for_monitor(s);
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
+  int64_t start = s->now_ns;
+  s->latency_hist[latency_bucket(start - co->ready_ns)]++;
   ip__gilstate_bind(co->tstate);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
   san_arrive(s->hub_san_fake);
+  s->now_ns = ip__now_ns();
+  uint64_t turn = (uint64_t) (s->now_ns - start);
+  co->run_ns += turn;
+  co->turns++;
+  if (turn > co->max_turn_ns)
+    co->max_turn_ns = turn;
+  if (turn > s->max_turn_ns)
+    s->max_turn_ns = turn;
   __atomic_store_n(&s->current, NULL, __ATOMIC_RELAXED);
   if (s->dead != NULL)
     reclaim_dead(s);
@@ -433,6 +473,7 @@ static void run_round(ip_sched_t *s) {
     ip__queue_push_back(batch, l);
   }
   int64_t round_start = ip__now_ns(); /* one clock read per round */
+  s->now_ns = round_start;
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
@@ -466,6 +507,7 @@ void ip__yield_if_due(ip_sched_t *s) {
   if (ip__now_ns() - co->resumed_ns < TIME_SLICE_NS)
     return;
   ip__prepare(co);
+  ip__wait_note(co, IP_WAIT_YIELD, -1, 0, NULL);
   if (ip__park(s, 0) == -EINTR)
     co->pending_eintr = 1; /* the signal is for the next real wait */
 }
@@ -565,13 +607,20 @@ static void poll_events(ip_sched_t *s) {
     s->last_poll_ns = now;
   }
   s->stats.epoll_waits++;
+  int stuck = timeout_ns < 0 && s->fd_waits == 0 && s->ext_waits == 0;
+  if (stuck)
+    ip__diag_stuck(s);
   if (timeout_ns != 0)
     ip__preempt_hub_blocking(s, 1);
   int n = epoll_wait_ns(s, ev, timeout_ns);
-  if (timeout_ns != 0) {
+  if (timeout_ns != 0)
     IP_SAVE_ERRNO(ip__preempt_hub_blocking(s, 0));
-    s->last_poll_ns = ip__now_ns();
-  }
+  if (stuck)
+    atomic_store(&s->stuck, 0);
+  /* The wake time of this batch's wakes: after a wait, now; after a poll
+   * (timeout 0) the end of the last turn, a moment ago. */
+  if (timeout_ns != 0)
+    s->now_ns = s->last_poll_ns = ip__now_ns();
   if (n < 0) {
     IP_CHECK(errno == EINTR);
     wake_main_for_signal(s);
@@ -593,6 +642,7 @@ static void poll_events(ip_sched_t *s) {
 
 static void fire_timers(ip_sched_t *s) {
   int64_t now = ip__now_ns();
+  s->now_ns = now;
   ip_timer_t *t;
   while ((t = ip__heap_min(&s->timers)) != NULL && t->deadline_ns <= now) {
     ip__heap_remove(&s->timers, t);
@@ -805,6 +855,8 @@ static void sched_after_fork_child(void) {
   s->run_next = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
   atomic_store(&s->preempt_co, NULL);
+  s->fd_waits = s->ext_waits = 0; /* the parent's parked coroutines' */
+  atomic_store(&s->stuck, 0);
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
 }
@@ -881,6 +933,8 @@ ip_sched_t *ip__sched_ensure(void) {
   root->state = IP_CORO_RUNNING;
   root->deadline_ns = -1;
   root->timer.index = SIZE_MAX;
+  root->wait_fd = -1;
+  root->ready_ns = s->now_ns = ip__now_ns();
   name_copy(root, "main");
   root_stack_bounds(s);
   s->main = root;
@@ -941,6 +995,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
+  co->ready_ns = ip__now_ns();
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
@@ -999,6 +1054,7 @@ int interpose_coro_park(int64_t timeout_ns) {
   ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
+  ip__wait_note(s->current, IP_WAIT_PARK, -1, 0, NULL);
   return ip__park(s, timeout_ns);
 }
 
@@ -1102,6 +1158,21 @@ void *interpose_sched_self(uint64_t *incarnation) {
   ip_sched_t *s = tls_sched;
   *incarnation = s ? atomic_load(&s->incarnation) : 0;
   return s;
+}
+
+
+void ip__sched_each(void (*sched_fn)(ip_sched_t *s, void *arg),
+                    void (*coro_fn)(ip_coro_t *co, void *arg), void *arg) {
+  pthread_mutex_lock(&coro_lock);
+  for (ip_sched_t *s = sched_all; s != NULL; s = s->all_next) {
+    sched_fn(s, arg);
+    if (s->root.id != 0)
+      coro_fn(&s->root, arg);
+  }
+  for (ip_coro_t *co = coro_all; co != NULL; co = co->all_next)
+    if (co->id != 0 && co->state != IP_CORO_DEAD && co->sched != NULL)
+      coro_fn(co, arg);
+  pthread_mutex_unlock(&coro_lock);
 }
 
 

@@ -4,6 +4,7 @@ only fails here instead of corrupting memory at run time."""
 import ctypes
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -24,6 +25,10 @@ C_TYPES = {
     "void **": ctypes.POINTER(ctypes.c_void_p),
     "int *": ctypes.POINTER(ctypes.c_int),
     "interpose_stats_t *": ctypes.POINTER(_native.Stats),
+    "interpose_coro_info_t *": ctypes.POINTER(_native.CoroInfo),
+    "interpose_sched_info_t *": ctypes.POINTER(_native.SchedInfo),
+    "long": ctypes.c_long,
+    "char *": ctypes.c_char_p,
 }
 
 
@@ -65,7 +70,7 @@ def test_every_exported_function_is_declared_once():
 def test_signature_matches_header(name):
     ret, args = _declarations()[name]
     restype, argtypes, _ = _native.SIGNATURES[name]
-    if name == "interpose_coro_spawn":
+    if name in ("interpose_coro_spawn", "interpose_diag_start_thread"):
         # body is a PyObject * declared as void * in C.
         assert argtypes[0] is ctypes.py_object
         args, argtypes = args[1:], argtypes[1:]
@@ -90,3 +95,36 @@ def test_constants_match_header():
                          ("INTERPOSE_READABLE", _native.READABLE),
                          ("INTERPOSE_WRITABLE", _native.WRITABLE)]:
         assert int(re.search(rf"#define {macro} (\d+)", text).group(1)) == value
+
+
+def _c_layout(tmp_path, struct, fields):
+    """sizeof(struct) and offsetof(struct, f) for each field, from a C
+    program compiled against native/interpose.h."""
+    src = tmp_path / "layout.c"
+    lines = ['#include <stddef.h>', '#include <stdio.h>', '#include "interpose.h"',
+             "int main(void) {", f'  printf("%zu\\n", sizeof({struct}));']
+    lines += [f'  printf("%zu\\n", offsetof({struct}, {f}));' for f in fields]
+    lines += ["  return 0;", "}"]
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", "-I", os.path.dirname(HEADER), "-o", str(exe), str(src)],
+                   check=True, capture_output=True, text=True)
+    return [int(x) for x in subprocess.run([str(exe)], check=True, capture_output=True,
+                                           text=True).stdout.split()]
+
+
+@pytest.mark.parametrize("struct, ctype", [
+    ("interpose_coro_info_t", "CoroInfo"), ("interpose_sched_info_t", "SchedInfo")])
+def test_diagnostics_structs_match_header(tmp_path, struct, ctype):
+    cls = getattr(_native, ctype)
+    fields = [name for name, _ in cls._fields_]
+    size, *offsets = _c_layout(tmp_path, struct, fields)
+    assert size == ctypes.sizeof(cls)
+    assert offsets == [getattr(cls, f).offset for f in fields]
+
+
+def test_wait_kinds_match_header():
+    kinds = dict(re.findall(r"#define INTERPOSE_WAIT_(\w+) (\d+)", _header_text()))
+    assert kinds.pop("NONE") == "0"
+    assert {k: int(v) for k, v in kinds.items()} == {
+        k: getattr(_native, "WAIT_" + k) for k in kinds}

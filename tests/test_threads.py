@@ -332,27 +332,27 @@ def test_exit_waits_for_non_daemon_threads_and_keeps_status():
 
 
 def test_runs_every_thread_in_one_os_thread():
-    # Besides the program's one OS thread there is interpose's preemption
-    # monitor (docs/time-slicing.md), named ip-preempt.
+    # Besides the program's one OS thread there are interpose's preemption
+    # monitor (docs/time-slicing.md, named ip-preempt) and its diagnostics
+    # thread (docs/diagnostics.md, named interpose-diag).
     lines = check_ok(run_hooked("""
         import os, threading, time
-        def tasks():
-            n = 0
-            for task in os.listdir("/proc/self/task"):
-                with open(f"/proc/self/task/{task}/comm") as f:
-                    n += f.read().strip() != "ip-preempt"
-            return n
+        HELPERS = {"ip-preempt", "interpose-diag"}
+        def os_threads():  # the program's own
+            names = [open(f"/proc/self/task/{t}/comm").read().strip()
+                     for t in os.listdir("/proc/self/task")]
+            return sum(n not in HELPERS for n in names)
         counts = []
         gate = threading.Event()
         def body():
-            counts.append(tasks())
+            counts.append(os_threads())
             gate.wait()
         ts = [threading.Thread(target=body) for _ in range(300)]
         for t in ts: t.start()
         peak = threading.active_count()
         gate.set()
         for t in ts: t.join()
-        print(peak, max(counts), tasks())
+        print(peak, max(counts), os_threads())
     """))
     assert lines == ["301 1 1"]
 

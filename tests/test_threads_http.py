@@ -8,8 +8,8 @@ Every process runs in a session of its own with stderr in a file (so a full
 pipe can never stall it) and is killed as a group when the test ends, also on
 failure; only 127.0.0.1 is used, as a literal (no resolver call in our own
 code).  One OS thread means: /proc/PID/task has the main thread, interpose's
-preemption monitor (docs/time-slicing.md) and at most
-RESOLVER_POOL_MAX threads of interpose's resolver pool (http.server's
+preemption monitor (docs/time-slicing.md), interpose's diagnostics thread
+and at most RESOLVER_POOL_MAX threads of interpose's resolver pool (http.server's
 server_bind calls socket.getfqdn and urllib calls getaddrinfo, even for
 127.0.0.1), and every Python thread of the process reports the main
 thread's native_id.
@@ -36,8 +36,11 @@ SERVER = os.path.join(os.path.dirname(HERE), "examples", "threaded_http_server.p
 READY_TIMEOUT = 30
 # POOL_MAX in native/hooks_names.c: the resolver pool's worker threads.
 RESOLVER_POOL_MAX = 4
-# The main thread and the preemption monitor (native/preempt.c).
-ONE_OS_THREAD = 2 + RESOLVER_POOL_MAX
+# interpose's helpers: the preemption monitor (native/preempt.c) and the
+# diagnostics thread (interpose/_watch.py: `interpose ps`, the deadlock
+# watcher), idle unless asked.
+HELPER_THREADS = 2
+ONE_OS_THREAD = 1 + RESOLVER_POOL_MAX + HELPER_THREADS
 
 
 class Processes(ProcessGroup):
@@ -396,8 +399,11 @@ threads.append(threading.Thread(target=watcher))
 for t in threads:
     t.start()
 print("threads before start", threading.active_count())
+# The program's OS threads, not interpose's diagnostics thread.
+names = [open(f"/proc/self/task/{t}/comm").read().strip()
+         for t in os.listdir("/proc/self/task")]
 with open(os.environ["THREADS_FILE"], "w") as f:
-    f.write(str(len(os.listdir("/proc/self/task"))))
+    f.write(str(sum(n != "interpose-diag" for n in names)))
 start.set()
 for t in threads[:PRODUCERS]:
     t.join()
