@@ -7,9 +7,11 @@ GIL (they create thread states or touch Python objects) or are too short to
 be worth releasing it are bound through ctypes.PyDLL.
 """
 import ctypes
+import errno
 import hashlib
 import os
 import re
+import sys
 
 from . import _compat
 
@@ -96,6 +98,7 @@ PY_API = {
     "PyThreadState_Get": "PyThreadState_Get",
     "PyThreadState_Clear": "PyThreadState_Clear",
     "PyThreadState_DeleteCurrent": "PyThreadState_DeleteCurrent",
+    "PyThreadState_Delete": "PyThreadState_Delete",
     "PyEval_RestoreThread": "PyEval_RestoreThread",
     "PyEval_SaveThread": "PyEval_SaveThread",
     "PyObject_CallNoArgs": "PyObject_CallNoArgs",
@@ -106,6 +109,8 @@ PY_API = {
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
+    "PyUnstable_ThreadState_SetStackProtection":
+        "PyUnstable_ThreadState_SetStackProtection",
 }
 
 
@@ -133,7 +138,7 @@ class _Functions:
             setattr(self, name[len("interpose_"):], fn)
 
 
-def _check_stack_size_env():
+def _check_stack_size_env(minimum):
     """Validate INTERPOSE_STACK_SIZE the way stack.c parses it, so a typo is
     an error instead of a silently ignored setting."""
     raw = os.environ.get("INTERPOSE_STACK_SIZE")
@@ -143,18 +148,30 @@ def _check_stack_size_env():
     size = 0
     if m:
         size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
-    if not 16 * 1024 <= size <= 1 << 40:
+    if not minimum <= size <= 1 << 40:
         raise ValueError(
             f"interpose: INTERPOSE_STACK_SIZE={raw!r} is not a usable stack size:"
-            " give bytes with an optional K or M suffix, at least 16K (e.g. 1M)"
+            f" give bytes with an optional K or M suffix, at least {minimum // 1024}K"
+            f" ({_compat.STACK_MINIMUM_REASON}), e.g. 1M"
         )
+
+
+def _refuse(reason):
+    """An unsupported interpreter: for `python -m interpose ...` one line
+    on stderr and exit status 2 (runpy imports the package first, so the
+    command line's own check never runs); an ImportError for `import
+    interpose`."""
+    orig = getattr(sys, "orig_argv", [])
+    if "-m" in orig and orig[orig.index("-m") + 1:][:1] == ["interpose"]:
+        sys.stderr.write(f"interpose: {reason}\n")
+        raise SystemExit(2)
+    raise NativeLibraryError(f"interpose: {reason}")
 
 
 def _load():
     reason = _compat.unsupported_reason()
     if reason:
-        raise NativeLibraryError(f"interpose: {reason}")
-    _check_stack_size_env()
+        _refuse(reason)
     if not os.path.exists(LIBRARY_PATH):
         raise NativeLibraryError(
             f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"
@@ -188,20 +205,30 @@ def _load():
             f" {_REBUILD}"
         )
     _bind_python(fns)
+    _check_stack_size_env(fns.stack_minimum())  # known once the version is
     return fns
 
 
 def _bind_python(fns):
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
-        address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
+        fn = getattr(api, symbol, None)
+        if fn is None and name in _compat.OPTIONAL_API:
+            continue  # the library requires it where the version needs it
+        if fn is None:
+            raise NativeLibraryError(f"interpose: this interpreter lacks {symbol}")
+        address = ctypes.cast(fn, ctypes.c_void_p).value
         if fns.py_bind(name.encode(), address) != 0:
             raise NativeLibraryError(f"interpose: the library does not know {name}")
     get_interp = api.PyInterpreterState_Get
     get_interp.restype = ctypes.c_void_p
-    import sys
-
     r = fns.py_init(sys.hexversion, get_interp())
+    if r == -errno.ENOSYS:
+        raise NativeLibraryError(
+            f"interpose: CPython {sys.version.split()[0]} lacks"
+            " PyUnstable_ThreadState_SetStackProtection, which it needs to run"
+            " coroutines on stacks of their own"
+        )
     if r != 0:
         raise NativeLibraryError(
             f"interpose: the native library refused this interpreter"

@@ -258,6 +258,7 @@ def install():
     _thread.start_new_thread = start_new_thread
     _thread.start_new = start_new_thread
     threading._CRLock = None
+    _compat.leave_os_thread_names_alone(threading)
     _route_c_rlocks()
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _installed = True

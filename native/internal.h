@@ -466,6 +466,7 @@ typedef struct ip_pyapi {
   void *(*PyThreadState_Get)(void);
   void (*PyThreadState_Clear)(void *tstate);
   void (*PyThreadState_DeleteCurrent)(void);
+  void (*PyThreadState_Delete)(void *tstate);
   void (*PyEval_RestoreThread)(void *tstate);
   void *(*PyEval_SaveThread)(void);
   void *(*PyObject_CallNoArgs)(void *callable);
@@ -476,6 +477,9 @@ typedef struct ip_pyapi {
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
+  /* 3.14.1 and later only (NULL before): see pyver.c. */
+  int (*PyUnstable_ThreadState_SetStackProtection)(void *tstate, void *base,
+                                                   size_t size);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
@@ -489,7 +493,13 @@ IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
 IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
+IP_HIDDEN int ip__pyver_needs_stack_protection(void);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
+/* The smallest usable stack CPython accepts, never below engine_min. */
+IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
+/* Tells CPython a new coroutine's stack, before its tstate is first
+ * attached; GIL held.  0, or -EINVAL with a Python exception set. */
+IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 
 #endif /* IP_INTERNAL_H */

@@ -43,7 +43,9 @@ IP_EXPORT int interpose_preloaded(void);
 IP_EXPORT int interpose_py_bind(const char *name, void *fn);
 /* Checks that every needed function was bound and that hexversion is a
  * supported interpreter.  -ENOTSUP for an unsupported version, -EINVAL when
- * a function is missing.  interp is the PyInterpreterState *. */
+ * a function is missing, -ENOSYS when the version needs
+ * PyUnstable_ThreadState_SetStackProtection and it was not bound (CPython
+ * 3.14+; optional before).  interp is the PyInterpreterState *. */
 IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
 
 /* ---- Coroutines --------------------------------------------------------
@@ -156,8 +158,9 @@ IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t *switches,
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
- * 1 MiB on CPython 3.11 and 3.12, 4 MiB on 3.13) and the smallest accepted
- * one. */
+ * 1 MiB on CPython 3.11, 3.12, 3.14 and 3.15, 4 MiB on 3.13) and the
+ * smallest accepted one (16 KiB; 96 KiB from 3.14, whose recursion checks
+ * need it).  Both valid only after interpose_py_init. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
 

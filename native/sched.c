@@ -743,6 +743,9 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = -ENOMEM;
   if (co->tstate == NULL)
     goto fail_stack;
+  r = ip__pyver_new_coroutine(co); /* 3.14+: its stack, before 1st attach */
+  if (r < 0)
+    goto fail_tstate;
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
@@ -755,6 +758,10 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
   *id_out = co->id;
   return co;
+fail_tstate:
+  ip__py.PyThreadState_Clear(co->tstate);
+  ip__py.PyThreadState_Delete(co->tstate);
+  co->tstate = NULL;
 fail_stack:
   ip__stack_release(&co->stack);
 fail_coro:
