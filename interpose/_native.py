@@ -109,6 +109,7 @@ PY_API = {
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
+    "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
     "PyUnstable_ThreadState_SetStackProtection":
         "PyUnstable_ThreadState_SetStackProtection",
 }
@@ -209,7 +210,27 @@ def _load():
     return fns
 
 
+class SubinterpreterError(NativeLibraryError):
+    """interpose was imported in a subinterpreter; it serves the main one."""
+
+
+def _check_main_interpreter():
+    """Refuse a subinterpreter: the engine keeps one interpreter's state
+    (the thread states it creates belong to it), and the main interpreter's
+    runtime must not be replaced under its coroutines."""
+    api = ctypes.pythonapi
+    for name in ("PyInterpreterState_Get", "PyInterpreterState_Main"):
+        getattr(api, name).restype = ctypes.c_void_p
+    if api.PyInterpreterState_Get() != api.PyInterpreterState_Main():
+        raise SubinterpreterError(
+            "interpose: cannot be used in a subinterpreter: it runs in the main"
+            " interpreter only (code and threads of a subinterpreter run as"
+            " plain Python, without coroutines)"
+        )
+
+
 def _bind_python(fns):
+    _check_main_interpreter()
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
         fn = getattr(api, symbol, None)
@@ -223,17 +244,26 @@ def _bind_python(fns):
     get_interp = api.PyInterpreterState_Get
     get_interp.restype = ctypes.c_void_p
     r = fns.py_init(sys.hexversion, get_interp())
-    if r == -errno.ENOSYS:
-        raise NativeLibraryError(
-            f"interpose: CPython {sys.version.split()[0]} lacks"
-            " PyUnstable_ThreadState_SetStackProtection, which it needs to run"
-            " coroutines on stacks of their own"
-        )
     if r != 0:
+        why = _INIT_ERRORS.get(-r, os.strerror(-r))
         raise NativeLibraryError(
             f"interpose: the native library refused this interpreter"
-            f" ({sys.version.split()[0]}): {os.strerror(-r)}"
+            f" ({sys.version.split()[0]}): {why}"
         )
+
+
+# interpose_py_init's errors, as the one line a user reads.
+_INIT_ERRORS = {
+    errno.ENOENT: "CPython's gilstate key (what PyGILState_GetThisThreadState"
+                  " reads) was not found, so C callbacks into Python could not"
+                  " follow coroutines",
+    errno.ENOSYS: "it lacks PyUnstable_ThreadState_SetStackProtection, which"
+                  " CPython 3.14 and later need to run coroutines on stacks of"
+                  " their own",
+    errno.ENOTSUP: "unsupported version or thread state layout",
+    errno.EXDEV: "the library already serves another interpreter of this"
+                 " process",
+}
 
 
 lib = _load()

@@ -17,7 +17,7 @@ ip_sched_t *ip__hook_sched(void) {
   ip_sched_t *s = ip__tls_sched;
   if (s == NULL || s->current == NULL || !s->current->hooks)
     return NULL;
-  if (ip__py_tstate_attached(s))
+  if (ip__py_tstate_attached(s) || ip__gilstate_foreign(s))
     return NULL;
   ip__yield_if_due(s);
   return s;

@@ -477,6 +477,7 @@ typedef struct ip_pyapi {
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
+  void *(*PyGILState_GetThisThreadState)(void);
   /* 3.14.1 and later only (NULL before): see pyver.c. */
   int (*PyUnstable_ThreadState_SetStackProtection)(void *tstate, void *base,
                                                    size_t size);
@@ -501,5 +502,16 @@ IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
  * attached; GIL held.  0, or -EINVAL with a Python exception set. */
 IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
+IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
+/* gilstate.c: the gilstate slot follows the running coroutine. */
+/* GIL held, once: finds CPython's gilstate key; 0, -ENOENT or -ENOTSUP. */
+IP_HIDDEN int ip__gilstate_init(void);
+/* The hub, before switching into a coroutine: binds its thread state. */
+IP_HIDDEN void ip__gilstate_bind(void *tstate);
+/* 1 when the slot holds a thread state that is not the running
+ * coroutine's (a subinterpreter's, bound as it attached on 3.12+): a hook
+ * must not switch under it. */
+IP_HIDDEN int ip__gilstate_foreign(ip_sched_t *s);
+IP_HIDDEN void ip__gilstate_after_fork_child(void);
 
 #endif /* IP_INTERNAL_H */

@@ -42,10 +42,13 @@ IP_EXPORT int interpose_preloaded(void);
 /* Records the C-API function called name.  -ENOENT for an unknown name. */
 IP_EXPORT int interpose_py_bind(const char *name, void *fn);
 /* Checks that every needed function was bound and that hexversion is a
- * supported interpreter.  -ENOTSUP for an unsupported version, -EINVAL when
- * a function is missing, -ENOSYS when the version needs
+ * supported interpreter, and finds CPython's gilstate key (see gilstate.c).
+ * -ENOTSUP for an unsupported version or thread state layout, -EINVAL when a
+ * function is missing, -ENOSYS when the version needs
  * PyUnstable_ThreadState_SetStackProtection and it was not bound (CPython
- * 3.14+; optional before).  interp is the PyInterpreterState *. */
+ * 3.14+; optional before), -ENOENT when the gilstate key cannot be found,
+ * -EXDEV when the library already serves another interpreter (it serves one:
+ * the first to call this).  interp is the PyInterpreterState *. */
 IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
 
 /* ---- Coroutines --------------------------------------------------------

@@ -34,6 +34,7 @@ static const struct {
     BINDING(PyObject_GetArenaAllocator),
     BINDING(PyObject_SetArenaAllocator),
     BINDING(PyErr_SetInterruptEx),
+    BINDING(PyGILState_GetThisThreadState),
     OPTIONAL(PyUnstable_ThreadState_SetStackProtection),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
@@ -57,6 +58,11 @@ int interpose_py_bind(const char *name, void *fn) {
 
 
 int interpose_py_init(unsigned long hexversion, void *interp) {
+  /* The engine serves one interpreter, the first to call this (the main
+   * one: the Python side refuses a subinterpreter before calling); a
+   * second caller must not replace it under the running coroutines. */
+  if (ready)
+    return interp == ip__py.interp ? 0 : -EXDEV;
   int r = ip__pyver_select(hexversion);
   if (r < 0)
     return r;
@@ -73,6 +79,9 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
     return -EINVAL;
   ip__py.interp = interp;
   ip__py.hexversion = hexversion;
+  r = ip__gilstate_init();
+  if (r < 0)
+    return r;
   ip__arena_install();
   ready = 1;
   return 0;

@@ -11,6 +11,8 @@
  *
  * Branches are ordered newest first.  When the oldest supported version
  * moves up, delete its predicate and the branches labelled with it. */
+#include <sys/syscall.h>
+
 #include "internal.h"
 
 /* 3.12 moved the current thread state from a process-wide variable into a
@@ -61,6 +63,32 @@ int ip__pyver_select(unsigned long hexversion) {
 /* Whether the interpreter must be given every coroutine's stack; then
  * PyUnstable_ThreadState_SetStackProtection must have been bound. */
 int ip__pyver_needs_stack_protection(void) { return ip_py314; }
+
+
+/* Where 3.12+ flags the thread state bound to the gilstate slot
+ * (PyThreadState._status.bound_gilstate, bit 3 of the bitfield word that
+ * follows prev, next, interp and, from 3.13, eval_breaker; see
+ * Include/cpython/pystate.h of each version: 3.14 and 3.15 keep 3.13's
+ * layout there).  3.11 has no flag: it binds
+ * the slot once per thread and unbinds by comparing pointers.  GCC fills
+ * bitfields from the least significant bit on little-endian targets, the
+ * only ones switch_<arch>.S supports.  gilstate.c checks the result on a
+ * bound thread state before using it.  Delete with 3.13 support. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "pyver.c: the bound_gilstate bit position assumes little-endian"
+#endif
+void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask) {
+  if (ip_py313) { /* 3.13 to 3.15 */
+    *offset = 4 * sizeof(void *);
+    *mask = 1u << 3;
+  } else if (ip_py312) {
+    *offset = 3 * sizeof(void *);
+    *mask = 1u << 3;
+  } else { /* 3.11 */
+    *offset = 0;
+    *mask = 0;
+  }
+}
 
 
 /* The default usable C stack per coroutine: enough for CPython's own
@@ -115,13 +143,44 @@ int ip__pyver_new_coroutine(ip_coro_t *co) {
 }
 
 
-/* Whether the running coroutine has its thread state attached, i.e. holds
- * the GIL; a hook that finds it attached must not switch. */
+/* 3.11: the OS thread a thread state was created on
+ * (PyThreadState.native_thread_id, from gettid; offset 160 on LP64 targets,
+ * Include/cpython/pystate.h of 3.11).  Another thread's thread state may be
+ * deleted while this reads it: the allocation stays mapped (PyMem_RawFree of
+ * a few hundred bytes), a stale value names another thread, and the read is
+ * kept out of AddressSanitizer's view.  Delete with 3.11 support. */
+__attribute__((no_sanitize("address"))) static unsigned long
+native_thread_id_311(void *tstate) {
+  return *(volatile unsigned long *) ((char *) tstate + 160);
+}
+
+
+/* This OS thread's id, cached per thread and refreshed after fork (the
+ * scheduler's pid changes in the child). */
+static unsigned long this_thread_id(ip_sched_t *s) {
+  static __thread unsigned long tid;
+  static __thread pid_t tid_pid;
+  if (tid_pid != s->pid) {
+    tid = (unsigned long) syscall(SYS_gettid);
+    tid_pid = s->pid;
+  }
+  return tid;
+}
+
+
+/* Whether a thread state is attached on this OS thread, i.e. it holds the
+ * GIL; a hook that finds one attached must not switch.  Usually it is the
+ * running coroutine's; it can also be a subinterpreter's, whose code runs
+ * on the coroutine's stack (3.11 swaps it in with PyThreadState_Swap and
+ * keeps no trace of it in the gilstate slot). */
 int ip__py_tstate_attached(ip_sched_t *s) {
   void *cur = ip__py.PyThreadState_GetUnchecked();
   if (ip_py312) {
     return cur != NULL; /* thread-local: non-NULL means this thread's */
   } else {              /* 3.11: process-wide; any thread may hold it */
-    return cur != NULL && s->current != NULL && cur == s->current->tstate;
+    if (cur == NULL || s->current == NULL)
+      return 0;
+    return cur == s->current->tstate ||
+           native_thread_id_311(cur) == this_thread_id(s);
   }
 }

@@ -15,6 +15,17 @@
  *  - A switch happens only with no thread state attached: parks are entered
  *    through ctypes.CDLL, which released the GIL, and a coroutine's body
  *    runs between PyEval_RestoreThread and PyThreadState_DeleteCurrent.
+ *  - While a coroutine runs, CPython's gilstate slot of its OS thread holds
+ *    that coroutine's own thread state, and on 3.12+ only that thread state
+ *    of the thread's coroutines is flagged bound_gilstate.  run_coroutine
+ *    establishes it before every switch into a coroutine
+ *    (ip__gilstate_bind), so C code that calls back into Python from a
+ *    coroutine (PyGILState_Ensure: ctypes callbacks, sqlite3 functions,
+ *    OpenSSL callbacks after a parked read) runs on that coroutine; a
+ *    coroutine's thread state is deleted on its own stack while bound, so
+ *    CPython empties the slot and it never dangles.  A hook does not switch
+ *    while the slot holds another thread state (a subinterpreter's).  See
+ *    gilstate.c and docs/design.md.
  *  - The hub never runs Python and never parks; coroutines only switch to
  *    the hub and the hub only switches to coroutines.
  *  - Coroutine structs are never freed, only recycled (type-stable
@@ -361,6 +372,7 @@ static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   co->state = IP_CORO_RUNNING;
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
+  ip__gilstate_bind(co->tstate);
   san_leave(s, &s->hub_san_fake, co);
   ip__switch(&s->hub_sp, co->sp);
   s = tls_sched;
@@ -649,6 +661,7 @@ static void sched_after_fork_child(void) {
       invalidate(&other->root);
   sched_all = s;
   ip__sem_after_fork_child();
+  ip__gilstate_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;

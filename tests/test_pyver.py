@@ -80,14 +80,18 @@ def test_import_on_unsupported_interpreter_raises_nativelibraryerror():
 
 
 def test_library_refuses_versions_python_would_refuse():
-    # interpose_py_init is the engine's own check, independent of _compat.
-    for hexversion in (0x030E00F0, 0x030A0CF0, 0x031000A1, 0x020712F0):
-        assert _native.lib.py_init(hexversion, 1) == -95  # -ENOTSUP
-    # Restore this interpreter's selection (py_init caches the version).
-    import ctypes
-    get_interp = ctypes.pythonapi.PyInterpreterState_Get
-    get_interp.restype = ctypes.c_void_p
-    assert _native.lib.py_init(sys.hexversion, get_interp()) == 0
+    # interpose_py_init is the engine's own check, independent of _compat;
+    # it serves the first interpreter that passes it, so each refusal is
+    # asked of the library loaded afresh, without importing interpose.
+    r = run_snippet(f"""
+        import ctypes
+        lib = ctypes.PyDLL({_native.LIBRARY_PATH!r})
+        lib.interpose_py_init.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+        for hexversion in (0x030E00F0, 0x030A0CF0, 0x031000A1, 0x020712F0):
+            print(hex(hexversion), lib.interpose_py_init(hexversion, 1))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[1] for line in r.stdout.splitlines()] == ["-95"] * 4
 
 
 def test_pyproject_classifiers_list_the_supported_versions():

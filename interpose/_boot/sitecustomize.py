@@ -12,8 +12,34 @@ import os
 import sys
 
 
+def _in_subinterpreter():
+    """Whether this is a subinterpreter, which imports site (and so this
+    module) as it starts.  The runtime belongs to the main interpreter:
+    booting it again here would replace the main interpreter's state under
+    its coroutines.  Silent, so a subinterpreter prints what it would
+    without interpose.  3.12+ tells directly; 3.11 only through
+    _xxsubinterpreters, which is removed again from sys.modules so that
+    the interpreter's module set stays as it would be."""
+    import _thread
+    is_main = getattr(_thread, "_is_main_interpreter", None)
+    if is_main is not None:
+        return not is_main()
+    had = "_xxsubinterpreters" in sys.modules
+    try:
+        import _xxsubinterpreters as interpreters
+    except ImportError:
+        return False  # a build without it: subinterpreters come from C only
+    try:
+        return interpreters.get_current() != interpreters.get_main()
+    finally:
+        if not had:
+            sys.modules.pop("_xxsubinterpreters", None)
+
+
 def _boot():
     if os.environ.get("INTERPOSE_AUTOSTART") != "1":
+        return
+    if _in_subinterpreter():
         return
     # Import the package this file belongs to, whose library is the one
     # preloaded, even if another copy of interpose comes first on sys.path
