@@ -504,7 +504,8 @@ IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
 /* gilstate.c: the gilstate slot follows the running coroutine. */
-/* GIL held, once: finds CPython's gilstate key; 0, -ENOENT or -ENOTSUP. */
+/* GIL held, once: finds CPython's gilstate key (a thread-local word from
+ * 3.15); 0, -ENOENT or -ENOTSUP. */
 IP_HIDDEN int ip__gilstate_init(void);
 /* The hub, before switching into a coroutine: binds its thread state. */
 IP_HIDDEN void ip__gilstate_bind(void *tstate);
