@@ -12,6 +12,7 @@ Layout:
   _errors      exceptions
   _demo_echo   the no-argument echo demo (python -m interpose demo)
   _autostart   boots the runtime in a preloaded process (with _boot/)
+  _settings    the INTERPOSE_* environment settings and their checks
   __main__     the command line
 """
 from ._errors import Cancelled as Cancelled

@@ -2,7 +2,10 @@
 import argparse
 import os
 import shlex
+import subprocess
 import sys
+
+from . import _settings
 
 USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
                      [--native-threads] [--monitor SECONDS]
@@ -29,8 +32,26 @@ def _fail(message, status=2):
     return status
 
 
+def unloadable(reason):
+    """Exit status (after reporting) of a command whose package import
+    failed: the runtime cannot load in this interpreter or install.  Called
+    by _native, before main() can run."""
+    reason = reason.removeprefix("interpose: ")
+    if sys.argv[1:2] == ["info"]:
+        _print_interpreter()
+        return _print_unusable(reason)
+    return _fail(reason)
+
+
+def _print_unusable(reason):
+    """info's report when the runtime does not load; its exit status."""
+    print(f"runtime: not usable: {reason}")
+    print("boot under run/env: no (the runtime does not load)")
+    return 1
+
+
 def _load():
-    """The runtime's modules, or an error message for the user."""
+    """The runtime's boot module, or an error message for the user."""
     from . import _compat
 
     reason = _compat.unsupported_reason()
@@ -41,6 +62,19 @@ def _load():
     except ImportError as e:
         return None, str(e).removeprefix("interpose: ")
     return _autostart, None
+
+
+def _boot_environment(autostart, **opts):
+    """(environment for a booting child, None) or (None, problem): every
+    check that can be made before starting it."""
+    problem = autostart.boot_problem()
+    if problem:
+        return None, problem
+    env = autostart.environment(**opts)
+    found = _settings.problems(env)
+    if found:
+        return None, "; ".join(found)
+    return env, None
 
 
 def _interpreter_options():
@@ -93,22 +127,24 @@ def parse_run(argv):
 
 def _run(argv):
     opts, target = parse_run(argv)
+    # The options are checked under their own names; the environment
+    # (INTERPOSE_* inherited from the shell) by _boot_environment.
+    try:
+        if opts["monitor"] is not None:
+            _settings.monitor_seconds(opts["monitor"], "--monitor")
+        if opts["stack_size"] is not None:
+            _settings.stack_size(opts["stack_size"], "--stack-size")
+    except _settings.SettingError as e:
+        return _fail(str(e))
     autostart, problem = _load()
     if problem:
         return _fail(problem)
-    if opts["monitor"] is not None:
-        problem = autostart.monitor_setting_problem(opts["monitor"])
-        if problem:
-            return _fail(problem)
-    if opts["stack_size"] is not None:
-        os.environ["INTERPOSE_STACK_SIZE"] = opts["stack_size"]
-        try:
-            from . import _native
-
-            _native._check_stack_size_env()
-        except ValueError as e:
-            return _fail(str(e).removeprefix("interpose: "))
-    env = autostart.environment(**opts)
+    env, problem = _boot_environment(autostart, **opts)
+    if problem:
+        return _fail(problem)
+    # The child must boot or exit (_boot/sitecustomize.py); it drops this
+    # marker, so its own children boot as under `interpose env`.
+    env[_settings.BOOT_REQUIRED] = "1"
     exe = sys.executable
     os.execve(exe, [exe, *_interpreter_options(), *target], env)
 
@@ -117,34 +153,79 @@ def _env(args):
     autostart, problem = _load()
     if problem:
         return _fail(problem)
-    env = autostart.environment(base={})
-    for name in ("LD_PRELOAD", "PYTHONPATH"):
-        first = env[name].split(":")[0]
-        sep = ":" if name == "LD_PRELOAD" else os.pathsep
-        print(f"export {name}={shlex.quote(first)}${{{name}:+{sep}${name}}}")
+    # The shell's INTERPOSE_* settings reach every process started after
+    # the lines: check them now, not in each of those processes.
+    env, problem = _boot_environment(autostart)
+    if problem:
+        return _fail(problem)
+    from ._native import LIBRARY_PATH
+
+    if env["LD_PRELOAD"].split(":")[0] != LIBRARY_PATH:
+        # A sanitizer runtime must stay first (scripts/asan-tests): give the
+        # whole list, as computed from this shell's LD_PRELOAD.
+        print(f"export LD_PRELOAD={shlex.quote(env['LD_PRELOAD'])}")
+    else:
+        print(f"export LD_PRELOAD={shlex.quote(LIBRARY_PATH)}"
+              "${LD_PRELOAD:+:$LD_PRELOAD}")
+    boot_dir = shlex.quote(autostart.BOOT_DIR)
+    print(f"export PYTHONPATH={boot_dir}${{PYTHONPATH:+{os.pathsep}$PYTHONPATH}}")
     print("export INTERPOSE_AUTOSTART=1")
     return 0
 
 
-def _info(args):
+def _print_interpreter():
     from . import _compat
 
     print(f"python: {sys.version.split()[0]} ({sys.executable})")
     reason = _compat.unsupported_reason()
     print(f"interpreter supported: {'yes' if reason is None else 'no: ' + reason}")
+
+
+# Run by `info` under the environment `run` gives a program: what booted.
+_PROBE = """\
+from interpose import _autostart, _native
+print("booted" if _autostart.booted() and _native.lib.preloaded() else "not booted")
+"""
+
+
+def _boot_probe(env):
+    """None when a Python started with env boots the runtime, else why not
+    (its own words)."""
     try:
-        from . import _autostart, _native, _sched
-        from ._version import __version__
-    except ImportError as e:
-        print(f"native library: not usable: {e}")
-        return 1
+        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env,
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the probe process failed: {e}"
+    if proc.returncode == 0 and proc.stdout.strip() == "booted":
+        return None
+    said = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return said.removeprefix("interpose: ")
+
+
+def _info(args):
+    _print_interpreter()
+    autostart, problem = _load()
+    if problem:
+        return _print_unusable(problem)
+    from . import _native, _sched
+    from ._version import __version__
+
     print(f"interpose: {__version__}")
     print(f"native library: {_native.LIBRARY_PATH}")
     print(f"build id: {_native.lib.build_id().decode()}")
     print(f"default stack: {_native.lib.stack_default()} bytes")
+    print(f"boot hook: {autostart.BOOT_HOOK}")
     print(f"preloaded: {'yes' if _native.lib.preloaded() else 'no'}")
-    running = _autostart.booted() or _sched.statistics() != _sched.Statistics()
+    running = autostart.booted() or _sched.statistics() != _sched.Statistics()
     print(f"scheduler running: {'yes' if running else 'no'}")
+    env, problem = _boot_environment(autostart)
+    if problem is None:
+        problem = _boot_probe(env)
+    if problem:
+        print(f"boot under run/env: no: {problem}")
+        return 1
+    print("boot under run/env: yes (a Python started under the preload"
+          " booted the runtime)")
     return 0
 
 
@@ -156,8 +237,11 @@ def _demo(args):
     if problem:
         return _fail(problem)
     if os.environ.get(_DEMO_MARKER) != "1":
-        env = autostart.environment()
+        env, problem = _boot_environment(autostart)
+        if problem:
+            return _fail(problem)
         env[_DEMO_MARKER] = "1"
+        env[_settings.BOOT_REQUIRED] = "1"
         argv = ["-m", "interpose", "demo", "--seconds", str(args.seconds),
                 "--clients", str(args.clients)]
         os.execve(sys.executable,

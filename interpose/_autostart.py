@@ -17,11 +17,17 @@ import sys
 from . import _monitor
 from . import _native
 from . import _sched
+from . import _settings
 from . import _threads
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
+BOOT_HOOK = os.path.join(BOOT_DIR, "sitecustomize.py")
 
 _booted = False
+
+
+class BootError(Exception):
+    """The runtime cannot boot in this process; the message says why."""
 
 
 def booted():
@@ -30,49 +36,51 @@ def booted():
 
 
 def boot():
+    """Start the runtime in this process, or raise BootError (or
+    SettingError) before changing anything."""
     global _booted
     if _booted:
         return
+    _settings.check()
     if not _native.lib.preloaded():
-        sys.stderr.write(
-            "interpose: INTERPOSE_AUTOSTART=1 but libinterpose.so is not"
-            " preloaded in this process: blocking calls stay blocking. Start it"
-            " with 'python -m interpose run' or the lines of"
-            " 'python -m interpose env'.\n"
-        )
+        # Threads would become coroutines whose blocking calls block every
+        # other coroutine of the thread: worse than no runtime at all.
+        raise BootError(
+            f"{_native.LIBRARY_PATH} is not preloaded in this process"
+            " (LD_PRELOAD was changed or dropped on the way)")
     _sched._scheduler()
-    threads = os.environ.get("INTERPOSE_THREADS", "coroutines")
-    if threads == "native":
+    if _settings.get("INTERPOSE_THREADS") == "native":
         _threads.install_native()
     else:
-        if threads != "coroutines":
-            sys.stderr.write(
-                f"interpose: INTERPOSE_THREADS={threads!r} is not 'coroutines' or"
-                " 'native'; threads run as coroutines.\n")
         _threads.install()
-    if os.environ.get("INTERPOSE_MAIN_HOOKS", "1") != "0":
+    if _settings.get("INTERPOSE_MAIN_HOOKS") != "0":
         _native.lib.coro_set_hooks(1)
-    if os.environ.get("INTERPOSE_STATS") == "1":
+    if _settings.get("INTERPOSE_STATS") == "1":
         atexit.register(_print_statistics)
-    monitor = os.environ.get("INTERPOSE_MONITOR")
-    if monitor:
-        problem = monitor_setting_problem(monitor)
-        if problem:
-            sys.stderr.write(f"interpose: {problem}; the monitor is off.\n")
-        else:
-            _monitor.start(float(monitor))
+    monitor = _settings.get("INTERPOSE_MONITOR")
+    if monitor is not None:
+        _monitor.start(monitor)
     _booted = True
 
 
-def monitor_setting_problem(value):
-    """Why value is not a usable INTERPOSE_MONITOR / --monitor, or None."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        return (f"the blocking monitor needs a positive number of seconds, not"
-                f" {value!r} (e.g. --monitor 0.1)")
+def boot_problem():
+    """Why a process started with environment() would not boot, as far as
+    this process can tell without starting one, or None."""
+    if not os.path.isfile(BOOT_HOOK):
+        return (f"the boot hook {BOOT_HOOK} is missing from this install of"
+                " interpose (a broken wheel or a partial copy): reinstall it")
+    bad = sorted({c for c in " :" if c in _native.LIBRARY_PATH})
+    if bad:
+        return (f"the library path {_native.LIBRARY_PATH} contains"
+                f" {' and '.join(map(repr, bad))}, which LD_PRELOAD cannot"
+                " carry: install interpose in a directory without them")
+    flags = [opt for opt, on in (("-I", sys.flags.isolated),
+                                 ("-E", sys.flags.ignore_environment
+                                  and not sys.flags.isolated),
+                                 ("-S", sys.flags.no_site)) if on]
+    if flags:
+        return (f"python {' '.join(flags)} ignores the PYTHONPATH or the site"
+                " hook that boots the runtime: run interpose without it")
     return None
 
 

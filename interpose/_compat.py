@@ -36,7 +36,9 @@ UNCHECKED_GET = (
 # requires the ones its version needs (interpose_py_init says -ENOSYS).
 OPTIONAL_API = ("PyUnstable_ThreadState_SetStackProtection",)
 
-# Why the smallest coroutine stack is what it is (the engine enforces it).
+# The smallest coroutine stack, and why (the engine enforces it: invariant,
+# equal to interpose_stack_minimum(), see ip__pyver_min_stack in pyver.c).
+STACK_MINIMUM = 96 * 1024 if PY314 else 16 * 1024
 STACK_MINIMUM_REASON = (
     "CPython 3.14 and later need 96 KiB of C stack per thread state for"
     " their recursion checks" if PY314 else "the engine's own minimum"

@@ -44,7 +44,8 @@ class _Monitor:
         for sched in list(_sched._schedulers.values()):
             if not sched.native:
                 continue
-            switches, alive, handle, frame = _native.probe(sched.native)
+            switches, alive, handle, frame = _native.probe(
+                sched.native, sched.incarnation)
             last = self.seen.get(sched.native)
             # Alone on its thread, a coroutine keeps nobody waiting.
             if last is None or last[0] != switches or frame is None or not alive:

@@ -10,12 +10,12 @@ import ctypes
 import errno
 import hashlib
 import os
-import re
 import sys
 
 from . import _compat
+from . import _settings
 
-ABI_VERSION = 1  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -81,11 +81,13 @@ SIGNATURES = {
     "interpose_sched_defer_signal": (_i, [_i], True),
     "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),
-    "interpose_sched_self": (_p, [], True),
+    "interpose_sched_self": (_p, [ctypes.POINTER(_u64)], True),
     "interpose_sched_probe": (
-        _p, [_p, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
+        _p, [_p, _u64, ctypes.POINTER(_u64), ctypes.POINTER(_p), ctypes.POINTER(_u64)],
         True),
+    "interpose_sched_forget_root": (_i, [], True),
     "interpose_sched_destroy": (_i, [], True),
+    "interpose_fd_internal_floor": (_i, [], True),
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
@@ -109,6 +111,7 @@ PY_API = {
     "PyObject_GetArenaAllocator": "PyObject_GetArenaAllocator",
     "PyObject_SetArenaAllocator": "PyObject_SetArenaAllocator",
     "PyErr_SetInterruptEx": "PyErr_SetInterruptEx",
+    "PyThreadState_GetFrame": "PyThreadState_GetFrame",
     "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
     "PyUnstable_ThreadState_SetStackProtection":
         "PyUnstable_ThreadState_SetStackProtection",
@@ -139,40 +142,15 @@ class _Functions:
             setattr(self, name[len("interpose_"):], fn)
 
 
-def _check_stack_size_env(minimum):
-    """Validate INTERPOSE_STACK_SIZE the way stack.c parses it, so a typo is
-    an error instead of a silently ignored setting."""
-    raw = os.environ.get("INTERPOSE_STACK_SIZE")
-    if not raw:
-        return
-    m = re.fullmatch(r"(\d+)([kKmM]?)", raw)
-    size = 0
-    if m:
-        size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2).lower()]
-    if not minimum <= size <= 1 << 40:
-        raise ValueError(
-            f"interpose: INTERPOSE_STACK_SIZE={raw!r} is not a usable stack size:"
-            f" give bytes with an optional K or M suffix, at least {minimum // 1024}K"
-            f" ({_compat.STACK_MINIMUM_REASON}), e.g. 1M"
-        )
-
-
-def _refuse(reason):
-    """An unsupported interpreter: for `python -m interpose ...` one line
-    on stderr and exit status 2 (runpy imports the package first, so the
-    command line's own check never runs); an ImportError for `import
-    interpose`."""
-    orig = getattr(sys, "orig_argv", [])
-    if "-m" in orig and orig[orig.index("-m") + 1:][:1] == ["interpose"]:
-        sys.stderr.write(f"interpose: {reason}\n")
-        raise SystemExit(2)
-    raise NativeLibraryError(f"interpose: {reason}")
-
-
 def _load():
     reason = _compat.unsupported_reason()
     if reason:
-        _refuse(reason)
+        raise NativeLibraryError(f"interpose: {reason}")
+    try:
+        # The library reads this setting itself, and would ignore a typo.
+        _settings.get("INTERPOSE_STACK_SIZE")
+    except _settings.SettingError as e:
+        raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
         raise NativeLibraryError(
             f"interpose: the native library {LIBRARY_PATH} is missing. {_REBUILD}"
@@ -206,7 +184,6 @@ def _load():
             f" {_REBUILD}"
         )
     _bind_python(fns)
-    _check_stack_size_env(fns.stack_minimum())  # known once the version is
     return fns
 
 
@@ -266,7 +243,39 @@ _INIT_ERRORS = {
 }
 
 
-lib = _load()
+def _started_as_command_line():
+    """Whether this process is `python -m interpose ...` or the `interpose`
+    script, which import this package before their own code can run.
+
+    While -m locates the module, sys.argv[0] is "-m" (documented for the -m
+    option); sys.orig_argv then names the module.  The console script is
+    __main__ itself, a file named interpose.  Never while the boot hook runs
+    (it reports for itself, and site must not see SystemExit)."""
+    frame = sys._getframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "sitecustomize":
+            return False
+        frame = frame.f_back
+    if sys.argv[:1] == ["-m"]:
+        orig = getattr(sys, "orig_argv", [])
+        for i, arg in enumerate(orig[1:-1], 1):
+            if arg == "-m":
+                return orig[i + 1] in ("interpose", "interpose.__main__")
+        return False
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return os.path.basename(main_file) == "interpose"
+
+
+try:
+    lib = _load()
+except (NativeLibraryError, _settings.SettingError) as e:
+    if not _started_as_command_line():
+        raise
+    # The command line reports the reason in one line (or, for `info`, in
+    # its report) instead of the traceback of a failed package import.
+    from .__main__ import unloadable
+
+    sys.exit(unloadable(str(e)))
 
 _check_signals = ctypes.pythonapi.PyErr_CheckSignals
 _check_signals.restype = ctypes.c_int
@@ -288,26 +297,32 @@ def type_modified(tp):
     _type_modified(tp)
 
 
-_get_frame = ctypes.pythonapi.PyThreadState_GetFrame
-_get_frame.restype = ctypes.py_object
-_get_frame.argtypes = [ctypes.c_void_p]
+_decref = ctypes.pythonapi.Py_DecRef
+_decref.restype = None
+_decref.argtypes = [ctypes.c_void_p]
 
 
-def probe(sched):
+def sched_self():
+    """(handle, incarnation) of the calling thread's scheduler, for probe."""
+    incarnation = _u64()
+    return lib.sched_self(ctypes.byref(incarnation)), incarnation.value
+
+
+def probe(sched, incarnation):
     """(switch count, live spawned coroutines, running coroutine's handle or
-    None, its innermost frame or None) of a scheduler from
-    interpose_sched_self."""
+    None, its innermost frame or None) of a scheduler from sched_self();
+    (0, 0, None, None) once that scheduler is gone.  The engine reads the
+    frame itself, with the GIL held throughout, because a thread state
+    handed back to Python could be deleted before Python used it."""
     switches = _u64()
     coro = _p()
     alive = _u64()
-    tstate = lib.sched_probe(sched, ctypes.byref(switches), ctypes.byref(coro),
-                             ctypes.byref(alive))
+    ref = lib.sched_probe(sched, incarnation, ctypes.byref(switches),
+                          ctypes.byref(coro), ctypes.byref(alive))
     frame = None
-    if tstate:
-        try:
-            frame = _get_frame(tstate)
-        except ValueError:  # no Python frame: NULL without an exception
-            pass
+    if ref:
+        frame = ctypes.cast(ref, ctypes.py_object).value  # a reference of ours
+        _decref(ref)  # the probe's own (PyThreadState_GetFrame's new one)
     return switches.value, alive.value, coro.value, frame
 
 

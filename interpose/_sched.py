@@ -22,7 +22,7 @@ from . import _compat
 from . import _errors
 from . import _native
 from . import _signals
-from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
+from ._waitqueue import INT64_MAX, WaitQueue, deadline_ns, remaining_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
@@ -46,7 +46,8 @@ _idents = None
 class _Scheduler:
     """Python-side state of one OS thread's scheduler."""
 
-    __slots__ = ("main", "live", "pending", "running", "native", "name")
+    __slots__ = ("main", "live", "pending", "running", "native", "incarnation",
+                 "name")
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
@@ -54,6 +55,7 @@ class _Scheduler:
         self.pending = None  # exception forwarded to the main coroutine
         self.running = False  # inside run()
         self.native = None  # the engine's handle, for the blocking monitor
+        self.incarnation = 0  # which life of that handle (structs are reused)
         self.name = ""  # the OS thread's name when the scheduler was made
 
 
@@ -70,7 +72,7 @@ def _create_scheduler():
     if not handle:
         raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
     sched.main = Coroutine._for_main(handle)
-    sched.native = _lib.sched_self()
+    sched.native, sched.incarnation = _native.sched_self()
     sched.name = threading.current_thread().name
     ident = _get_ident()
     _schedulers[ident] = sched
@@ -99,7 +101,10 @@ class _Reaper:
         if sched is None or _get_ident() != self.ident:
             return
         if sched.live:
-            return  # coroutines the thread never waited for: keep their state
+            # Coroutines the thread never waited for: keep their state, but
+            # the thread's own thread state is about to be deleted.
+            _lib.sched_forget_root()
+            return
         if _lib.sched_destroy() == 0:
             del _schedulers[self.ident]
 
@@ -357,11 +362,14 @@ def sleep(seconds):
     deadline = _lib.clock_ns() + math.ceil(seconds * 1e9)
     while True:
         prepare()
-        code = _park(max(0, deadline - _lib.clock_ns()))
+        code = _park(min(INT64_MAX, max(0, deadline - _lib.clock_ns())))
         if code < 0:
             park_failed(code)
         if _lib.clock_ns() >= deadline:
             return
+
+
+_INT_MAX = 2**31 - 1
 
 
 def _fileno(fd):
@@ -377,6 +385,10 @@ def _wait_fd(fd, events, timeout):
     fd = _fileno(fd)
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd}")
+    # ctypes would truncate it to a C int (2**32 + 5 arrives as fd 5) and
+    # wait on another fd: refuse it as os.fstat does.
+    if fd > _INT_MAX:
+        raise OverflowError(f"fd {fd} is greater than maximum")
     deadline = deadline_ns(timeout)
     while True:
         prepare()
@@ -417,7 +429,7 @@ class deadline:
 
     def __enter__(self):
         _scheduler()
-        when = _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9)
+        when = min(INT64_MAX, _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9))
         previous = _lib.coro_set_deadline(when)
         if 0 <= previous < when:
             _lib.coro_set_deadline(previous)

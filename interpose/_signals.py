@@ -17,6 +17,7 @@ Two things CPython does not do by itself here:
   so the handler (and the KeyboardInterrupt of the default SIGINT handler)
   runs there, as it would in the main thread.
 """
+import fcntl
 import os
 import signal
 
@@ -86,12 +87,28 @@ def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
     return previous
 
 
+def _move_internal(fd):
+    """fd moved above the engine's internal floor, out of the way of the
+    program's own fds (native/fdtable.c says why); fd if it cannot move.
+    Through the hooked fcntl and close, so the fd table follows."""
+    floor = _lib.fd_internal_floor()
+    if fd >= floor:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    except OSError:
+        return fd
+    os.close(fd)
+    return high
+
+
 def _open_pipe():
     """Install a fresh wakeup pipe and hand its read end to the hub; return
     the wakeup fd it replaced.  The pipe stays open for the life of the
     process, like the wakeup fd."""
     global _pipe
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = _move_internal(r), _move_internal(w)
     previous = _real_set_wakeup_fd(w, warn_on_full_buffer=False)
     _pipe = (r, w)
     _lib.sched_set_signal_fd(r)

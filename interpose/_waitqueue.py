@@ -17,6 +17,11 @@ _lib = _native.lib
 _park = _lib.coro_park
 _unpark = _lib.coro_unpark
 _now_ns = _lib.clock_ns
+# The engine takes int64 nanoseconds, and ctypes truncates a larger int
+# silently (2**64 + 5 arrives as 5): every time handed to it is clamped
+# here.  A timeout of INT64_MAX passes any deadline the engine can count,
+# which it treats as none (native/timeconv.h).
+INT64_MAX = 2**63 - 1
 
 
 def deadline_ns(timeout):
@@ -31,7 +36,7 @@ def deadline_ns(timeout):
 def remaining_ns(deadline):
     if deadline is None:
         return -1
-    return max(0, deadline - _now_ns())
+    return min(INT64_MAX, max(0, deadline - _now_ns()))
 
 
 class WaitQueue:

@@ -90,11 +90,6 @@ static void unlock(ip_fd_t *e) {
 }
 
 
-static int64_t timeval_ns(const struct timeval *tv) {
-  return (int64_t) tv->tv_sec * 1000000000 + (int64_t) tv->tv_usec * 1000;
-}
-
-
 static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
   int type = 0;
   socklen_t len = sizeof(type);
@@ -104,10 +99,10 @@ static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
   struct timeval tv;
   len = sizeof(tv);
   if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0)
-    atomic_store(&e->rcv_timeout_ns, timeval_ns(&tv));
+    atomic_store(&e->rcv_timeout_ns, ip__ns_from_sockopt(&tv));
   len = sizeof(tv);
   if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0)
-    atomic_store(&e->snd_timeout_ns, timeval_ns(&tv));
+    atomic_store(&e->snd_timeout_ns, ip__ns_from_sockopt(&tv));
 }
 
 
@@ -512,4 +507,55 @@ static void reset_after_fork(ip_fd_t *e, int fd, void *arg) {
 
 void ip__fd_after_fork_child(void) {
   each_entry(reset_after_fork, NULL);
+}
+
+
+/* ---- the runtime's own fds ---------------------------------------------
+ * Facts: the kernel hands out the lowest free fd number, and the runtime
+ * opens its fds (each scheduler's epoll set and eventfd, the signal wakeup
+ * pipe) when it starts, before the program's code runs.  Programs and
+ * protocols pick low numbers on purpose: socket activation (LISTEN_FDS)
+ * puts its sockets at 3, 4, ...; shell-like code dup2()s onto 3 or 4; and
+ * a program's output may include the numbers it got (the first os.pipe()
+ * is (3, 4) under plain Python).  Consequences: at low numbers the
+ * runtime's fds shift every fd of the program to other numbers than plain
+ * Python gives it, and a dup2() onto one of them silently replaces the
+ * hub's epoll set (the next epoll_wait fails, and the process aborts).
+ * Solution: every fd the runtime opens for itself moves, with
+ * F_DUPFD_CLOEXEC, to the lowest free number at or above a floor: 256, or
+ * a quarter of a soft RLIMIT_NOFILE below 1024 (a floor near the limit
+ * would leave the program fewer fds before EMFILE than without us; the
+ * count is the same either way).  Like bash's fds at 255 and above, they
+ * are then out of the way of anything but a program that closes every fd
+ * in a range. */
+#include <sys/resource.h>
+
+#define INTERNAL_FD_FLOOR 256
+
+
+int interpose_fd_internal_floor(void) {
+  static atomic_int floor = -1;
+  int f = atomic_load(&floor);
+  if (f >= 0)
+    return f;
+  struct rlimit rl;
+  f = INTERNAL_FD_FLOOR;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < 4 * INTERNAL_FD_FLOOR)
+    f = rl.rlim_cur >= 64 ? (int) (rl.rlim_cur / 4) : 0;
+  atomic_store(&floor, f);
+  return f;
+}
+
+
+int ip__fd_move_internal(int fd) {
+  int floor = interpose_fd_internal_floor();
+  if (fd < 0 || fd >= floor)
+    return fd;
+  int saved = errno;
+  int high = ip__real.fcntl(fd, F_DUPFD_CLOEXEC, floor);
+  if (high >= 0)
+    ip__real.close(fd);
+  errno = saved;
+  return high >= 0 ? high : fd;
 }

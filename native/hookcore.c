@@ -25,7 +25,8 @@ ip_sched_t *ip__hook_sched(void) {
 
 
 int64_t ip__deadline_after(int64_t timeout_ns) {
-  return timeout_ns > 0 ? ip__now_ns() + timeout_ns : -1;
+  /* A socket timeout of 0 is none (SO_RCVTIMEO's convention). */
+  return timeout_ns > 0 ? ip__deadline_of(ip__now_ns(), timeout_ns) : -1;
 }
 
 
@@ -54,12 +55,7 @@ int ip__block_on(ip_sched_t *s, int fd, int events, int64_t deadline_ns,
     return r == -EPERM ? 0 : r; /* EPERM: a regular file, always ready */
   }
   struct pollfd p = {.fd = fd, .events = (short) poll_events_of(events)};
-  int timeout_ms = -1;
-  if (timeout_ns >= 0) {
-    int64_t ms = (timeout_ns + 999999) / 1000000; /* round up, never down */
-    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
-  }
-  int n = ip__real.poll(&p, 1, timeout_ms);
+  int n = ip__real.poll(&p, 1, ip__ms_ceil(timeout_ns));
   if (n < 0)
     return -errno;
   if (n == 0)

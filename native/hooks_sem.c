@@ -116,11 +116,7 @@ static void wake_one(sem_t *sem) {
 
 /* The monotonic deadline of an absolute timeout on clk; -1: none. */
 static int64_t deadline_of(clockid_t clk, const struct timespec *abstime) {
-  if (abstime->tv_sec >= INT64_MAX / 1000000000 - 1)
-    return -1; /* effectively forever, without overflow */
-  int64_t left = (int64_t) abstime->tv_sec * 1000000000 + abstime->tv_nsec -
-         ip__clock_ns(clk);
-  return ip__now_ns() + (left > 0 ? left : 0);
+  return ip__deadline_of_abs(abstime, ip__clock_ns(clk), ip__now_ns());
 }
 
 

@@ -22,19 +22,14 @@ static int valid_ts(const struct timespec *ts) {
 }
 
 
-static int64_t ts_ns(const struct timespec *ts) {
-  if (ts->tv_sec >= INT64_MAX / 1000000000 - 1)
-    return INT64_MAX / 2; /* effectively forever, without overflow */
-  return (int64_t) ts->tv_sec * 1000000000 + ts->tv_nsec;
-}
-
-
-/* Parks until the monotonic deadline; 0, or a positive errno value. */
+/* Parks until the monotonic deadline; 0, or a positive errno value.  A
+ * deadline saturated at INT64_MAX (the kernel's KTIME_MAX) is never
+ * reached, and the time left is then reported as the kernel reports it:
+ * the distance to that saturated expiry. */
 static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
   for (;;) {
     ip__prepare(s->current);
-    int64_t left = deadline_ns - ip__now_ns();
-    int r = ip__park(s, left > 0 ? left : 0);
+    int r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
     int64_t now = ip__now_ns();
     *left_ns = deadline_ns > now ? deadline_ns - now : 0;
     if (r < 0)
@@ -42,12 +37,6 @@ static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
     if (now >= deadline_ns)
       return 0;
   }
-}
-
-
-static void set_ts(struct timespec *ts, int64_t ns) {
-  ts->tv_sec = ns / 1000000000;
-  ts->tv_nsec = ns % 1000000000;
 }
 
 
@@ -59,13 +48,13 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req,
        clk != CLOCK_BOOTTIME && clk != CLOCK_TAI))
     return ip__real.clock_nanosleep(clk, flags, req, rem);
   int64_t now = ip__now_ns();
-  int64_t wait = ts_ns(req);
+  int64_t wait = ip__ns_from_timespec(req);
   if (flags & TIMER_ABSTIME)
-    wait -= ip__clock_ns(clk);
+    wait = wait == INT64_MAX ? wait : wait - ip__clock_ns(clk);
   int64_t left;
-  int r = park_until(s, now + (wait > 0 ? wait : 0), &left);
+  int r = park_until(s, ip__ns_add_sat(now, wait > 0 ? wait : 0), &left);
   if (r == EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
-    set_ts(rem, left);
+    *rem = ip__timespec_of(left);
   return r;
 }
 
@@ -75,11 +64,12 @@ int nanosleep(const struct timespec *req, struct timespec *rem) {
   if (s == NULL || req == NULL || !valid_ts(req))
     return ip__real.nanosleep(req, rem);
   int64_t left;
-  int r = park_until(s, ip__now_ns() + ts_ns(req), &left);
+  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_from_timespec(req)),
+                     &left);
   if (r == 0)
     return 0;
   if (r == EINTR && rem != NULL)
-    set_ts(rem, left);
+    *rem = ip__timespec_of(left);
   return ip__fail(-r);
 }
 
@@ -89,7 +79,8 @@ int usleep(useconds_t usec) {
   if (s == NULL)
     return ip__real.usleep(usec);
   int64_t left;
-  int r = park_until(s, ip__now_ns() + (int64_t) usec * 1000, &left);
+  int64_t ns = (int64_t) usec * 1000; /* at most 4.3e12: no overflow */
+  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ns), &left);
   return r ? ip__fail(-r) : 0;
 }
 
@@ -99,7 +90,8 @@ unsigned int sleep(unsigned int seconds) {
   if (s == NULL)
     return ip__real.sleep(seconds);
   int64_t left;
-  int r = park_until(s, ip__now_ns() + (int64_t) seconds * 1000000000, &left);
+  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_of(seconds, 0)),
+                     &left);
   if (r == 0)
     return 0;
   errno = r;

@@ -112,10 +112,7 @@ int setsockopt(int fd, int level, int name, const void *value,
       len < sizeof(struct timeval))
     return r;
   if (ip__fd_state(fd) & IP_FD_KNOWN) {
-    const struct timeval *tv = value;
-    IP_SAVE_ERRNO(ip__fd_set_timeout(fd, name,
-                                     (int64_t) tv->tv_sec * 1000000000 +
-                                         (int64_t) tv->tv_usec * 1000));
+    IP_SAVE_ERRNO(ip__fd_set_timeout(fd, name, ip__ns_from_sockopt(value)));
   }
   return r;
 }

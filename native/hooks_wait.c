@@ -24,15 +24,14 @@
 #define SMALL_WAITERS 8
 
 
-static int64_t ms_to_ns(int timeout_ms) {
-  return timeout_ms < 0 ? -1 : (int64_t) timeout_ms * 1000000;
-}
-
-
-static int64_t ts_to_ns(const struct timespec *ts) {
-  if (ts == NULL)
-    return -1;
-  return (int64_t) ts->tv_sec * 1000000000 + ts->tv_nsec;
+/* A ppoll/pselect timeout in nanoseconds (saturated, see timeconv.h), or
+ * 0, which sends the call to the real function, when it is invalid: the
+ * kernel then reports EINVAL. */
+static int64_t ts_timeout_ns(const struct timespec *ts) {
+  if (ts != NULL &&
+      (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000))
+    return 0;
+  return ip__ns_from_timespec(ts);
 }
 
 
@@ -74,12 +73,7 @@ static int wait_any(ip_sched_t *s, const int *fds, const short *events,
   if (r == 0)
     r = probe(probe_arg);
   if (r == 0) {
-    int64_t timeout = -1;
-    if (deadline_ns >= 0) {
-      timeout = deadline_ns - ip__now_ns();
-      timeout = timeout > 0 ? timeout : 0;
-    }
-    r = ip__park(s, timeout);
+    r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
   } else {
     r = r < 0 ? r : 0;
   }
@@ -114,7 +108,7 @@ static int poll_probe(void *arg) {
 
 
 static int cooperative_poll(ip_sched_t *s, pollctx_t *p, int64_t timeout_ns) {
-  int64_t deadline = timeout_ns < 0 ? -1 : ip__now_ns() + timeout_ns;
+  int64_t deadline = ip__deadline_of(ip__now_ns(), timeout_ns);
   int small_fds[SMALL_WAITERS];
   short small_ev[SMALL_WAITERS];
   int *fds = small_fds;
@@ -160,7 +154,7 @@ int poll(struct pollfd *fds, nfds_t n, int timeout_ms) {
   if (timeout_ms == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
     return ip__real.poll(fds, n, timeout_ms);
   pollctx_t p = {fds, n, NULL};
-  return cooperative_poll(s, &p, ms_to_ns(timeout_ms));
+  return cooperative_poll(s, &p, ip__ns_from_ms(timeout_ms));
 }
 
 
@@ -174,10 +168,8 @@ int __poll_chk(struct pollfd *fds, nfds_t n, int timeout_ms, size_t fdslen) {
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
           const sigset_t *mask) {
   ip_sched_t *s;
-  int64_t ns = ts_to_ns(timeout);
-  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
-                   timeout->tv_nsec >= 1000000000)))
+  int64_t ns = ts_timeout_ns(timeout);
+  if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL)
     return ip__real.ppoll(fds, n, timeout, mask);
   pollctx_t p = {fds, n, mask};
   return cooperative_poll(s, &p, ns);
@@ -215,9 +207,12 @@ static int select_probe(void *arg) {
 }
 
 
+/* *elapsed_ns: how long the call took, for select's report of the time
+ * not slept. */
 static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
-                              int64_t *left_ns) {
-  int64_t deadline = timeout_ns < 0 ? -1 : ip__now_ns() + timeout_ns;
+                              int64_t *elapsed_ns) {
+  int64_t start = ip__now_ns();
+  int64_t deadline = ip__deadline_of(start, timeout_ns);
   for (int i = 0; i < 3; i++)
     if (c->sets[i])
       c->saved[i] = *c->sets[i];
@@ -261,30 +256,23 @@ static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
   }
   free(fds);
   free(ev);
-  if (deadline >= 0) {
-    int64_t left = deadline - ip__now_ns();
-    *left_ns = left > 0 ? left : 0;
-  }
+  *elapsed_ns = ip__now_ns() - start;
   return r;
 }
 
 
 int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
   ip_sched_t *s;
-  int64_t ns = tv ? (int64_t) tv->tv_sec * 1000000000 +
-                        (int64_t) tv->tv_usec * 1000
-                  : -1;
+  int invalid = tv && (tv->tv_sec < 0 || tv->tv_usec < 0);
+  int64_t ns = invalid ? 0 : ip__ns_from_timeval(tv); /* 0: the real call */
   if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      nfds < 0 || nfds > FD_SETSIZE ||
-      (tv && (tv->tv_sec < 0 || tv->tv_usec < 0)))
+      nfds < 0 || nfds > FD_SETSIZE)
     return ip__real.select(nfds, r, w, e, tv);
   selctx_t c = {.nfds = nfds, .sets = {r, w, e}};
-  int64_t left = 0;
-  int n = cooperative_select(s, &c, ns, &left);
-  if (tv != NULL) { /* Linux reports the time not slept */
-    tv->tv_sec = left / 1000000000;
-    tv->tv_usec = (left % 1000000000) / 1000;
-  }
+  int64_t elapsed = 0;
+  int n = cooperative_select(s, &c, ns, &elapsed);
+  if (tv != NULL) /* Linux reports the time not slept */
+    *tv = ip__timeval_minus(tv, elapsed);
   return n;
 }
 
@@ -292,15 +280,13 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
 int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e,
             const struct timespec *timeout, const sigset_t *mask) {
   ip_sched_t *s;
-  int64_t ns = ts_to_ns(timeout);
+  int64_t ns = ts_timeout_ns(timeout);
   if (ns == 0 || !ip__hooks_armed() || (s = ip__hook_sched()) == NULL ||
-      nfds < 0 || nfds > FD_SETSIZE ||
-      (timeout && (timeout->tv_sec < 0 || timeout->tv_nsec < 0 ||
-                   timeout->tv_nsec >= 1000000000)))
+      nfds < 0 || nfds > FD_SETSIZE)
     return ip__real.pselect(nfds, r, w, e, timeout, mask);
   selctx_t c = {.nfds = nfds, .sets = {r, w, e}, .mask = mask};
-  int64_t left = 0;
-  return cooperative_select(s, &c, ns, &left);
+  int64_t elapsed = 0;
+  return cooperative_select(s, &c, ns, &elapsed);
 }
 
 /* ---- epoll_wait ------------------------------------------------------- */
@@ -329,8 +315,7 @@ static int epoll_probe(void *arg) {
 /* An epoll fd is itself pollable: readable while its ready list is not
  * empty. */
 static int cooperative_epoll(ip_sched_t *s, epctx_t *c, int timeout_ms) {
-  int64_t timeout = ms_to_ns(timeout_ms);
-  int64_t deadline = timeout < 0 ? -1 : ip__now_ns() + timeout;
+  int64_t deadline = ip__deadline_of(ip__now_ns(), ip__ns_from_ms(timeout_ms));
   short ev = POLLIN;
   for (;;) {
     int r = epoll_now(c);

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "interpose.h"
+#include "timeconv.h"
 
 #define IP_HIDDEN __attribute__((visibility("hidden")))
 #define IP_UNUSED __attribute__((unused))
@@ -204,6 +205,20 @@ typedef struct ip_coro {
 } ip_coro_t;
 
 typedef struct ip_sched {
+  /* These first four fields survive the reuse of the struct (sched.c resets
+   * everything from root on).  Invariant: scheduler structs are never freed
+   * (type-stable memory): a destroyed one goes to a free list and may be
+   * reused by another thread, so the blocking monitor and the guard-page
+   * handler may read any struct they once found, at any time, and must
+   * check incarnation to know it is still the scheduler they meant. */
+  struct ip_sched *every_next; /* every struct ever allocated; never shrinks */
+  struct ip_sched *free_next;  /* guarded by the free list's lock */
+  /* Invariant: odd while the scheduler lives, even once destroyed; it
+   * changes after everything is set up and before anything is torn down. */
+  _Atomic uint64_t incarnation;
+  /* The owning thread's kernel id while the scheduler lives, else 0: the
+   * guard-page handler finds its thread's scheduler by it, without TLS. */
+  _Atomic pid_t tid;
   ip_coro_t root;     /* the thread's own context and thread state */
   /* Invariant: the coroutine that gets KeyboardInterrupt and forwarded
    * exceptions; &root except in a child forked from a spawned coroutine. */
@@ -242,6 +257,10 @@ typedef struct ip_sched {
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
 static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
+/* The live scheduler of the thread whose kernel id is tid, or NULL.
+ * Async-signal-safe: it reads the type-stable list of schedulers without a
+ * lock or TLS (the SIGSEGV handler uses it). */
+IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
 /* Creates the calling thread's scheduler if needed; the GIL must be held. */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
 /* Parks the running coroutine until a wake for the prepared generation. */
@@ -277,7 +296,19 @@ typedef struct ip_real {
   IP_REAL_FUNCTIONS(IP_REAL_FIELD)
 } ip_real_t;
 
-IP_HIDDEN extern ip_real_t ip__real;
+/* The table, resolved on first use (real.c explains why: another library's
+ * constructor may call a hooked function before ours has run).  Every use
+ * goes through ip__real_table(), which the ip__real macro below spells, so
+ * no code can read an unresolved pointer. */
+IP_HIDDEN extern ip_real_t ip__real_storage;
+IP_HIDDEN extern int ip__real_ready;
+IP_HIDDEN void ip__real_resolve(void);
+static inline ip_real_t *ip__real_table(void) {
+  if (__builtin_expect(!__atomic_load_n(&ip__real_ready, __ATOMIC_ACQUIRE), 0))
+    ip__real_resolve();
+  return &ip__real_storage;
+}
+#define ip__real (*ip__real_table())
 
 /* ---- the fd table (fdtable.c) ----------------------------------------- */
 
@@ -392,6 +423,10 @@ IP_HIDDEN void ip__fd_dispatch(ip_sched_t *s, uint64_t data,
 IP_HIDDEN void ip__fd_drop_sched(ip_sched_t *s);
 /* In a forked child: every registration and waiter belonged to the parent. */
 IP_HIDDEN void ip__fd_after_fork_child(void);
+/* fd, opened by the runtime for itself with a real (unhooked) call, moved
+ * to the lowest free number at or above the internal floor, close-on-exec;
+ * fd itself when it cannot move.  errno is kept. */
+IP_HIDDEN int ip__fd_move_internal(int fd);
 
 /* ---- hooks (hooks_*.c) ------------------------------------------------ */
 
@@ -477,6 +512,7 @@ typedef struct ip_pyapi {
   void (*PyObject_GetArenaAllocator)(void *allocator);
   void (*PyObject_SetArenaAllocator)(void *allocator);
   int (*PyErr_SetInterruptEx)(int signum);
+  void *(*PyThreadState_GetFrame)(void *tstate);
   void *(*PyGILState_GetThisThreadState)(void);
   /* 3.14.1 and later only (NULL before): see pyver.c. */
   int (*PyUnstable_ThreadState_SetStackProtection)(void *tstate, void *base,

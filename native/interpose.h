@@ -15,7 +15,7 @@
 
 /* Bumped whenever a signature below or a struct layout changes; the Python
  * side refuses a library built with another value. */
-#define INTERPOSE_ABI_VERSION 1
+#define INTERPOSE_ABI_VERSION 2
 
 /* Results of a park besides 0 (woken) and -errno. */
 #define INTERPOSE_PARK_TIMEOUT 1 /* the park's own timeout expired */
@@ -148,16 +148,28 @@ IP_EXPORT int interpose_sched_defer_signal(int signum);
  * copied to fd (the one the program gave signal.set_wakeup_fd; -1: none)
  * when the hub drains the pipe. */
 IP_EXPORT int interpose_sched_set_signal_forward(int fd);
-/* GIL held.  The calling thread's scheduler, or NULL: an opaque handle for
- * interpose_sched_probe, valid until the thread's scheduler is destroyed. */
-IP_EXPORT void *interpose_sched_self(void);
+/* GIL held.  The calling thread's scheduler, or NULL, and in *incarnation
+ * which life of it this is: together an opaque handle for
+ * interpose_sched_probe that stays safe to pass after the scheduler is
+ * destroyed (the struct is never freed, only reused). */
+IP_EXPORT void *interpose_sched_self(uint64_t *incarnation);
 /* GIL held, any thread.  For the blocking monitor: the scheduler's switch
- * count, the coroutine it is running (*coro; NULL while its hub runs), its
- * number of live spawned coroutines and the running coroutine's thread
- * state (returned).  The thread state stays valid while the caller holds
- * the GIL. */
-IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t *switches,
-                                      void **coro, uint64_t *alive);
+ * count, the coroutine it is running (*coro; NULL while its hub runs) and
+ * its number of live spawned coroutines, and, returned, a new reference to
+ * the running coroutine's innermost frame (PyFrameObject *) or NULL.  A
+ * scheduler destroyed since (its incarnation moved on) reads as zeros and
+ * NULL. */
+IP_EXPORT void *interpose_sched_probe(void *sched, uint64_t incarnation,
+                                      uint64_t *switches, void **coro,
+                                      uint64_t *alive);
+/* GIL held.  The calling thread exits with coroutines still alive in its
+ * scheduler, which is therefore kept: its own thread state is about to be
+ * deleted, and the scheduler stops reporting it (and its thread id).
+ * Returns 1, or 0 when the thread has no scheduler. */
+IP_EXPORT int interpose_sched_forget_root(void);
+/* Any thread.  The lowest number the runtime's own fds are moved to (0:
+ * they stay where they were opened); see fdtable.c. */
+IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or

@@ -34,6 +34,7 @@ static const struct {
     BINDING(PyObject_GetArenaAllocator),
     BINDING(PyObject_SetArenaAllocator),
     BINDING(PyErr_SetInterruptEx),
+    BINDING(PyThreadState_GetFrame),
     BINDING(PyGILState_GetThisThreadState),
     OPTIONAL(PyUnstable_ThreadState_SetStackProtection),
 };

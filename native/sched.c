@@ -29,7 +29,9 @@
  *  - The hub never runs Python and never parks; coroutines only switch to
  *    the hub and the hub only switches to coroutines.
  *  - Coroutine structs are never freed, only recycled (type-stable
- *    memory), so a handle held by Python or another thread stays readable. */
+ *    memory), so a handle held by Python or another thread stays readable.
+ *    Scheduler structs likewise: the blocking monitor samples them from
+ *    another thread and the guard-page handler walks them, with no lock. */
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -57,6 +59,10 @@ static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
 static ip_coro_t *coro_free; /* guarded by coro_lock */
 static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
 static ip_sched_t *sched_all; /* guarded by coro_lock */
+static ip_sched_t *sched_free; /* guarded by coro_lock */
+/* Every scheduler struct ever allocated, newest first; pushed under
+ * coro_lock, read without it (the list only grows). */
+static ip_sched_t *_Atomic sched_every;
 static _Atomic uint64_t next_id = 1;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -282,10 +288,8 @@ static int claimed_result(ip_coro_t *co) {
 static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
                      int *timer_result) {
   int64_t now = ip__now_ns();
-  int64_t own = timeout_ns >= 0 ? now + timeout_ns : -1;
+  int64_t own = ip__deadline_of(now, timeout_ns); /* beyond INT64_MAX: none */
   int64_t dl = co->shield ? -1 : co->deadline_ns;
-  if (timeout_ns >= 0 && own < now) /* overflow: effectively no timeout */
-    own = -1;
   if (dl >= 0 && dl <= now)
     return -ETIMEDOUT;
   if (own >= 0 && (dl < 0 || own < dl)) {
@@ -500,19 +504,14 @@ static int epoll_wait_ns(ip_sched_t *s, struct epoll_event *ev,
                          int64_t timeout_ns) {
   static int have_pwait2 = 1; /* Linux >= 5.11; probed once, races benign */
   if (have_pwait2 && timeout_ns > 0) {
-    struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    struct timespec ts = ip__timespec_of(timeout_ns);
     long n = syscall(SYS_epoll_pwait2, s->epfd, ev, EPOLL_BATCH, &ts, NULL,
                      (size_t) 0);
     if (n >= 0 || errno != ENOSYS)
       return (int) n;
     have_pwait2 = 0;
   }
-  int timeout_ms = -1;
-  if (timeout_ns >= 0) {
-    int64_t ms = (timeout_ns + 999999) / 1000000;
-    timeout_ms = ms > INT32_MAX ? INT32_MAX : (int) ms;
-  }
-  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, timeout_ms);
+  return ip__real.epoll_wait(s->epfd, ev, EPOLL_BATCH, ip__ms_ceil(timeout_ns));
 }
 
 
@@ -586,14 +585,22 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 }
 
 
-/* Opens the kernel objects and the hub context; 0 or -errno. */
+/* Opens the kernel objects and the hub context; 0 or -errno.
+ * Invariant: every fd the runtime opens for itself (these, the signal
+ * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
+ * close-on-exec, so that no child of the program inherits one
+ * (tests/test_internal_fds.py compares what children see with plain
+ * Python's), and those it keeps live above the internal floor (fdtable.c:
+ * the program's fds get plain Python's numbers). */
 static int sched_open(ip_sched_t *s) {
   s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
   if (s->epfd < 0)
     return -errno;
+  s->epfd = ip__fd_move_internal(s->epfd);
   s->evfd = ip__real.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (s->evfd < 0)
     goto fail_epoll;
+  s->evfd = ip__fd_move_internal(s->evfd);
   int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
   if (r < 0)
     goto fail_eventfd;
@@ -614,6 +621,61 @@ fail_epoll:
   r = -errno;
   ip__real.close(s->epfd);
   return r;
+}
+
+
+/* ---- scheduler structs ---------------------------------------------- */
+
+/* A zeroed scheduler struct from the free list or fresh.  A reused one
+ * keeps its place in sched_every and its incarnation (both in front of
+ * root), and its root coroutine's park generation, which only grows. */
+static ip_sched_t *sched_struct_get(void) {
+  pthread_mutex_lock(&coro_lock);
+  ip_sched_t *s = sched_free;
+  if (s != NULL)
+    sched_free = s->free_next;
+  pthread_mutex_unlock(&coro_lock);
+  if (s != NULL) {
+    uint64_t gen = ip__park_gen(&s->root) + 1;
+    size_t keep = offsetof(ip_sched_t, root);
+    memset((char *) s + keep, 0, sizeof(*s) - keep);
+    atomic_store(&s->root.park_word, gen << IP_PARK_STATE_BITS);
+    return s;
+  }
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return NULL;
+  pthread_mutex_lock(&coro_lock);
+  s->every_next = atomic_load_explicit(&sched_every, memory_order_relaxed);
+  atomic_store_explicit(&sched_every, s, memory_order_release);
+  pthread_mutex_unlock(&coro_lock);
+  return s;
+}
+
+
+static void sched_struct_put(ip_sched_t *s) {
+  pthread_mutex_lock(&coro_lock);
+  s->free_next = sched_free;
+  sched_free = s;
+  pthread_mutex_unlock(&coro_lock);
+}
+
+
+/* The scheduler is no longer what its handle named: probes of the old
+ * incarnation fail from here on, and no signal handler finds it. */
+static void sched_retire(ip_sched_t *s) {
+  if (atomic_load(&s->incarnation) & 1)
+    atomic_fetch_add(&s->incarnation, 1);
+  atomic_store(&s->tid, 0);
+}
+
+
+ip_sched_t *ip__sched_of_tid(pid_t tid) {
+  ip_sched_t *s = atomic_load_explicit(&sched_every, memory_order_acquire);
+  for (; s != NULL; s = s->every_next)
+    if (atomic_load_explicit(&s->tid, memory_order_relaxed) == tid)
+      return s;
+  return NULL;
 }
 
 
@@ -657,14 +719,18 @@ static void sched_after_fork_child(void) {
     coro_free = co;
   }
   for (ip_sched_t *other = sched_all; other != NULL; other = other->all_next)
-    if (&other->root != survivor)
-      invalidate(&other->root);
+    if (other != s) {
+      sched_retire(other); /* its thread did not survive; its id may recur */
+      if (&other->root != survivor)
+        invalidate(&other->root);
+    }
   sched_all = s;
   ip__sem_after_fork_child();
   ip__gilstate_after_fork_child();
   if (s == NULL)
     return;
   s->all_next = NULL;
+  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid)); /* the child's own */
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);
   ip__heap_free(&s->timers);
@@ -695,7 +761,7 @@ ip_sched_t *ip__sched_ensure(void) {
     return NULL;
   }
   pthread_once(&atfork_once, register_atfork);
-  ip_sched_t *s = calloc(1, sizeof(*s));
+  ip_sched_t *s = sched_struct_get();
   if (s == NULL)
     return NULL;
   s->signal_fd = -1;
@@ -724,10 +790,12 @@ ip_sched_t *ip__sched_ensure(void) {
   sched_all = s;
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
+  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
+  atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
   return s;
 fail:
-  free(s);
+  sched_struct_put(s);
   errno = -r;
   return NULL;
 }
@@ -913,17 +981,52 @@ int interpose_sched_interrupt_main(void) {
 }
 
 
-void *interpose_sched_self(void) { return tls_sched; }
+void *interpose_sched_self(uint64_t *incarnation) {
+  ip_sched_t *s = tls_sched;
+  *incarnation = s ? atomic_load(&s->incarnation) : 0;
+  return s;
+}
 
 
-void *interpose_sched_probe(void *sched, uint64_t *switches, void **coro,
-                            uint64_t *alive) {
+/* Reads like a seqlock: the incarnation before and after the fields tells
+ * whether they belonged to the scheduler the caller means.  The struct is
+ * type-stable, so reading it is safe even when they did not.  (Schedulers
+ * are also created and destroyed only with the GIL held, which the caller
+ * holds, so the second check is a second line of defence.)  The thread
+ * state read is alive: a coroutine's is cleared before it is deleted and
+ * the root's when its thread exits (interpose_sched_forget_root), both with
+ * the GIL held, which the caller holds until PyThreadState_GetFrame is
+ * done with it. */
+void *interpose_sched_probe(void *sched, uint64_t incarnation,
+                            uint64_t *switches, void **coro, uint64_t *alive) {
   ip_sched_t *s = sched;
-  *switches = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
-  *alive = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
+  *switches = *alive = 0;
+  *coro = NULL;
+  if (s == NULL || atomic_load_explicit(&s->incarnation,
+                                        memory_order_acquire) != incarnation)
+    return NULL;
+  uint64_t sw = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
+  uint64_t al = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
   ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
+  void *tstate = co ? __atomic_load_n(&co->tstate, __ATOMIC_RELAXED) : NULL;
+  atomic_thread_fence(memory_order_acquire);
+  if (atomic_load_explicit(&s->incarnation, memory_order_relaxed) !=
+      incarnation)
+    return NULL;
+  *switches = sw;
+  *alive = al;
   *coro = co;
-  return co == NULL ? NULL : __atomic_load_n(&co->tstate, __ATOMIC_RELAXED);
+  return tstate ? ip__py.PyThreadState_GetFrame(tstate) : NULL;
+}
+
+
+int interpose_sched_forget_root(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  __atomic_store_n(&s->root.tstate, NULL, __ATOMIC_RELAXED);
+  atomic_store(&s->tid, 0);
+  return 1;
 }
 
 
@@ -969,6 +1072,7 @@ int interpose_sched_destroy(void) {
   if (s->current != &s->root || s->stats.alive != 0 ||
       !ip__queue_empty(&s->runq) || s->run_next != NULL)
     return -EBUSY;
+  sched_retire(s);
   pthread_mutex_lock(&coro_lock);
   for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {
     if (*p == s) {
@@ -984,7 +1088,7 @@ int interpose_sched_destroy(void) {
   ip__stack_release(&s->hub_stack);
   pthread_mutex_destroy(&s->remote_lock);
   tls_sched = NULL;
-  free(s);
+  sched_struct_put(s);
   ip__stack_thread_exit();
   return 0;
 }

@@ -12,13 +12,24 @@
  * only async-signal-safe calls.  Solution: ip__stack_acquire returns -ENOMEM
  * for the caller to report; the SIGSEGV handler runs with SA_ONSTACK on a
  * per-thread sigaltstack, recognises a fault in the running coroutine's
- * guard page, writes the coroutine's id and name with write(2) and aborts.
- * Any other fault goes to the handler that was installed before ours (for
- * example faulthandler's), or to the default action. */
+ * guard page, writes the coroutine's id and name and aborts.  Any other
+ * fault goes to the handler that was installed before ours (for example
+ * faulthandler's), or to the default action.
+ *
+ * Async-signal safety.  The fault can strike anywhere: inside malloc, with
+ * an fd table entry's lock held, in a hook.  So the handler calls no
+ * function this library hooks (write is one: the hooked write takes locks,
+ * may allocate and may even park) and nothing that may allocate or lock:
+ * it writes with the raw system call, formats numbers itself, finds its
+ * thread's scheduler by kernel thread id in the type-stable list of
+ * schedulers (ip__sched_of_tid) rather than through TLS, whose first use
+ * in a thread of a dlopen'ed library allocates, and restores the default
+ * action with sigaction. */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -193,8 +204,9 @@ void ip__stack_release(ip_stack_t *st) {
 
 /* ---- the guard-page handler ------------------------------------------- */
 
+/* The raw system call, never the hooked write (see the top comment). */
 static void put(const char *s) {
-  ssize_t IP_UNUSED n = write(2, s, strlen(s));
+  long IP_UNUSED n = syscall(SYS_write, 2, s, strlen(s));
 }
 
 
@@ -252,7 +264,8 @@ static int lowest_page_touched(const ip_stack_t *st) {
 
 
 static void guard_handler(int sig, siginfo_t *si, void *uctx) {
-  ip_sched_t *s = ip__sched_get();
+  int saved_errno = errno;
+  ip_sched_t *s = ip__sched_of_tid((pid_t) syscall(SYS_gettid));
   const char *addr = si->si_addr;
   if (s != NULL) {
     ip_coro_t *co = s->current;
@@ -264,6 +277,7 @@ static void guard_handler(int sig, siginfo_t *si, void *uctx) {
       abort();
     }
   }
+  errno = saved_errno;
   if (previous_segv.sa_flags & SA_SIGINFO) {
     previous_segv.sa_sigaction(sig, si, uctx);
     return;
@@ -275,7 +289,12 @@ static void guard_handler(int sig, siginfo_t *si, void *uctx) {
   }
   /* Returning re-executes the faulting instruction with the default action
    * in place, so the process dies of the original SIGSEGV. */
-  signal(SIGSEGV, SIG_DFL);
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof(dfl));
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGSEGV, &dfl, NULL);
+  errno = saved_errno;
 }
 
 

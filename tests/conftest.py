@@ -17,6 +17,12 @@ import interpose
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(interpose.__file__)))
 
 
+def pytest_report_header(config):
+    """Which interpose the run tests: the checkout (editable install) or an
+    installed wheel (scripts/test-installed, CI)."""
+    return f"interpose under test: {ROOT}/interpose"
+
+
 def run_snippet(code, *, timeout=60, env=None, python=sys.executable):
     """Run code in a fresh interpreter; return CompletedProcess (text)."""
     full_env = dict(os.environ)

@@ -67,6 +67,11 @@ def http_server(tmp_path):
     ["sh", "-c", "printf 'a\\nb\\n' | sort -r | cat -n"],
     ["sleep", "0.05"],
     ["git", "--version"],
+    ["git", "-C", "/", "rev-parse", "--git-dir"],  # not a repository: 128
+    ["bash", "-c", "for i in 1 2 3; do echo $i; done | tac; read -t 0.01 x < /dev/null; exit 4"],
+    ["sh", "-c", "tar -cf - -C /etc hostname passwd | tar -tvf - | wc -l; tar -xf /no/such.tar"],
+    ["sh", "-c", "seq 1 50 | sort -rn | head -3; wc -c < /etc/passwd; date -u -d @0;"
+                 " env -i printenv; cp /no/such /tmp/x; mkdir -p /; stat -c %F /"],
     ["cat", "/proc/self/cmdline"],
 ], ids=lambda a: " ".join(a)[:40])
 def test_command_is_unchanged_by_the_preload(argv):

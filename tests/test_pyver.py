@@ -112,7 +112,7 @@ def test_pyproject_classifiers_list_the_supported_versions():
 
 def test_stack_minimum_is_what_cpython_needs():
     expected = 96 * 1024 if _compat.PY314 else 16 * 1024
-    assert _native.lib.stack_minimum() == expected
+    assert _native.lib.stack_minimum() == expected == _compat.STACK_MINIMUM
 
 
 def test_spawn_below_minimum_says_why():

@@ -521,6 +521,9 @@ def test_monitor_and_threads_settings_are_checked():
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "positive number of seconds" in proc.stderr
+    # `interpose run` refuses a bad setting before the program runs
+    # (issue #13 item 7): one line, no traceback.
     bad = run_hooked("print('ran')", env={"INTERPOSE_THREADS": "green"})
-    assert bad.stdout == "ran\n"
-    assert "INTERPOSE_THREADS='green'" in bad.stderr
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("interpose: INTERPOSE_THREADS='green'")
+    assert len(bad.stderr.splitlines()) == 1

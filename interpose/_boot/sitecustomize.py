@@ -4,9 +4,18 @@ so this module is imported as sitecustomize at start-up.  It boots the
 runtime only when INTERPOSE_AUTOSTART=1, then removes itself from sys.path
 and imports the sitecustomize it shadowed, if there is one.
 
-Kept compatible with any Python: an interpreter interpose does not support
-(a child process running another version) gets a one-line warning and runs
-without coroutines.
+When the runtime cannot boot (an interpreter interpose does not support, a
+bad INTERPOSE_* setting, the library missing or not preloaded), the process
+prints one line that says why:
+* started by `interpose run` (INTERPOSE_BOOT_REQUIRED=1), it exits with
+  status 2 before the program runs: `run` never runs a program without the
+  runtime;
+* otherwise (`interpose env`), the program runs with the runtime off, as
+  plain Python, and the line says so.  Never a traceback, never "Error in
+  sitecustomize": this runs in every Python process of the shell.
+
+Kept parseable by any Python 3 (no f-strings): a child process running
+another interpreter imports it too.
 """
 import os
 import sys
@@ -41,6 +50,9 @@ def _boot():
         return
     if _in_subinterpreter():
         return
+    # Only the process `interpose run` started must boot; its children boot
+    # as under `interpose env` (a child may be another, unsupported Python).
+    required = os.environ.pop("INTERPOSE_BOOT_REQUIRED", None) == "1"
     # Import the package this file belongs to, whose library is the one
     # preloaded, even if another copy of interpose comes first on sys.path
     # (a source checkout next to an installed one); the script then finds it
@@ -49,12 +61,36 @@ def _boot():
     sys.path.insert(0, root)
     try:
         from interpose import _autostart
-    except ImportError as e:
-        sys.stderr.write("interpose: not started in this process: %s\n" % (e,))
+    except (ImportError, ValueError, SyntaxError) as e:
+        # ImportError: unsupported interpreter, library missing or stale;
+        # ValueError: a bad INTERPOSE_STACK_SIZE (the library reads it);
+        # SyntaxError: a Python too old to read the package.
+        _not_booted(_reason(e), required)
         return
     finally:
         sys.path.remove(root)
-    _autostart.boot()
+    try:
+        _autostart.boot()
+    except (_autostart.BootError, ValueError) as e:
+        # ValueError: any other bad INTERPOSE_* setting.  Anything else is
+        # a bug: site reports it with its traceback.
+        _not_booted(_reason(e), required)
+
+
+def _reason(exc):
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    prefix = "interpose: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _not_booted(reason, required):
+    if required:
+        sys.stderr.write("interpose run: the runtime did not boot, so the"
+                         " program was not started: %s\n" % (reason,))
+        sys.stderr.flush()
+        os._exit(2)  # SystemExit here would make site print a traceback
+    sys.stderr.write("interpose: %s; the runtime is off in this process"
+                     " (it runs as plain Python).\n" % (reason,))
 
 
 def _chain():

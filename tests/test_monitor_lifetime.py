@@ -1,0 +1,101 @@
+"""The blocking monitor never reads freed memory (issue #12 item 6).
+
+It samples every scheduler from its own thread while the threads that own
+them come and go.  Scheduler structs are type-stable (reused, never freed)
+and named by (handle, incarnation); the running coroutine's frame is read
+by the engine with the GIL held throughout.  These tests are meant for
+scripts/asan-tests, where a read of freed memory is a report and a crash;
+in the regular run they check that samples stay consistent.
+
+Acceptable: samples of live schedulers, zeros for gone ones.  Unacceptable:
+an ASan report, a crash, a frame of a thread state already deleted."""
+import pytest
+
+from conftest import run_snippet, check_ok
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.slow
+def test_monitor_samples_while_threads_create_and_destroy_schedulers():
+    lines = check_ok(run_snippet("""
+        import sys, threading, interpose
+        from interpose import _monitor, _sched
+
+        sys.setswitchinterval(1e-6)  # interleave the sampler and the threads
+        monitor = _monitor._Monitor(0.001, sys.stderr)
+        stop = False
+        samples = 0
+
+        def sampler():
+            global samples
+            while not stop:
+                monitor.sample(0.0)
+                samples += 1
+
+        def short_lived():
+            # A scheduler made for one coroutine, destroyed as the thread exits.
+            interpose.spawn(lambda: interpose.sleep(0)).join()
+
+        s = threading.Thread(target=sampler)
+        s.start()
+        for _ in range(60):
+            ts = [threading.Thread(target=short_lived) for _ in range(4)]
+            for t in ts: t.start()
+            for t in ts: t.join()
+        stop = True
+        s.join()
+        print("samples", samples > 0, "schedulers left", len(_sched._schedulers))
+    """))
+    assert lines == ["samples True schedulers left 0"]
+
+
+def test_monitor_sample_after_thread_exits_with_live_coroutines():
+    # The thread leaves a parked coroutine behind, so its scheduler is kept,
+    # but the thread's own thread state is deleted as it exits: the sample
+    # must not read it (it did: heap-use-after-free under ASan).
+    lines = check_ok(run_snippet("""
+        import sys, threading, interpose
+        from interpose import _monitor, _native, _sched
+
+        gate = interpose.Event()
+
+        def leaves_one_behind():
+            interpose.spawn(gate.wait)
+            interpose.sleep(0)  # it has parked
+
+        t = threading.Thread(target=leaves_one_behind)
+        t.start()
+        t.join()
+        [sched] = [s for s in _sched._schedulers.values()]
+        for _ in range(3):
+            switches, alive, handle, frame = _native.probe(sched.native, sched.incarnation)
+            print(alive, frame)
+        _monitor._Monitor(0.001, sys.stderr).sample(0.0)
+        print("stale", _native.probe(sched.native, sched.incarnation + 2))
+    """))
+    assert lines == ["1 None"] * 3 + ["stale (0, 0, None, None)"]
+
+
+def test_probe_of_destroyed_scheduler_reads_zeros():
+    lines = check_ok(run_snippet("""
+        import threading, interpose
+        from interpose import _native
+        got = []
+
+        def worker():
+            interpose.spawn(lambda: None).join()
+            got.append(_native.sched_self())
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        handle, incarnation = got[0]
+        print(incarnation % 2, _native.probe(handle, incarnation))
+        # The struct is reused by the next thread, under a new incarnation.
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        print(got[1][0] == handle, got[1][1] == incarnation + 2)
+    """))
+    assert lines == ["1 (0, 0, None, None)", "True True"]
