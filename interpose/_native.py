@@ -78,6 +78,7 @@ SIGNATURES = {
     "interpose_sched_stats": (_i, [ctypes.POINTER(Stats)], True),
     "interpose_sched_set_signal_fd": (_i, [_i], True),
     "interpose_sched_interrupt_main": (_i, [], True),
+    "interpose_sched_runnable": (_i, [], True),
     "interpose_sched_defer_signal": (_i, [_i], True),
     "interpose_coro_run_next": (_i, [_p], True),
     "interpose_sched_set_signal_forward": (_i, [_i], True),
@@ -91,6 +92,9 @@ SIGNATURES = {
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_thread_idents_enable": (_i, [], True),
+    "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
+    "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
 }
 
 # The C-API entry points the engine calls, by the name the library knows

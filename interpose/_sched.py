@@ -22,13 +22,15 @@ from . import _compat
 from . import _errors
 from . import _native
 from . import _signals
-from ._waitqueue import INT64_MAX, WaitQueue, deadline_ns, remaining_ns
+from ._waitqueue import WaitQueue, deadline_ns, remaining_ns, timeout_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
 _current_handle = _lib.coro_current
 _park = _lib.coro_park
-_get_ident = _thread.get_ident
+# The OS thread's real pthread_self(), whichever coroutine asks: schedulers
+# are per OS thread, while _thread.get_ident() is per converted thread.
+_get_ident = _lib.thread_os_ident
 
 # Per OS thread, in that thread's own thread state: the reaper that frees a
 # non-main thread's scheduler when the thread exits.
@@ -38,9 +40,12 @@ _local = _thread._local()
 _join_guard = _thread.allocate_lock()
 # Per OS thread: ident -> _Scheduler.
 _schedulers = {}
-# Set by _threads.install(): a _thread._local in which every spawned
-# coroutine, running in its own thread state, stores its thread identity.
-_idents = None
+# Per thread state, so per coroutine: .sched caches the scheduler of the OS
+# thread the coroutine runs on (the hot paths skip the ctypes call).
+_tls = _thread._local()
+# Set by _threads.install(): every spawned coroutine has a thread identity
+# of its own (native/hooks_pthread.c).
+thread_idents = False
 
 
 class _Scheduler:
@@ -60,9 +65,14 @@ class _Scheduler:
 
 
 def _scheduler():
+    try:
+        return _tls.sched
+    except AttributeError:
+        pass
     sched = _schedulers.get(_get_ident())
     if sched is None:
         sched = _create_scheduler()
+    _tls.sched = sched
     return sched
 
 
@@ -80,25 +90,35 @@ def _create_scheduler():
         _signals.install()
         atexit.register(_shutdown_at_exit)
     else:
-        _local.reaper = _Reaper(ident)
+        _local.reaper = _Reaper(ident, sched)
     return sched
 
 
 class _Reaper:
     """Frees a non-main thread's scheduler when the thread exits.
 
-    It lives in the thread's own thread-local storage, which CPython clears
-    on that thread as it exits: the one moment the thread's scheduler can be
-    torn down by the thread that owns it."""
+    It lives in the thread's own thread-local storage, which CPython
+    normally clears on that thread as it exits: the one moment the thread's
+    scheduler can be torn down by the thread that owns it.  When the locals
+    are freed on another thread instead, only the registry entry is dropped
+    here and the engine destroys the scheduler at the thread's exit."""
 
-    __slots__ = ("ident",)
+    __slots__ = ("ident", "sched")
 
-    def __init__(self, ident):
+    def __init__(self, ident, sched):
         self.ident = ident
+        self.sched = sched
 
     def __del__(self):
         sched = _schedulers.get(self.ident)
-        if sched is None or _get_ident() != self.ident:
+        if sched is not self.sched:
+            return  # already gone, or the ident was reused by a new thread
+        if _get_ident() != self.ident:
+            # CPython freed the thread's locals on another thread: only the
+            # registry entry can go here; the engine tears the scheduler
+            # down itself as its thread exits (sched_at_thread_exit).
+            if not sched.live:
+                del _schedulers[self.ident]
             return
         if sched.live:
             # Coroutines the thread never waited for: keep their state, but
@@ -114,7 +134,7 @@ def prepare():
 
     Raises an exception that a spawned coroutine forwarded to the main one.
     """
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     if sched.pending is not None:
         _raise_pending(sched)
     return _current_handle(), _prepare()
@@ -132,7 +152,7 @@ def park_failed(code):
     forwarded exceptions (returns if none raise); others raise."""
     if code == -errno.EINTR:
         _native.check_signals()
-        sched = _schedulers.get(_get_ident())
+        sched = getattr(_tls, "sched", None) or _schedulers.get(_get_ident())
         if sched is not None and sched.pending is not None:
             _raise_pending(sched)
         return
@@ -230,8 +250,7 @@ class Coroutine:
     # -- running in the coroutine's own thread state --------------------
 
     def _bootstrap(self):
-        if _idents is not None:
-            _idents.ident = self._id
+        _tls.sched = self._sched
         if threading._trace_hook is not None:
             sys.settrace(threading._trace_hook)
         if threading._profile_hook is not None:
@@ -270,14 +289,16 @@ class Coroutine:
             if self._join_waiters is not None:
                 self._join_waiters.wake_all()
         sched.live.pop(self._handle, None)
-        if _idents is not None:
-            _forget_dummy_thread(self._id)
+        if thread_idents and not self._thread:
+            _forget_dummy_thread(_thread.get_ident())
 
 
 def _forget_dummy_thread(ident):
-    """threading.current_thread() in a coroutine that is not a Thread
-    registers a _DummyThread that nothing removes: drop it with the
-    coroutine, so idents do not pile up in threading._active."""
+    """threading.current_thread() in a coroutine that is not a thread
+    (interpose.spawn) registers a _DummyThread that nothing removes: drop it
+    with the coroutine, so idents do not pile up in threading._active.  A
+    coroutine that stands for a thread keeps it, as plain 3.11 keeps the
+    dummy of a _thread.start_new_thread thread."""
     thread = threading._active.get(ident)
     if type(thread) is threading._DummyThread:
         threading._active.pop(ident, None)
@@ -328,7 +349,7 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
 def _spawn(fn, args, kwargs, name, size, thread):
     """spawn() after validation; thread marks a coroutine standing for a
     thread (size 0: the default stack)."""
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     label = "" if name is None else str(name)
     coro = Coroutine(0, 0, label)
     coro._thread = thread
@@ -348,24 +369,25 @@ def _spawn(fn, args, kwargs, name, size, thread):
 def current():
     """The running Coroutine (the thread's main coroutine outside spawned
     ones)."""
-    sched = _schedulers.get(_get_ident()) or _scheduler()
+    sched = _scheduler()
     return sched.live.get(_current_handle()) or sched.main
 
 
 def sleep(seconds):
     """Suspend the running coroutine for at least seconds; sleep(0) lets
-    every other runnable coroutine run first."""
+    every other runnable coroutine run first; sleep(math.inf) parks until
+    the coroutine is cancelled or its deadline passes."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         raise TypeError("sleep() needs a number of seconds")
-    if seconds < 0 or math.isnan(seconds):
+    if seconds < 0:
         raise ValueError("sleep length must be non-negative")
-    deadline = _lib.clock_ns() + math.ceil(seconds * 1e9)
+    deadline = deadline_ns(seconds)  # NaN: ValueError, as time.sleep
     while True:
         prepare()
-        code = _park(min(INT64_MAX, max(0, deadline - _lib.clock_ns())))
+        code = _park(remaining_ns(deadline))
         if code < 0:
             park_failed(code)
-        if _lib.clock_ns() >= deadline:
+        if deadline is not None and _lib.clock_ns() >= deadline:
             return
 
 
@@ -429,13 +451,14 @@ class deadline:
 
     def __enter__(self):
         _scheduler()
-        when = min(INT64_MAX, _lib.clock_ns() + math.ceil(max(0, self._seconds) * 1e9))
+        left = timeout_ns(self._seconds)
+        when = -1 if left is None else _lib.clock_ns() + left
         previous = _lib.coro_set_deadline(when)
-        if 0 <= previous < when:
+        if 0 <= previous and (when < 0 or previous < when):
             _lib.coro_set_deadline(previous)
             when = previous
         self._previous = previous
-        self.deadline_ns = when
+        self.deadline_ns = when if when >= 0 else None
         return self
 
     def __exit__(self, *exc_info):
@@ -478,7 +501,8 @@ class shielded:
 def run(fn, /, *args, **kwargs):
     """Run fn(*args, **kwargs) as this thread's main coroutine and return its
     result.  When it returns or raises, every coroutine still alive on this
-    thread is cancelled and waited for (as asyncio.run does)."""
+    thread is cancelled and run until it finishes (as asyncio.run does),
+    except one parked where cancellation cannot reach (a lock wait)."""
     sched = _scheduler()
     if current() is not sched.main:
         raise RuntimeError("interpose.run() must be called outside spawned coroutines")
@@ -498,19 +522,34 @@ def run(fn, /, *args, **kwargs):
 
 
 def _shutdown(sched):
-    """Cancel and join every coroutine still alive on this thread, except
-    those standing for threads (threading waits for non-daemon ones)."""
+    """Cancel every coroutine still alive on this thread, except those
+    standing for threads (threading waits for non-daemon ones), and let them
+    run until each has finished or nothing on the thread can run any more.
+
+    The ones then still alive are parked in waits that cancellation does
+    not end: lock waits (Lock.acquire, Event.wait, Queue.get), which CPython
+    cannot let fail.  Only another coroutine or thread could wake them, and
+    none is runnable, so waiting for them could hang the process for ever;
+    they are left parked, as daemon threads are.  Returns them.
+
+    Nothing joins the cancelled coroutines, so an exception one raises
+    other than its cancellation (from a finally, say) is reported through
+    threading.excepthook when it finishes, as asyncio.run reports errors
+    during its shutdown."""
+    stuck = set()
     while True:
-        victims = [c for c in sched.live.values() if not c._thread]
+        victims = [c for c in sched.live.values()
+                   if not c._thread and c not in stuck]
         if not victims:
-            return
+            return stuck
         for coro in victims:
             coro.cancel()
-        for coro in victims:
-            try:
-                coro.join()
-            except Exception:
-                pass  # already reported when it finished
+        while True:
+            with shielded():  # a deadline of the main one must not stop it
+                sleep(0)  # every runnable coroutine runs first
+            if all(c._done for c in victims) or not _lib.sched_runnable():
+                break
+        stuck.update(c for c in victims if not c._done)
 
 
 def _shutdown_at_exit():
@@ -519,9 +558,10 @@ def _shutdown_at_exit():
         return
     _shutdown(sched)
     if sched.live:
-        # Daemon threads are abandoned, as CPython abandons daemon threads:
-        # they must never run again, for the interpreter is about to clear
-        # their thread states.  With the main coroutine's hooks off nothing
+        # Daemon threads, and coroutines parked where cancellation cannot
+        # reach, are abandoned, as CPython abandons daemon threads: they
+        # must never run again, for the interpreter is about to clear their
+        # thread states.  With the main coroutine's hooks off nothing
         # switches to them any more (this is the last atexit handler).
         _lib.coro_set_hooks(0)
 

@@ -11,13 +11,22 @@ Two things CPython does not do by itself here:
   and the hub copies every byte it drains to the program's fd.
 * Run handlers in the main coroutine.  On 3.11 and 3.12 CPython runs a
   Python handler in whichever thread state of the main OS thread runs
-  Python next: any coroutine.  Each handler is therefore installed wrapped;
-  run in another coroutine, the wrapper hands the signal to the engine,
-  which wakes the main coroutine and trips the signal again as it resumes,
-  so the handler (and the KeyboardInterrupt of the default SIGINT handler)
-  runs there, as it would in the main thread.
+  Python next: any coroutine that shares the OS thread's ident.  Outside
+  `interpose run` spawned coroutines do, so each handler is installed
+  wrapped; run in another coroutine, the wrapper hands the signal to the
+  engine, which wakes the main coroutine and trips the signal again as it
+  resumes, so the handler (and the KeyboardInterrupt of the default SIGINT
+  handler) runs there, as it would in the main thread.  Under `interpose
+  run` every spawned coroutine has a thread ident of its own
+  (native/hooks_pthread.c), CPython's own main-thread check keeps handlers
+  in the main coroutine, and use_native_main_thread() puts signal.signal
+  and signal.getsignal back untouched.
+
+The replacements carry the names and docstrings of the functions they
+stand for, and 'signal' as their module (programs compare __module__).
 """
 import fcntl
+import functools
 import os
 import signal
 
@@ -74,7 +83,8 @@ def _getsignal(signalnum):
 
 
 def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
-    """signal.set_wakeup_fd, chained behind interpose's pipe."""
+    # signal.set_wakeup_fd, chained behind interpose's pipe (the docstring
+    # is the original's, see _as_original).
     global _program_fd
     if _pipe is None:
         return _real_set_wakeup_fd(fd, warn_on_full_buffer=warn_on_full_buffer)
@@ -85,6 +95,21 @@ def _set_wakeup_fd(fd, /, *, warn_on_full_buffer=True):
     previous, _program_fd = _program_fd, fd
     _lib.sched_set_signal_forward(fd)
     return previous
+
+
+def _as_original(replacement, original):
+    """replacement, presenting itself as original (name, doc) and as a
+    Python function of the signal module: signal.signal is one already;
+    set_wakeup_fd is a builtin of _signal, and a Python function found in
+    the signal module must say 'signal' (CPython's test_signal checks)."""
+    functools.update_wrapper(replacement, original)
+    replacement.__module__ = "signal"
+    return replacement
+
+
+_signal = _as_original(_signal, _real_signal)
+_getsignal = _as_original(_getsignal, _real_getsignal)
+_set_wakeup_fd = _as_original(_set_wakeup_fd, _real_set_wakeup_fd)
 
 
 def _move_internal(fd):
@@ -132,6 +157,23 @@ def install():
     signal.signal = _signal
     signal.getsignal = _getsignal
     signal.set_wakeup_fd = _set_wakeup_fd
+
+
+def use_native_main_thread():
+    """Under `interpose run` only the main coroutine passes CPython's
+    main-thread check, so handlers need no wrapper: unwrap the installed
+    ones and give signal.signal and signal.getsignal back."""
+    if signal.signal is _real_signal:
+        return
+    for signum in signal.valid_signals():
+        try:
+            handler = _real_getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if isinstance(handler, _InMainCoroutine):
+            _real_signal(signum, handler.handler)
+    signal.signal = _real_signal
+    signal.getsignal = _real_getsignal
 
 
 def renew_after_fork():

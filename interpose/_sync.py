@@ -11,12 +11,46 @@ from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 
 # Each primitive takes (blocking, timeout) exactly as its standard twin
-# does; these return the deadline (None = forever, 0 = do not wait).
+# does, with the same errors for the same values; these return the
+# deadline (None = forever, 0 = do not wait).
+#
+# Edge values (issue #13), decided per call by what CPython 3.11 does:
+#  - Lock.acquire converts any timeout but -1 to a C timestamp first, so NaN
+#    raises ValueError and infinity (or more than threading.TIMEOUT_MAX)
+#    raises OverflowError even for a free lock; _check_lock_timeout lets a
+#    fresh _thread lock do that conversion, so messages match each version.
+#  - Condition.wait and Event.wait wait only for a timeout > 0 (so NaN does
+#    not wait) and convert it like Lock.acquire (so infinity raises
+#    OverflowError, but only when they would wait).
+#  - Semaphore.acquire, Queue.get/put and Condition.wait_for recompute the
+#    time left and call Condition.wait again, so for NaN CPython spins for
+#    ever, and for infinity raises OverflowError once it must wait.  NaN
+#    here does not wait at all (a timeout that has passed): a busy loop is
+#    no behaviour to copy.
+
+def _check_lock_timeout(timeout):
+    """Raises what _thread.lock.acquire raises for this timeout, if anything;
+    the fast path never allocates."""
+    if not 0 <= timeout <= _thread.TIMEOUT_MAX:  # also true for NaN
+        probe = _thread.allocate_lock()  # free: acquire returns at once
+        if probe.acquire(True, timeout):
+            probe.release()
+
+
+def _wait_deadline(timeout):
+    """Condition.wait's rule: None is forever, only timeout > 0 waits."""
+    if timeout is None:
+        return None
+    if not timeout > 0:  # NaN included
+        return 0
+    _check_lock_timeout(timeout)
+    return deadline_ns(timeout)
+
 
 def _lock_timeout(blocking, timeout):
     """threading.Lock: -1 is forever, other negatives are errors."""
-    if timeout != -1 and timeout < 0:
-        raise ValueError("timeout value must be a non-negative number")
+    if timeout != -1:
+        _check_lock_timeout(timeout)
     if not blocking:
         if timeout != -1:
             raise ValueError("can't specify a timeout for a non-blocking call")
@@ -30,19 +64,22 @@ def _semaphore_timeout(blocking, timeout):
         if timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         return 0
-    if timeout is not None and timeout <= 0:
-        return 0
-    return deadline_ns(timeout)
+    return _wait_deadline(timeout)
+
+
+_UNSET = object()
+
+
+def _queue_timeout_valid(block, timeout):
+    """queue.Queue refuses a negative timeout before anything else."""
+    if block and timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
 
 
 def _queue_timeout(block, timeout):
-    """queue.Queue: None is forever, negatives are errors, and the timeout
-    is ignored when block is false."""
-    if not block:
-        return 0
-    if timeout is not None and timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    return deadline_ns(timeout)
+    """queue.Queue: None is forever, and the timeout is ignored when block
+    is false."""
+    return _wait_deadline(timeout) if block else 0
 
 
 class Event:
@@ -69,7 +106,7 @@ class Event:
         """Return True once the flag is set, False if timeout passes."""
         if self._flag:
             return True
-        deadline = deadline_ns(timeout)
+        deadline = _wait_deadline(timeout)
         with self._guard:
             while not self._flag:
                 if not self._waiters.wait(self._guard, deadline):
@@ -188,7 +225,7 @@ class Condition:
     def wait(self, timeout=None):
         if not self._lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        deadline = deadline_ns(timeout)
+        deadline = _wait_deadline(timeout)
         saved = []
         self._guard.acquire()
         try:
@@ -206,9 +243,11 @@ class Condition:
         return woken
 
     def wait_for(self, predicate, timeout=None):
-        deadline = deadline_ns(timeout)
+        deadline = None if timeout is None else _UNSET
         result = predicate()
         while not result:
+            if deadline is _UNSET:
+                deadline = _wait_deadline(timeout)
             if deadline is not None:
                 left = remaining_ns(deadline)
                 if left <= 0:
@@ -245,9 +284,13 @@ class Semaphore:
         self._waiters = WaitQueue()
 
     def acquire(self, blocking=True, timeout=None):
-        deadline = _semaphore_timeout(blocking, timeout)
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        deadline = _UNSET  # worked out only when it must wait, as CPython
         with self._guard:
             while self._value == 0:
+                if deadline is _UNSET:
+                    deadline = _semaphore_timeout(blocking, timeout)
                 if deadline == 0 or not self._waiters.wait(self._guard, deadline):
                     if self._value == 0:
                         return False
@@ -292,9 +335,13 @@ class Queue:
         return 0 < self.maxsize <= len(self._items)
 
     def put(self, item, block=True, timeout=None):
-        deadline = _queue_timeout(block, timeout)
+        if self.maxsize > 0:  # queue.Queue checks only a bounded queue's
+            _queue_timeout_valid(block, timeout)
+        deadline = _UNSET  # worked out only when it must wait, as CPython
         with self._guard:
             while 0 < self.maxsize <= len(self._items):
+                if deadline is _UNSET:
+                    deadline = _queue_timeout(block, timeout)
                 if deadline == 0 or not self._not_full.wait(self._guard, deadline):
                     if 0 < self.maxsize <= len(self._items):
                         raise _queue.Full
@@ -303,9 +350,12 @@ class Queue:
             self._not_empty.wake_one()
 
     def get(self, block=True, timeout=None):
-        deadline = _queue_timeout(block, timeout)
+        _queue_timeout_valid(block, timeout)
+        deadline = _UNSET  # worked out only when it must wait, as CPython
         with self._guard:
             while not self._items:
+                if deadline is _UNSET:
+                    deadline = _queue_timeout(block, timeout)
                 if deadline == 0 or not self._not_empty.wait(self._guard, deadline):
                     if not self._items:
                         raise _queue.Empty

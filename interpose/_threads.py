@@ -5,27 +5,25 @@ thread that started it.
 
 What changes is small, because the native library already makes every
 CPython lock cooperative (its sem_* hooks park a coroutine that waits for a
-lock): Lock, Condition, Semaphore, Event, Barrier, queue.*, Thread.join and
-the interpreter's wait for non-daemon threads at exit need nothing more.
-What is left is identity and creation:
+lock): Lock, RLock, Condition, Semaphore, Event, Barrier, queue.*,
+Thread.join and the interpreter's wait for non-daemon threads at exit need
+nothing more.  What is left is identity and creation:
 
-* get_ident() is per coroutine: a spawned coroutine's ident is its
-  coroutine id (small integers, which never collide with the pthread
-  addresses CPython uses as the idents of OS threads); a thread's main
-  coroutine keeps the OS thread's ident.  current_thread(), RLock
-  ownership, threading.local (per thread state anyway) and importlib's
-  module locks follow.  native_id stays the OS thread's: that is what the
-  kernel and tools such as ps see.
+* Identity is native (native/hooks_pthread.c): install() turns on thread
+  identities, and from then on pthread_self() in a spawned coroutine
+  returns a handle of its own, which CPython takes as the thread's ident.
+  _thread.get_ident, current_thread(), the owner of the C RLock and of the
+  import lock, the main-thread checks of signal.signal and set_wakeup_fd,
+  tstate->thread_id (sys._current_frames, PyThreadState_SetAsyncExc,
+  faulthandler) all follow, with nothing replaced at the Python level.  A
+  thread's main coroutine keeps the OS thread's ident.  native_id stays the
+  OS thread's: that is what the kernel and tools such as ps see, and a
+  made-up TID could name a real thread of the process (docs/threads.md).
 * Starting a thread spawns a coroutine; on 3.13 the thread handle that
   Thread.join and interpreter shutdown use is ours (see _Handle).
-* RLocks: C RLocks record the OS thread as owner, which coroutines share.
-  threading.RLock() returns the pure-Python RLock (it asks get_ident()),
-  and RLocks created as C objects anyway (before start-up, by
-  functools.cached_property, by C code) get their methods routed to a
-  per-lock Python RLock.
 """
 import _thread
-import gc
+import functools
 import os
 import sys
 import threading
@@ -34,24 +32,12 @@ import weakref
 from . import _compat
 from . import _native
 from . import _sched
+from . import _signals
 
-_real_get_ident = _thread.get_ident
 # Taken before install() replaces it, for the OS threads interpose itself
 # needs (the blocking monitor).
 real_start_new_thread = _thread.start_new_thread
-_idents = _thread._local()
 _installed = False
-
-
-def get_ident():
-    """The calling coroutine's thread identity (see the module docstring)."""
-    try:
-        return _idents.ident
-    except AttributeError:
-        # A thread's main coroutine (the thread's own thread state): its
-        # OS thread's ident, stored so that later calls skip this path.
-        ident = _idents.ident = _real_get_ident()
-        return ident
 
 
 def _thread_name(function):
@@ -66,7 +52,26 @@ def _stack_size():
     return max(size, _native.lib.stack_minimum()) if size else 0
 
 
-def _run_as_thread(function, args, kwargs, handle=None):
+def _unraisable_hook_args_type():
+    """sys.unraisablehook's argument type, which sys does not expose: taken
+    from one unraisable exception caught on purpose."""
+    caught = []
+    hook, sys.unraisablehook = sys.unraisablehook, caught.append
+    try:
+        class _Raises:
+            def __del__(self):
+                raise RuntimeError
+
+        _Raises()
+    finally:
+        sys.unraisablehook = hook
+    return type(caught[0])
+
+
+_UnraisableHookArgs = _unraisable_hook_args_type()
+
+
+def _run_as_thread(function, args, kwargs, handle=None, token=None):
     """A thread's body, as _thread runs it: SystemExit ends only the thread;
     anything else uncaught goes to sys.unraisablehook (threading.Thread
     catches its own exceptions first and reports them to excepthook)."""
@@ -75,12 +80,31 @@ def _run_as_thread(function, args, kwargs, handle=None):
     except SystemExit:
         pass
     except BaseException as exc:
-        sys.unraisablehook(sys.UnraisableHookArgs(
-            type(exc), exc, exc.__traceback__,
-            f"Exception ignored in thread started by {function!r}", None))
+        if _compat.PY313:  # PyErr_FormatUnraisable: the repr is in the text
+            message = f"Exception ignored in thread started by {function!r}"
+            culprit = None
+        else:
+            message, culprit = "Exception ignored in thread started by", function
+        sys.unraisablehook(_UnraisableHookArgs((
+            type(exc), exc, exc.__traceback__, message, culprit)))
     finally:
+        _running.discard(token)
         if handle is not None:
             handle._set_done()
+
+
+# One token per thread started here and still running its function:
+# _thread._count() counts them with the interpreter's own threads.  (A set:
+# add and discard are atomic under the GIL, also across OS threads.)
+_running = set()
+_real_count = _thread._count
+
+
+def _count():
+    return _real_count() + len(_running)
+
+
+functools.update_wrapper(_count, _real_count)
 
 
 def _spawn_thread(function, args, kwargs, handle=None):
@@ -90,16 +114,19 @@ def _spawn_thread(function, args, kwargs, handle=None):
         raise TypeError("2nd arg must be a tuple")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError("optional 3rd arg must be a dictionary")
+    token = object()
+    _running.add(token)
     try:
         coro = _sched._spawn(
-            _run_as_thread, (function, args, kwargs or {}, handle), {},
+            _run_as_thread, (function, args, kwargs or {}, handle, token), {},
             _thread_name(function), _stack_size(), True)
     except OSError as e:  # threading expects RuntimeError, as from _thread
+        _running.discard(token)
         raise RuntimeError(f"can't start new thread: {e}") from e
     # Thread.start() waits until the thread runs: let it run first instead
     # of after every other runnable coroutine.
     _native.lib.coro_run_next(coro._handle)
-    return coro.id
+    return _native.lib.coro_thread_ident(coro._handle)
 
 
 def start_new_thread(function, args, kwargs=None):
@@ -130,7 +157,8 @@ class _Handle:
             self._done.release()
 
     def join(self, timeout=None):
-        if self.ident is not None and self.ident == get_ident() and not self._finished:
+        if (self.ident is not None and self.ident == _thread.get_ident()
+                and not self._finished):
             raise RuntimeError("Cannot join current thread")
         if self._finished:
             return
@@ -176,66 +204,6 @@ def _make_shutdown(original):
     return _thread_shutdown
 
 
-# ---- C RLocks -------------------------------------------------------------
-
-_CRLock = _thread.RLock
-# C RLock -> the Python RLock that stands for it.
-_rlock_twins = weakref.WeakKeyDictionary()
-
-
-def _twin(lock):
-    try:
-        return _rlock_twins[lock]
-    except KeyError:
-        twin = _rlock_twins[lock] = threading._PyRLock()
-        return twin
-
-
-def _rlock_acquire(self, blocking=True, timeout=-1):
-    return _twin(self).acquire(blocking, timeout)
-
-
-def _rlock_release(self):
-    _twin(self).release()
-
-
-def _rlock_exit(self, *exc_info):
-    _twin(self).release()
-
-
-def _rlock_repr(self):
-    twin = _twin(self)
-    owner = twin._owner
-    state = "locked" if owner is not None else "unlocked"
-    return (f"<{state} {type(self).__module__}.{type(self).__qualname__} object"
-            f" owner={owner or 0} count={twin._count} at {hex(id(self))}>")
-
-
-_RLOCK_METHODS = {
-    "acquire": _rlock_acquire,
-    "__enter__": _rlock_acquire,
-    "release": _rlock_release,
-    "__exit__": _rlock_exit,
-    "_is_owned": lambda self: _twin(self)._is_owned(),
-    "_release_save": lambda self: _twin(self)._release_save(),
-    "_acquire_restore": lambda self, state: _twin(self)._acquire_restore(state),
-    "_recursion_count": lambda self: _twin(self)._recursion_count(),
-    "_at_fork_reinit": lambda self: _twin(self)._at_fork_reinit(),
-    "__repr__": _rlock_repr,
-}
-
-
-def _route_c_rlocks():
-    """Give the C RLock type the methods above.  The type is immutable from
-    Python, so its dict is reached through the mapping proxy's referent and
-    the method caches are invalidated with PyType_Modified."""
-    type_dict = gc.get_referents(_CRLock.__dict__)[0]
-    for name, method in _RLOCK_METHODS.items():
-        if name in type_dict:
-            type_dict[name] = method
-    _native.type_modified(_CRLock)
-
-
 # ---- installation ---------------------------------------------------------
 
 def install():
@@ -244,10 +212,14 @@ def install():
     global _installed
     if _installed:
         return
+    r = _native.lib.thread_idents_enable()
+    if r < 0:
+        raise OSError(-r, f"interpose: cannot reserve thread identities: {os.strerror(-r)}")
     _sched._scheduler()
-    _sched._idents = _idents
-    _thread.get_ident = get_ident
-    threading.get_ident = get_ident
+    _sched.thread_idents = True
+    # Signal handlers now run only in the main coroutine (the only one that
+    # passes CPython's main-thread check): signal.signal needs no wrapper.
+    _signals.use_native_main_thread()
     if _compat.PY313:
         _thread.start_joinable_thread = start_joinable_thread
         threading._start_joinable_thread = start_joinable_thread
@@ -257,9 +229,8 @@ def install():
         threading._start_new_thread = start_new_thread
     _thread.start_new_thread = start_new_thread
     _thread.start_new = start_new_thread
-    threading._CRLock = None
     _compat.leave_os_thread_names_alone(threading)
-    _route_c_rlocks()
+    _thread._count = _count
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _installed = True
 
@@ -304,7 +275,7 @@ def _with_scheduler(function):
 def _after_fork_in_child():
     """Threads other than the forking one are gone (threading has already
     rebuilt its tables): their handles report done, as CPython's do."""
-    me = get_ident()
+    me = _thread.get_ident()
     for handle in list(_handles):
         if handle.ident != me:
             handle._set_done()

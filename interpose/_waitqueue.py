@@ -24,13 +24,30 @@ _now_ns = _lib.clock_ns
 INT64_MAX = 2**63 - 1
 
 
+# Timeouts longer than this (about 146 years), and infinity, mean forever:
+# a deadline in nanoseconds must fit the engine's int64 with room to spare.
+FOREVER_NS = 1 << 62
+
+
+def timeout_ns(seconds):
+    """Nanoseconds to wait for seconds, rounded up: None for forever
+    (infinity or beyond FOREVER_NS), 0 for a negative timeout.  NaN raises
+    ValueError with the message CPython's own timeouts give."""
+    if math.isnan(seconds):
+        raise ValueError("Invalid value NaN (not a number)")
+    if seconds <= 0:
+        return 0
+    if seconds * 1e9 >= FOREVER_NS:
+        return None
+    return math.ceil(seconds * 1e9)
+
+
 def deadline_ns(timeout):
     """Absolute deadline for a timeout in seconds (None = no deadline)."""
     if timeout is None:
         return None
-    if timeout < 0:
-        timeout = 0
-    return _now_ns() + math.ceil(timeout * 1e9)
+    ns = timeout_ns(timeout)
+    return None if ns is None else _now_ns() + ns
 
 
 def remaining_ns(deadline):

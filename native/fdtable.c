@@ -34,8 +34,11 @@
  * one scheduler's epoll set.  A waiter from another scheduler moves it
  * there and wakes the previous scheduler's waiters, who retry their calls
  * (a spurious wake-up is harmless: every waiter retries its call). */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -106,8 +109,40 @@ static void classify_socket(int fd, ip_fd_t *e, uint32_t *state) {
 }
 
 
-/* First sight of an fd no hook created: learn its kind and the user's
- * O_NONBLOCK from the kernel.  Never changes the fd. */
+/* The size limits of an anonymous-inode fd that reads and writes check
+ * before they block (fs/eventfd.c, fs/timerfd.c, fs/signalfd.c). */
+static uint32_t anon_limits(int fd) {
+  char path[32], target[32];
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof(target) - 1);
+  if (n <= 0)
+    return 0;
+  target[n] = '\0';
+  if (strcmp(target, "anon_inode:[eventfd]") == 0 ||
+      strcmp(target, "anon_inode:[timerfd]") == 0)
+    return IP_FD_MIN8;
+  return strcmp(target, "anon_inode:[signalfd]") == 0 ? IP_FD_MIN128 : 0;
+}
+
+
+/* The access mode's refusals: a read-only description refuses writes, a
+ * write-only one reads, an O_PATH one both. */
+static uint32_t access_limits(int flags) {
+  if (flags & O_PATH)
+    return IP_FD_NO_READ | IP_FD_NO_WRITE;
+  switch (flags & O_ACCMODE) {
+  case O_RDONLY:
+    return IP_FD_NO_WRITE;
+  case O_WRONLY:
+    return IP_FD_NO_READ;
+  default:
+    return 0;
+  }
+}
+
+
+/* First sight of an fd no hook created: learn its kind, the user's
+ * O_NONBLOCK and what the kernel refuses at once.  Never changes the fd. */
 static uint32_t classify(int fd, ip_fd_t *e) {
   struct stat st;
   int saved = errno;
@@ -127,11 +162,13 @@ static uint32_t classify(int fd, ip_fd_t *e) {
              S_ISBLK(st.st_mode)) {
     state |= IP_FD_REG;
   } else {
-    state |= IP_FD_POLL;
+    state |= IP_FD_POLL | anon_limits(fd);
   }
   int flags = ip__real.fcntl(fd, F_GETFL);
   if (flags >= 0 && (flags & O_NONBLOCK))
     state |= IP_FD_USER_NB;
+  if (flags >= 0 && !(state & IP_FD_SOCKET))
+    state |= access_limits(flags);
   errno = saved;
   atomic_store(&e->desc, atomic_fetch_add(&next_desc, 1));
   atomic_store(&e->state, state);

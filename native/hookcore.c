@@ -15,7 +15,8 @@ atomic_int ip__armed;
 
 ip_sched_t *ip__hook_sched(void) {
   ip_sched_t *s = ip__tls_sched;
-  if (s == NULL || s->current == NULL || !s->current->hooks)
+  if (s == NULL || s->current == NULL || !s->current->hooks ||
+      s->fork_pending)
     return NULL;
   if (ip__py_tstate_attached(s) || ip__gilstate_foreign(s))
     return NULL;

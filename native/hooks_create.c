@@ -64,6 +64,17 @@ int socketpair(int domain, int type, int protocol, int sv[2]) {
 }
 
 
+/* Whether fd is a socket that listens (SO_ACCEPTCONN); errno unchanged. */
+static int listening(int fd) {
+  int on = 0;
+  socklen_t len = sizeof(on);
+  int saved = errno;
+  int r = getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len);
+  errno = saved;
+  return r == 0 && on;
+}
+
+
 /* accept4 with the blocking rules of the listening socket, and the new
  * socket made ours when a hook-enabled coroutine accepts it. */
 static int do_accept(int fd, struct sockaddr *addr, socklen_t *len,
@@ -76,6 +87,10 @@ static int do_accept(int fd, struct sockaddr *addr, socklen_t *len,
   if (mode == IP_MODE_REAL) {
     nfd = real_flags ? ip__real.accept4(fd, addr, len, real_flags)
                      : ip__real.accept(fd, addr, len);
+  } else if (mode != IP_MODE_RETRY && !listening(fd)) {
+    /* Not a socket, or not listening: the kernel refuses at once (ENOTSOCK,
+     * EINVAL, EOPNOTSUPP), where a wait for readiness could last for ever. */
+    nfd = ip__real.accept4(fd, addr, len, real_flags);
   } else if (mode != IP_MODE_RETRY) {
     /* A listening socket that is blocking in the kernel: wait until a
      * connection is queued, then accept (another process may still win
@@ -120,8 +135,8 @@ int pipe2(int fds[2], int flags) {
   if (r == 0) {
     int ours = ip__hook_sched() != NULL;
     uint32_t st = IP_FD_PIPE | ((flags & O_NONBLOCK) ? IP_FD_USER_NB : 0);
-    note_created(fds[0], st, ours);
-    note_created(fds[1], st, ours);
+    note_created(fds[0], st | IP_FD_NO_WRITE, ours);
+    note_created(fds[1], st | IP_FD_NO_READ, ours);
   }
   return r;
 }
@@ -131,8 +146,8 @@ int pipe(int fds[2]) {
   int r = ip__real.pipe(fds);
   if (r == 0) {
     int ours = ip__hook_sched() != NULL;
-    note_created(fds[0], IP_FD_PIPE, ours);
-    note_created(fds[1], IP_FD_PIPE, ours);
+    note_created(fds[0], IP_FD_PIPE | IP_FD_NO_WRITE, ours);
+    note_created(fds[1], IP_FD_PIPE | IP_FD_NO_READ, ours);
   }
   return r;
 }
@@ -144,7 +159,8 @@ int pipe(int fds[2]) {
  * made non-blocking.  Hooked reads and writes wait for readiness first. */
 int eventfd(unsigned int initval, int flags) {
   int fd = ip__real.eventfd(initval, flags);
-  uint32_t st = IP_FD_POLL | ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0);
+  uint32_t st = IP_FD_POLL | IP_FD_MIN8 |
+                ((flags & EFD_NONBLOCK) ? IP_FD_USER_NB : 0);
   note_created(fd, st, ip__hook_sched() != NULL);
   return fd;
 }

@@ -81,6 +81,32 @@ static int is_stream(int fd) {
   return (ip__fd_state(fd) & IP_FD_STREAM) != 0;
 }
 
+
+/* Whether a blocking call on a pipe, tty or other pollable fd would return
+ * at once (an error such as EBADF on the wrong end of a pipe, EINVAL, or 0
+ * for an empty transfer): then the real call is made before any wait for
+ * readiness, which would never come for the wrong end of a pipe (CPython's
+ * test_signal test_wakeup_write_error hung on that).  Socket calls need no
+ * check: they are always tried first, with MSG_DONTWAIT. */
+static int refused_now(int fd, int events, size_t len) {
+  if (!ip__hooks_armed())
+    return 0;
+  uint32_t st = ip__fd_state(fd);
+  return (st & IP_FD_KIND_MASK) != IP_FD_SOCKET &&
+         ip__refused_at_once(st, events, len);
+}
+
+
+/* recv, send and the other socket-only calls on an open fd that is no
+ * socket fail with ENOTSOCK at once; waiting for readiness first would
+ * hang on an empty pipe. */
+static int not_a_socket(int fd) {
+  if (!ip__hooks_armed())
+    return 0;
+  uint32_t st = ip__fd_state(fd);
+  return (st & IP_FD_KNOWN) && (st & IP_FD_KIND_MASK) != IP_FD_SOCKET;
+}
+
 /* ---- reads ------------------------------------------------------------ */
 
 typedef struct rcall {
@@ -144,6 +170,13 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
+  int plain_read = c->call == R_READ || c->call == R_READV;
+  if (plain_read ? refused_now(fd, INTERPOSE_READABLE,
+                               c->call == R_READ
+                                   ? c->len
+                                   : iov_total(c->iov, c->iovcnt))
+                 : not_a_socket(fd))
+    return read_attempt(c, fd, 0);
   if (!(c->flags & MSG_WAITALL)) {
     /* A plain read into one buffer may use the drained-socket hint; the
      * socket timeout starts inside, with one lookup of the fd. */
@@ -342,6 +375,13 @@ static ssize_t write_pipe_pieces(wcall_t *c, ip_sched_t *s, int fd) {
 
 
 static ssize_t do_write(wcall_t *c, int fd) {
+  int plain_write = c->call == W_WRITE || c->call == W_WRITEV;
+  if (plain_write ? refused_now(fd, INTERPOSE_WRITABLE,
+                                c->call == W_WRITE
+                                    ? c->len
+                                    : iov_total(c->iov, c->iovcnt))
+                  : not_a_socket(fd))
+    return write_attempt(c, fd, 0);
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(fd, &s);
   if (mode == IP_MODE_READY_FIRST) {
@@ -432,7 +472,9 @@ static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
                            int out, int in, off_t *offset, size_t count) {
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(out, &s);
-  if (mode == IP_MODE_REAL || count == 0)
+  if (mode == IP_MODE_REAL || count == 0 ||
+      refused_now(out, INTERPOSE_WRITABLE, count) ||
+      refused_now(in, INTERPOSE_READABLE, count))
     return real(out, in, offset, count);
   int64_t deadline = ip__io_deadline(out, INTERPOSE_WRITABLE);
   size_t done = 0;
@@ -501,7 +543,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
   if (flags & MSG_DONTWAIT)
     return ip__real.recvmmsg(fd, vec, vlen, flags, timeout);
   mcall_t c = {vec, vlen, flags, NULL};
-  if (ip__io_mode_of(fd) == IP_MODE_REAL)
+  if (ip__io_mode_of(fd) == IP_MODE_REAL || not_a_socket(fd))
     return ip__real.recvmmsg(fd, vec, vlen, flags, timeout);
   ssize_t n = ip__io(fd, INTERPOSE_READABLE, recvmmsg_attempt, &c);
   if (n > 0 && (unsigned) n < vlen) {
@@ -516,7 +558,7 @@ int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 
 
 int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
-  if (flags & MSG_DONTWAIT)
+  if ((flags & MSG_DONTWAIT) || not_a_socket(fd))
     return ip__real.sendmmsg(fd, vec, vlen, flags);
   unsigned sent = 0;
   while (sent < vlen) {

@@ -31,8 +31,15 @@ pid_t waitpid(pid_t pid, int *status, int options) {
   ip_sched_t *s;
   if (pid <= 0 || (options & WNOHANG) || (s = ip__hook_sched()) == NULL)
     return ip__real.waitpid(pid, status, options);
+  /* Ask first, without waiting: a pid that is not our child (ECHILD), bad
+   * options (EINVAL) and a child that has already exited are answered at
+   * once, as the blocking call would; pidfd_open would accept any pid and
+   * the wait below would last until that process exits. */
+  pid_t done = ip__real.waitpid(pid, status, options | WNOHANG);
+  if (done != 0)
+    return done;
   int pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
-  if (pidfd < 0) /* not a child, or no pidfd: the real call says which */
+  if (pidfd < 0) /* no pidfd: the real call blocks the thread */
     return ip__real.waitpid(pid, status, options);
   /* A pidfd is readable once the process has exited; for stopped or
    * continued children (WUNTRACED, WCONTINUED) keep the real call. */

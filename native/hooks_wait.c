@@ -6,7 +6,10 @@
  * passed before the registration), and parks until an fd may be ready, the
  * timeout passes or a signal arrives; then it looks again.  The answer the
  * caller gets always comes from the real call with a zero timeout, so the
- * revents, the fd sets and the counts are exactly the kernel's.
+ * revents, the fd sets and the counts are exactly the kernel's; and the
+ * caller's buffers are written only where the kernel writes them (poll's
+ * revents on every return, select's sets only on success or timeout: see
+ * the select section).
  *
  * Known difference: ppoll, pselect and epoll_pwait install their signal
  * mask only for the real zero-timeout calls, not while the coroutine is
@@ -64,14 +67,14 @@ static int wait_any(ip_sched_t *s, const int *fds, const short *events,
       continue;
     w[watched] = (ip_waiter_t){.co = co, .gen = gen, .fd = fds[i],
                                .events = events_of_poll(events[i])};
-    int wr = ip__fd_watch(s, &w[watched]);
-    if (wr == 0)
+    /* A watch that fails (EBADF, EPERM for a regular file) is left to the
+     * probe, the real call: it reports such an fd (EBADF, POLLNVAL, always
+     * ready) or, like select for an fd beyond the fd table, ignores it;
+     * then so does the wait, instead of spinning on it. */
+    if (ip__fd_watch(s, &w[watched]) == 0)
       watched++;
-    else /* EBADF, EPERM (a regular file: always ready): let probe see it */
-      r = 1;
   }
-  if (r == 0)
-    r = probe(probe_arg);
+  r = probe(probe_arg);
   if (r == 0) {
     r = ip__park(s, ip__timeout_left(deadline_ns, ip__now_ns()));
   } else {
@@ -177,27 +180,38 @@ int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout,
 
 /* ---- select ----------------------------------------------------------- */
 
+/* Linux leaves the caller's fd sets untouched unless select succeeds or
+ * times out (then they hold the answer, empty on a timeout): on EINTR and
+ * on every error they keep the caller's request, and CPython retries an
+ * interrupted select with the same sets (PEP 475).  So every probe works on
+ * scratch copies, and only a real call's success or timeout is copied out.
+ * select() stores the time not slept in the timeval on every return, as
+ * Linux does; pselect() never writes its timespec (glibc passes the kernel
+ * a copy). */
 typedef struct selctx {
   int nfds;
-  fd_set *sets[3];
-  fd_set saved[3];
+  fd_set *sets[3];   /* the caller's; written only by select_result */
+  fd_set request[3]; /* what the caller asked for */
+  fd_set answer[3];  /* scratch for the real zero-timeout calls */
   const sigset_t *mask;
 } selctx_t;
 
 
-/* The real select with a zero timeout on fresh copies of the caller's
- * sets; the sets keep the answer. */
+/* The real select with a zero timeout on fresh copies of the request;
+ * answer keeps what the kernel reported. */
 static int select_now(selctx_t *c) {
-  for (int i = 0; i < 3; i++)
-    if (c->sets[i])
-      *c->sets[i] = c->saved[i];
+  fd_set *a[3];
+  for (int i = 0; i < 3; i++) {
+    a[i] = c->sets[i] ? &c->answer[i] : NULL;
+    if (a[i])
+      *a[i] = c->request[i];
+  }
   if (c->mask != NULL) {
     struct timespec zero = {0, 0};
-    return ip__real.pselect(c->nfds, c->sets[0], c->sets[1], c->sets[2],
-                            &zero, c->mask);
+    return ip__real.pselect(c->nfds, a[0], a[1], a[2], &zero, c->mask);
   }
   struct timeval zero = {0, 0};
-  return ip__real.select(c->nfds, c->sets[0], c->sets[1], c->sets[2], &zero);
+  return ip__real.select(c->nfds, a[0], a[1], a[2], &zero);
 }
 
 
@@ -207,56 +221,89 @@ static int select_probe(void *arg) {
 }
 
 
-/* *elapsed_ns: how long the call took, for select's report of the time
- * not slept. */
-static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
-                              int64_t *elapsed_ns) {
-  int64_t start = ip__now_ns();
-  int64_t deadline = ip__deadline_of(start, timeout_ns);
-  for (int i = 0; i < 3; i++)
-    if (c->sets[i])
-      c->saved[i] = *c->sets[i];
-  int r = select_now(c);
-  if (r != 0)
-    return r;
+/* Hands a real call's result to the caller: its answer when it succeeded
+ * or timed out; nothing (the sets keep the request) when it failed. */
+static int select_result(selctx_t *c, int r) {
+  if (r >= 0) {
+    for (int i = 0; i < 3; i++)
+      if (c->sets[i])
+        *c->sets[i] = c->answer[i];
+  }
+  return r;
+}
+
+
+/* The fds of the request and the poll events each waits for; their count,
+ * or -ENOMEM. */
+static int select_wait_fds(selctx_t *c, int **fds_out, short **ev_out) {
   int n = 0;
-  int *fds = malloc((size_t) c->nfds * sizeof(*fds));
-  short *ev = malloc((size_t) c->nfds * sizeof(*ev));
+  int *fds = malloc((size_t) c->nfds * sizeof(*fds) + 1);
+  short *ev = malloc((size_t) c->nfds * sizeof(*ev) + 1);
   if (fds == NULL || ev == NULL) {
     free(fds);
     free(ev);
-    return ip__fail(-ENOMEM);
+    return -ENOMEM;
   }
   for (int fd = 0; fd < c->nfds; fd++) {
     short e = 0;
-    if (c->sets[0] && FD_ISSET(fd, &c->saved[0]))
+    if (c->sets[0] && FD_ISSET(fd, &c->request[0]))
       e |= POLLIN;
-    if (c->sets[1] && FD_ISSET(fd, &c->saved[1]))
+    if (c->sets[1] && FD_ISSET(fd, &c->request[1]))
       e |= POLLOUT;
-    if (c->sets[2] && FD_ISSET(fd, &c->saved[2]))
+    if (c->sets[2] && FD_ISSET(fd, &c->request[2]))
       e |= POLLPRI;
     if (e) {
       fds[n] = fd;
       ev[n++] = e;
     }
   }
-  for (;;) {
-    int w = wait_any(s, fds, ev, n, deadline, select_probe, c);
-    if (w == INTERPOSE_PARK_TIMEOUT) {
+  *fds_out = fds;
+  *ev_out = ev;
+  return n;
+}
+
+
+/* Returns like select (with errno), the caller's sets per the rule above;
+ * *elapsed_ns: how long the call took, for select's report of the time not
+ * slept. */
+static int cooperative_select(ip_sched_t *s, selctx_t *c, int64_t timeout_ns,
+                              int64_t *elapsed_ns) {
+  int64_t start = ip__now_ns();
+  int64_t deadline = ip__deadline_of(start, timeout_ns);
+  for (int i = 0; i < 3; i++)
+    if (c->sets[i])
+      c->request[i] = *c->sets[i];
+  int r = select_now(c);
+  int *fds = NULL;
+  short *ev = NULL;
+  int n = r != 0 ? 0 : select_wait_fds(c, &fds, &ev);
+  if (r != 0) {
+    r = select_result(c, r);
+  } else if (n < 0) {
+    r = ip__fail(n);
+  } else {
+    for (;;) {
+      int w = wait_any(s, fds, ev, n, deadline, select_probe, c);
+      if (w == INTERPOSE_PARK_TIMEOUT) {
+        r = select_result(c, select_now(c));
+        break;
+      }
+      if (w < 0) { /* EINTR, ECANCELED, ETIMEDOUT, ENOMEM: sets untouched */
+        r = ip__fail(w);
+        break;
+      }
       r = select_now(c);
-      break;
+      if (r != 0) {
+        r = select_result(c, r);
+        break;
+      }
     }
-    if (w < 0) {
-      r = ip__fail(w);
-      break;
-    }
-    r = select_now(c);
-    if (r != 0)
-      break;
   }
-  free(fds);
-  free(ev);
-  *elapsed_ns = ip__now_ns() - start;
+  IP_SAVE_ERRNO({
+    free(fds);
+    free(ev);
+    *elapsed_ns = ip__now_ns() - start;
+  });
   return r;
 }
 
@@ -271,7 +318,7 @@ int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
   selctx_t c = {.nfds = nfds, .sets = {r, w, e}};
   int64_t elapsed = 0;
   int n = cooperative_select(s, &c, ns, &elapsed);
-  if (tv != NULL) /* Linux reports the time not slept */
+  if (tv != NULL) /* Linux reports the time not slept, whatever happened */
     *tv = ip__timeval_minus(tv, elapsed);
   return n;
 }

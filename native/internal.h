@@ -200,6 +200,9 @@ typedef struct ip_coro {
   int pending_eintr;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
+  /* Invariant: 0, or the pthread_self() value of this coroutine while it is
+   * alive (hooks_pthread.c); 0 for every thread's root coroutine. */
+  uintptr_t thread_ident;
   char name[64]; /* truncated copy, for the async-signal-safe overflow report */
   void *san_fake; /* AddressSanitizer's fake stack while switched away */
 } ip_coro_t;
@@ -230,14 +233,21 @@ typedef struct ip_sched {
   /* RUNNABLE, runs before the rest of the round: the last coroutine that a
    * running coroutine woke (see wake_local in sched.c). */
   ip_coro_t *run_next;
+  /* RUNNABLE: the part of the run queue the hub's current round took and
+   * has not run yet (see run_round in sched.c). */
+  ip_link_t round;
   pthread_mutex_t remote_lock;
   ip_link_t remote; /* woken from other threads; guarded by remote_lock */
   /* Invariant: non-zero whenever remote is non-empty (set under
    * remote_lock, before the eventfd write), so the hub can skip the lock
    * when it reads zero: a push it misses wakes epoll_wait. */
   atomic_int remote_pending;
+  /* Invariant: epfd and evfd are -1 exactly while fork_pending is set. */
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
+  /* Set in a forked child until the runtime uses the scheduler again (see
+   * sched_after_fork_child): until then every hook is the real call. */
+  int fork_pending;
   int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
   int signal_forward_fd; /* the program's own wakeup fd, or -1 */
   uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
@@ -332,6 +342,26 @@ enum ip_fd_kind {
 /* The hub saw EPOLLRDHUP, EPOLLHUP or EPOLLERR: a read may now return at
  * once (EOF, an error) with no further event, so rd_drained is ignored. */
 #define IP_FD_RD_FINAL 0x200u
+/* What the kernel refuses before it would block (see ip__refused_at_once):
+ * reads of a write-only (or O_PATH) description and writes to a read-only
+ * one fail with EBADF; an eventfd or timerfd refuses reads and writes of
+ * fewer than 8 bytes, a signalfd reads of fewer than 128, with EINVAL. */
+#define IP_FD_NO_READ 0x400u
+#define IP_FD_NO_WRITE 0x800u
+#define IP_FD_MIN8 0x1000u
+#define IP_FD_MIN128 0x2000u
+
+/* 1 when the real call on a blocking fd of state st would return at once
+ * (an error, or 0 for an empty transfer): the hook must make it without
+ * waiting for readiness first.  len: the bytes asked for. */
+static inline int ip__refused_at_once(uint32_t st, int events, size_t len) {
+  if (len == 0)
+    return 1;
+  if (events & INTERPOSE_READABLE)
+    return (st & IP_FD_NO_READ) || ((st & IP_FD_MIN8) && len < 8) ||
+           ((st & IP_FD_MIN128) && len < 128);
+  return (st & IP_FD_NO_WRITE) || ((st & IP_FD_MIN8) && len < 8);
+}
 
 typedef struct ip_fd {
   _Atomic uint32_t state; /* IP_FD_* bits */
@@ -494,6 +524,20 @@ IP_HIDDEN void ip__sem_after_fork_child(void);
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
 
+/* ---- thread identities (hooks_pthread.c) ------------------------------ */
+
+/* Set by interpose_thread_idents_enable: spawned coroutines get handles. */
+IP_HIDDEN extern atomic_int ip__thread_idents;
+/* Gives co (on the calling OS thread) a handle when identities are on:
+ * 0, or -ENOMEM / -EAGAIN when none is left. */
+IP_HIDDEN int ip__ident_attach(ip_coro_t *co);
+/* pthread_self() answers handle (0: as usual) on this OS thread: spawn sets
+ * it around PyThreadState_New, which records the thread id. */
+IP_HIDDEN void ip__ident_creating(uintptr_t handle);
+/* Frees co's handle: after its thread state is gone, the handle is dead. */
+IP_HIDDEN void ip__ident_detach(ip_coro_t *co);
+IP_HIDDEN void ip__ident_after_fork_child(ip_coro_t *survivor);
+
 /* ---- the CPython bridge (pybridge.c, pyver.c) ------------------------- */
 
 typedef struct ip_pyapi {
@@ -537,6 +581,8 @@ IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
 /* Tells CPython a new coroutine's stack, before its tstate is first
  * attached; GIL held.  0, or -EINVAL with a Python exception set. */
 IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);
+/* 1 when CPython's own threads are joinable (3.13+), 0 when detached. */
+IP_HIDDEN int ip__pyver_threads_joinable(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
 /* gilstate.c: the gilstate slot follows the running coroutine. */

@@ -132,6 +132,10 @@ IP_EXPORT int interpose_sched_set_signal_fd(int fd);
  * of every other runnable coroutine, if it is parked or about to park, so
  * that it raises an exception forwarded to it.  Returns 1 if it woke it. */
 IP_EXPORT int interpose_sched_interrupt_main(void);
+/* GIL held.  1 when a coroutine of the calling thread's scheduler is
+ * runnable (queued, next, or woken from another thread), else 0: exit-time
+ * shutdown abandons the coroutines left parked once nothing can run. */
+IP_EXPORT int interpose_sched_runnable(void);
 /* GIL held.  Moves a runnable coroutine of the calling thread (one just
  * spawned) ahead of the run queue: it runs as soon as the caller parks.
  * Thread.start() uses it, as it waits for the new thread to start.
@@ -178,5 +182,20 @@ IP_EXPORT int64_t interpose_clock_ns(void);
  * need it).  Both valid only after interpose_py_init. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
+
+/* ---- Thread identities --------------------------------------------------
+ * See native/hooks_pthread.c. */
+
+/* Any thread.  From now on every spawned coroutine has a thread identity of
+ * its own: pthread_self() in it returns a handle (an address in a range the
+ * library reserves and never maps) that the hooked pthread_* functions
+ * understand.  Returns 0, or -ENOMEM when the range cannot be reserved. */
+IP_EXPORT int interpose_thread_idents_enable(void);
+/* Any thread.  The pthread_self() value of the coroutine behind handle, or
+ * 0 when it has none (a root, or identities are off, or it has died). */
+IP_EXPORT uintptr_t interpose_coro_thread_ident(void *handle);
+/* Any thread.  The calling OS thread's real pthread_self(), whichever
+ * coroutine runs. */
+IP_EXPORT uintptr_t interpose_thread_os_ident(void);
 
 #endif /* INTERPOSE_H */

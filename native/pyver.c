@@ -91,6 +91,12 @@ void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask) {
 }
 
 
+/* 3.13 joins its threads with pthread_join (gh-110829, PR #110848);
+ * before, every thread CPython started was detached.  pthread_getattr_np
+ * reports a converted thread the way the interpreter creates OS threads. */
+int ip__pyver_threads_joinable(void) { return ip_py313; }
+
+
 /* The default usable C stack per coroutine: enough for CPython's own
  * recursion checks to fire before the guard page does.  Virtual only: an
  * idle coroutine touches one page of it. */

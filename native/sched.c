@@ -407,16 +407,15 @@ static void take_remote(ip_sched_t *s) {
 /* Runs every coroutine that was runnable when the round began; those woken
  * during the round wait for the next one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
-  ip_link_t batch;
-  ip__queue_init(&batch);
-  ip__queue_splice(&batch, &s->runq);
+  ip_link_t *batch = &s->round;
+  ip__queue_splice(batch, &s->runq);
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   for (;;) {
     ip_coro_t *co = s->run_next;
     if (co != NULL) {
       s->run_next = NULL; /* its slice was inherited from its waker */
-    } else if (!ip__queue_empty(&batch)) {
-      ip_link_t *l = batch.next;
+    } else if (!ip__queue_empty(batch)) {
+      ip_link_t *l = batch->next;
       ip__queue_remove(l);
       co = container_of(l, ip_coro_t, run_link);
       co->resumed_ns = round_start;
@@ -426,6 +425,7 @@ static void run_round(ip_sched_t *s) {
     co->hook_calls = 0;
     run_coroutine(s, co);
     s = tls_sched;
+    batch = &s->round;
   }
 }
 
@@ -585,6 +585,17 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 }
 
 
+/* Empty run queues and timers (a new scheduler's, or a forked child's). */
+static void sched_init_queues(ip_sched_t *s) {
+  ip__queue_init(&s->runq);
+  ip__queue_init(&s->round);
+  ip__queue_init(&s->remote);
+  atomic_store(&s->remote_pending, 0);
+  pthread_mutex_init(&s->remote_lock, NULL);
+  ip__heap_init(&s->timers);
+}
+
+
 /* Opens the kernel objects and the hub context; 0 or -errno.
  * Invariant: every fd the runtime opens for itself (these, the signal
  * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
@@ -607,11 +618,6 @@ static int sched_open(ip_sched_t *s) {
   if (s->signal_fd >= 0 && add_tagged(s->epfd, s->signal_fd, TAG_SIGNAL) < 0)
     s->signal_fd = -1;
   s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
-  ip__queue_init(&s->runq);
-  ip__queue_init(&s->remote);
-  atomic_store(&s->remote_pending, 0);
-  pthread_mutex_init(&s->remote_lock, NULL);
-  ip__heap_init(&s->timers);
   s->pid = getpid();
   s->is_main_thread = syscall(SYS_gettid) == s->pid;
   return 0;
@@ -699,9 +705,21 @@ static void invalidate(ip_coro_t *co) {
  * resumed, and its struct goes back to the free list; Python objects that
  * still hold its handle then find it gone.  Other threads' schedulers are
  * left allocated (their threads are gone, like a forked child's other
- * threads).  The forking thread's scheduler gets a fresh epoll set,
- * eventfd, queues, timers and hub, and the forking coroutine becomes the
- * thread's main coroutine. */
+ * threads).  The forking thread's scheduler gets fresh queues and timers,
+ * and the forking coroutine becomes the thread's main coroutine.
+ *
+ * Its epoll set, eventfd and hub are made later, by the runtime's first use
+ * of the scheduler (sched_live), not here.  Facts: subprocess's child
+ * (CPython's _posixsubprocess, also on its vfork path, which is fork here)
+ * runs C code between fork and exec: dup2, chdir, closing every fd with
+ * close_fds, and on a failed exec a write of the errno to the parent's
+ * error pipe; no Python after-fork hook runs unless preexec_fn is given.
+ * Consequence: fds opened here would be closed under us by close_fds, and a
+ * hook that then parked would fail in epoll_ctl; the error pipe write was
+ * lost that way and Popen returned a child exiting 255 instead of raising.
+ * Solution: until the runtime asks for the scheduler again (os.fork's
+ * after-fork hook does, preexec_fn's too), the child's hooks are the real
+ * calls, blocking as they would without interpose. */
 int ip__forked_child;
 
 
@@ -725,6 +743,7 @@ static void sched_after_fork_child(void) {
         invalidate(&other->root);
     }
   sched_all = s;
+  ip__ident_after_fork_child(survivor);
   ip__sem_after_fork_child();
   ip__gilstate_after_fork_child();
   if (s == NULL)
@@ -733,11 +752,13 @@ static void sched_after_fork_child(void) {
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid)); /* the child's own */
   ip__real.close(s->epfd);
   ip__real.close(s->evfd);
+  s->epfd = s->evfd = -1;
+  s->fork_pending = 1;
   ip__heap_free(&s->timers);
+  sched_init_queues(s);
   ip__fd_after_fork_child();
   ip__names_after_fork_child();
-  if (sched_open(s) < 0)
-    ip__fatal(__FILE__, __LINE__, "cannot recreate the scheduler after fork");
+  s->pid = getpid();
   s->main = survivor;
   s->dead = NULL;
   s->run_next = NULL;
@@ -747,14 +768,49 @@ static void sched_after_fork_child(void) {
 }
 
 
+/* The calling thread's scheduler, its epoll set reopened if a fork left it
+ * pending; NULL with errno set if that fails. */
+static ip_sched_t *sched_live(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || !s->fork_pending)
+    return s;
+  int r = sched_open(s);
+  if (r < 0) {
+    errno = -r;
+    return NULL;
+  }
+  s->fork_pending = 0;
+  return s;
+}
+
+
+/* A thread's scheduler is torn down by that thread as it exits.  The
+ * Python side asks for it from thread-local storage, but CPython does not
+ * always free a thread's locals on that thread (seen on 3.11 while another
+ * thread holds references into the scheduler registry): this destructor,
+ * run by the exiting thread itself after its thread state is gone, is the
+ * backstop.  interpose_sched_destroy refuses (EBUSY) a scheduler with live
+ * coroutines, which then stay parked as before, and is a no-op when the
+ * Python side already destroyed it. */
+static pthread_key_t exit_key;
+static int exit_key_ok;
+
+
+static void sched_at_thread_exit(void *arg) {
+  (void) arg;
+  (void) interpose_sched_destroy();
+}
+
+
 static void register_atfork(void) {
   pthread_atfork(NULL, NULL, sched_after_fork_child);
+  exit_key_ok = pthread_key_create(&exit_key, sched_at_thread_exit) == 0;
 }
 
 
 ip_sched_t *ip__sched_ensure(void) {
   if (tls_sched != NULL)
-    return tls_sched;
+    return sched_live();
   int r = ip__stack_install_guard_handler();
   if (r < 0) {
     errno = -r;
@@ -769,6 +825,7 @@ ip_sched_t *ip__sched_ensure(void) {
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
+  sched_init_queues(s);
   r = sched_open(s);
   if (r < 0) {
     ip__stack_release(&s->hub_stack);
@@ -790,6 +847,8 @@ ip_sched_t *ip__sched_ensure(void) {
   sched_all = s;
   pthread_mutex_unlock(&coro_lock);
   tls_sched = s;
+  if (exit_key_ok && !s->is_main_thread)
+    (void) pthread_setspecific(exit_key, s);
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
   atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
@@ -820,10 +879,18 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = ip__stack_acquire(&co->stack, stack_size);
   if (r < 0)
     goto fail_coro;
+  co->id = atomic_fetch_add(&next_id, 1);
+  r = ip__ident_attach(co);
+  if (r < 0)
+    goto fail_stack;
+  /* CPython records the thread id in the new thread state: the coroutine's
+   * identity must be in force while it is created (hooks_pthread.c). */
+  ip__ident_creating(co->thread_ident);
   co->tstate = ip__py.PyThreadState_New(ip__py.interp);
+  ip__ident_creating(0);
   r = -ENOMEM;
   if (co->tstate == NULL)
-    goto fail_stack;
+    goto fail_ident;
   r = ip__pyver_new_coroutine(co); /* 3.14+: its stack, before 1st attach */
   if (r < 0)
     goto fail_tstate;
@@ -833,7 +900,6 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   co->hooks = 1;
   co->sp = ip__context_init(ip__stack_top(&co->stack), ip__coro_main, co);
   name_copy(co, name);
-  co->id = atomic_fetch_add(&next_id, 1);
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
@@ -843,6 +909,8 @@ fail_tstate:
   ip__py.PyThreadState_Clear(co->tstate);
   ip__py.PyThreadState_Delete(co->tstate);
   co->tstate = NULL;
+fail_ident:
+  ip__ident_detach(co);
 fail_stack:
   ip__stack_release(&co->stack);
 fail_coro:
@@ -858,6 +926,7 @@ void ip__coro_main(void *arg) {
   ip_coro_t *co = arg;
   san_arrive(NULL);
   ip__py_run_body(co);
+  ip__ident_detach(co); /* the thread is gone: its ident is dead */
   ip_sched_t *s = tls_sched;
   if (co == s->main) {
     /* Only after fork: the coroutine that forked became the child's main
@@ -889,7 +958,7 @@ uint64_t interpose_coro_prepare(void) {
 
 
 int interpose_coro_park(int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   return ip__park(s, timeout_ns);
@@ -953,7 +1022,7 @@ int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
 
 
 int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
-  ip_sched_t *s = tls_sched;
+  ip_sched_t *s = sched_live();
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   if (fd < 0)
@@ -978,6 +1047,15 @@ int interpose_sched_interrupt_main(void) {
   if (s == NULL || s->current == s->main)
     return 0;
   return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+}
+
+
+int interpose_sched_runnable(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL)
+    return 0;
+  return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
+         s->run_next != NULL || atomic_load(&s->remote_pending) != 0;
 }
 
 

@@ -18,6 +18,7 @@ C_TYPES = {
     "uint64_t": ctypes.c_uint64,
     "int64_t": ctypes.c_int64,
     "size_t": ctypes.c_size_t,
+    "uintptr_t": ctypes.c_size_t,
     "unsigned long": ctypes.c_ulong,
     "uint64_t *": ctypes.POINTER(ctypes.c_uint64),
     "void **": ctypes.POINTER(ctypes.c_void_p),

@@ -151,12 +151,18 @@ EXTRA_HOOKS = {"__read_chk", "__recv_chk", "__recvfrom_chk", "__poll_chk", "vfor
 
 
 def hooked_functions():
-    """The libc names the library interposes: its real-function table in
-    native/internal.h (every hooked call has a real twin) plus EXTRA_HOOKS."""
+    """The libc names the library interposes: its real-function tables in
+    native/internal.h and native/hooks_pthread.c (every hooked call has a
+    real twin) plus EXTRA_HOOKS."""
     with open(os.path.join(NATIVE, "internal.h")) as f:
         text = f.read()
     block = re.search(r"#define IP_REAL_FUNCTIONS\(X\)(.*?)\n\n", text, re.S).group(1)
-    return set(re.findall(r"X\((\w+)\)", block)) | EXTRA_HOOKS
+    # hooks_pthread.c keeps its own table of the pthread functions it hooks.
+    with open(os.path.join(NATIVE, "hooks_pthread.c")) as f:
+        pthread = re.search(r"#define PTHREAD_FUNCTIONS\(X\)((?:.*\\\n)*.*)",
+                            f.read()).group(1)
+    return (set(re.findall(r"X\((\w+)\)", block))
+            | set(re.findall(r"X\((\w+)\)", pthread)) | EXTRA_HOOKS)
 
 
 def expected_exports():

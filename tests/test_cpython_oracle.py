@@ -1,0 +1,131 @@
+"""scripts/cpython-oracle: its verdict parsing, its comparison rules
+(unexplained, allowed, stale, a crashed run's unreached tests) and its
+one-line errors.  The oracle itself runs in CI (.ci/run), not here: it
+takes minutes."""
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+# The checkout this test file is in (the ASan run copies only the package).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(CHECKOUT, "scripts", "cpython-oracle")
+ALLOWED = os.path.join(CHECKOUT, "tests", "cpython-oracle-allowed.txt")
+
+
+def _load():
+    loader = importlib.machinery.SourceFileLoader("cpython_oracle", SCRIPT)
+    spec = importlib.util.spec_from_loader("cpython_oracle", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+oracle = _load()
+
+
+def test_verbose_output_gives_a_verdict_per_test_id():
+    out = (
+        "test_a (test.test_x.C.test_a) ... ok\n"
+        "test_b (test.test_x.C.test_b)\nA docstring line. ... FAIL\n"
+        "test_c (test.test_x.C.test_c) ... skipped 'no'\n"
+        "test_d (test.test_x.C.test_d) ... ERROR\n"
+        "test_e (test.test_x.C.test_e) ... expected failure\n"
+        "test_f (test.test_x.C.test_f) ... \n"  # the run died here
+    )
+    assert oracle.verbose_verdicts(out) == {
+        "test.test_x.C.test_a": "ok", "test.test_x.C.test_b": "failure",
+        "test.test_x.C.test_c": "skipped", "test.test_x.C.test_d": "error",
+        "test.test_x.C.test_e": "xfail"}
+
+
+def test_junit_file_gives_a_verdict_per_test_id(tmp_path):
+    xml = tmp_path / "j.xml"
+    xml.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test.test_x.C.test_a" />'
+        '<testcase name="test.test_x.C.test_b"><failure>x</failure></testcase>'
+        '<testcase name="test.test_x.C.test_c"><skipped>y</skipped></testcase>'
+        '</testsuite></testsuites>')
+    assert oracle.junit_verdicts(str(xml)) == {
+        "test.test_x.C.test_a": "ok", "test.test_x.C.test_b": "failure",
+        "test.test_x.C.test_c": "skipped"}
+    assert oracle.junit_verdicts(str(tmp_path / "none.xml")) is None
+
+
+class _Opts:
+    modules = ["test_x"]
+
+
+def _report(entries, plain, inter, capsys):
+    results = {("test_x", False): plain, ("test_x", True): inter}
+    status = oracle.report(_Opts(), entries, results)
+    return status, capsys.readouterr().out
+
+
+def test_unexplained_difference_fails(capsys):
+    plain = ({"test.test_x.C.a": "ok"}, "normal", 1, "")
+    inter = ({"test.test_x.C.a": "failure"}, "normal", 1, "")
+    status, out = _report([], plain, inter, capsys)
+    assert status == 1
+    assert "UNEXPLAINED test.test_x.C.a: plain ok, interpose failure" in out
+
+
+def test_allowed_difference_passes_and_a_stale_one_fails(capsys):
+    plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok"}, "normal", 1, "")
+    inter = ({"test.test_x.C.a": "failure", "test.test_x.C.b": "ok"},
+             "normal", 1, "")
+    allowed = [("differs", "test.test_x.C.a", "why")]
+    assert _report(allowed, plain, inter, capsys)[0] == 0
+    stale = allowed + [("differs", "test.test_x.C.b", "fixed since")]
+    status, out = _report(stale, plain, inter, capsys)
+    assert status == 1
+    assert "STALE allowed difference no longer occurs: test.test_x.C.b" in out
+
+
+def test_allowed_crash_covers_the_tests_the_run_never_reached(capsys):
+    plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok",
+              "test.test_x.C.c": "ok"}, "normal", 1, "")
+    inter = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "error"},
+             "killed by signal 11", 1, "")
+    allowed = [("differs", "test_x", "a crash"),
+               ("differs", "test.test_x.C.b", "the test that crashed")]
+    status, out = _report(allowed, plain, inter, capsys)
+    assert status == 0, out
+    assert ("3 allowed differences (1 of them tests a crashed run never"
+            " reached) from 2 entries, 0 unexplained") in out
+    # Without the module-level entry each unreached test is unexplained.
+    status, out = _report(allowed[1:], plain, inter, capsys)
+    assert "UNEXPLAINED test.test_x.C.c: plain ok, interpose missing" in out
+
+
+def test_the_reviewed_file_parses_and_gives_every_line_a_reason():
+    entries = oracle.parse_allowed(ALLOWED)
+    assert entries
+    assert all(kind in oracle.KINDS and len(reason.split()) >= 3
+               for kind, _, reason in entries)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--allowed", os.devnull + "x"], "cannot read"),
+    (["--timeout", "0"], "must be positive"),
+    (["test_no_such_module"], "no test module test_no_such_module"),
+])
+def test_bad_input_is_one_line_with_status_2(args, message):
+    proc = subprocess.run([sys.executable, SCRIPT, *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_malformed_allowed_file_is_one_line(tmp_path):
+    bad = tmp_path / "allowed.txt"
+    bad.write_text("differs only-two-fields\n")
+    proc = subprocess.run([sys.executable, SCRIPT, "--allowed", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"cpython-oracle: {bad}:1: expected")
+    assert proc.stderr.count("\n") == 1
