@@ -16,8 +16,10 @@ PY312 = sys.version_info[:2] >= (3, 12)
 # and threading starts threads through _thread.start_joinable_thread.
 PY313 = sys.version_info[:2] >= (3, 13)
 # 3.14 checks C recursion against the stack pointer (gh-130396), so each
-# coroutine's thread state is told its own stack (native/pyver.c); its
-# threading module names the OS thread after the Thread (gh-59705).
+# coroutine's thread state is told its own stack (native/pyver.c).  Its
+# threading module names the OS thread after each Thread (gh-59705): for a
+# converted thread, pthread_setname_np names the coroutine's ident instead
+# (native/hooks_pthread.c), so the shared OS thread keeps its name.
 PY314 = sys.version_info[:2] >= (3, 14)
 
 SUPPORTED_RANGE = ((3, 11), (3, 15))
@@ -85,12 +87,3 @@ def unsupported_reason(version_info=None, implementation=None,
         )
     return None
 
-
-def leave_os_thread_names_alone(threading_module):
-    """From 3.14, threading.Thread names the OS thread after itself when it
-    starts (gh-59705, Thread._set_os_name).  A thread that became a
-    coroutine shares its OS thread with every other coroutine, and would
-    name it after whichever started last; the OS thread keeps its own name
-    instead.  Call it only where threads become coroutines."""
-    if PY314:
-        threading_module._set_name = None

@@ -229,7 +229,6 @@ def install():
         threading._start_new_thread = start_new_thread
     _thread.start_new_thread = start_new_thread
     _thread.start_new = start_new_thread
-    _compat.leave_os_thread_names_alone(threading)
     _thread._count = _count
     os.register_at_fork(after_in_child=_after_fork_in_child)
     _installed = True
