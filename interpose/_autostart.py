@@ -8,7 +8,9 @@ INTERPOSE_STATS=1 (print the scheduler's statistics to stderr at exit),
 INTERPOSE_STACK_SIZE (the default stack size, read by the library),
 INTERPOSE_THREADS=native (threads stay OS threads, each with a scheduler of
 its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
-coroutines that run longer than SECONDS without reaching a hooked call).
+coroutines that run longer than SECONDS without reaching a hooked call),
+INTERPOSE_PREEMPT=threads|all|off (which coroutines take turns at bytecode
+boundaries: threads and main coroutines, also spawned ones, or none).
 """
 import atexit
 import os
@@ -16,6 +18,7 @@ import sys
 
 from . import _monitor
 from . import _native
+from . import _preempt
 from . import _sched
 from . import _settings
 from . import _threads
@@ -49,6 +52,9 @@ def boot():
             f"{_native.LIBRARY_PATH} is not preloaded in this process"
             " (LD_PRELOAD was changed or dropped on the way)")
     _sched._scheduler()
+    _preempt.mode = _settings.get("INTERPOSE_PREEMPT") or "threads"
+    if _preempt.threads_preemptible():  # the main thread takes turns too
+        _preempt.set_preemptible(_native.lib.coro_current(), True)
     if _settings.get("INTERPOSE_THREADS") == "native":
         _threads.install_native()
     else:

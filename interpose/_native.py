@@ -43,6 +43,7 @@ class Stats(ctypes.Structure):
         ("parks", ctypes.c_uint64),
         ("timeouts", ctypes.c_uint64),
         ("epoll_waits", ctypes.c_uint64),
+        ("preemptions", ctypes.c_uint64),
     ]
 
 
@@ -95,6 +96,11 @@ SIGNATURES = {
     "interpose_thread_idents_enable": (_i, [], True),
     "interpose_coro_thread_ident": (ctypes.c_size_t, [_p], True),
     "interpose_thread_os_ident": (ctypes.c_size_t, [], True),
+    "interpose_preempt_start": (_i, [], True),
+    # Released: the monitor may be waiting for the GIL as it is told to stop.
+    "interpose_preempt_stop": (_i, [], False),
+    "interpose_preempt_set_interval": (_i, [_i64], True),
+    "interpose_coro_set_preemptible": (_i, [_p, _i], True),
 }
 
 # The C-API entry points the engine calls, by the name the library knows

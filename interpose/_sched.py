@@ -21,6 +21,7 @@ import threading
 from . import _compat
 from . import _errors
 from . import _native
+from . import _preempt
 from . import _signals
 from ._waitqueue import WaitQueue, deadline_ns, remaining_ns, timeout_ns
 
@@ -322,13 +323,19 @@ def _report(coro, exc):
 _MAX_STACK = 1 << 62  # beyond it size_t arithmetic in the engine would wrap
 
 
-def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
+def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
+          **kwargs):
     """Create a coroutine running fn(*args, **kwargs) in a copy of the
     caller's contextvars context; it starts when the caller next waits.
 
     stack_size is the usable C stack in bytes (default 1 MiB, or
     INTERPOSE_STACK_SIZE); below 512 KiB ordinary Python code can overflow
     it, which the guard page reports and aborts on.
+
+    preemptible: True lets the coroutine be preempted at a bytecode
+    boundary once it has run for a switch interval while others wait, as a
+    thread would be; False keeps it cooperative (it switches only where it
+    waits).  None: False, unless INTERPOSE_PREEMPT=all.
     """
     if not callable(fn):
         raise TypeError(f"spawn() needs a callable, not {type(fn).__name__}")
@@ -343,10 +350,14 @@ def spawn(fn, /, *args, name=None, stack_size=None, **kwargs):
                 f" ({minimum} is {_compat.STACK_MINIMUM_REASON}); got {stack_size}"
             )
         size = stack_size
-    return _spawn(fn, args, kwargs, name, size, False)
+    if preemptible is None:
+        preemptible = _preempt.spawn_default()
+    elif not isinstance(preemptible, bool):
+        raise TypeError("preemptible must be True, False or None")
+    return _spawn(fn, args, kwargs, name, size, False, preemptible)
 
 
-def _spawn(fn, args, kwargs, name, size, thread):
+def _spawn(fn, args, kwargs, name, size, thread, preemptible):
     """spawn() after validation; thread marks a coroutine standing for a
     thread (size 0: the default stack)."""
     sched = _scheduler()
@@ -363,6 +374,8 @@ def _spawn(fn, args, kwargs, name, size, thread):
     if name is None:
         coro._name = f"coroutine-{coro._id}"
     sched.live[coro._handle] = coro
+    if preemptible:
+        _preempt.set_preemptible(coro._handle, True)
     return coro
 
 
@@ -608,6 +621,7 @@ class Statistics:
     parks: int = 0
     timeouts: int = 0
     epoll_waits: int = 0
+    preemptions: int = 0
 
 
 def statistics():
@@ -623,4 +637,5 @@ def statistics():
         parks=raw.parks,
         timeouts=raw.timeouts,
         epoll_waits=raw.epoll_waits,
+        preemptions=raw.preemptions,
     )

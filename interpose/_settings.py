@@ -83,6 +83,7 @@ PARSERS = {
     "INTERPOSE_THREADS": _choice("INTERPOSE_THREADS", ("coroutines", "native")),
     "INTERPOSE_STACK_SIZE": stack_size,
     "INTERPOSE_MONITOR": monitor_seconds,
+    "INTERPOSE_PREEMPT": _choice("INTERPOSE_PREEMPT", ("threads", "all", "off")),
     BOOT_REQUIRED: _choice(BOOT_REQUIRED, ("1",)),
 }
 

@@ -31,6 +31,7 @@ import weakref
 
 from . import _compat
 from . import _native
+from . import _preempt
 from . import _sched
 from . import _signals
 
@@ -119,7 +120,8 @@ def _spawn_thread(function, args, kwargs, handle=None):
     try:
         coro = _sched._spawn(
             _run_as_thread, (function, args, kwargs or {}, handle, token), {},
-            _thread_name(function), _stack_size(), True)
+            _thread_name(function), _stack_size(), True,
+            _preempt.threads_preemptible())
     except OSError as e:  # threading expects RuntimeError, as from _thread
         _running.discard(token)
         raise RuntimeError(f"can't start new thread: {e}") from e
@@ -267,6 +269,8 @@ def _with_scheduler(function):
     def run_with_scheduler(*args, **kwargs):
         _sched._scheduler()
         _native.lib.coro_set_hooks(1)
+        if _preempt.threads_preemptible():  # its coroutines take turns
+            _preempt.set_preemptible(_native.lib.coro_current(), True)
         return function(*args, **kwargs)
     return run_with_scheduler
 

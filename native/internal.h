@@ -198,6 +198,9 @@ typedef struct ip_coro {
   int64_t resumed_ns;
   unsigned hook_calls;
   int pending_eintr;
+  /* 1: the preemption monitor may make it yield at a bytecode boundary
+   * (preempt.c); threads are, spawned coroutines opt in. */
+  int preemptible;
   struct ip_coro *free_next;
   struct ip_coro *all_next; /* every struct ever allocated, for fork */
   /* Invariant: 0, or the pthread_self() value of this coroutine while it is
@@ -230,6 +233,11 @@ typedef struct ip_sched {
   void *hub_sp;
   ip_stack_t hub_stack;
   ip_link_t runq; /* FIFO of RUNNABLE coroutines of this thread */
+  /* FIFO of RUNNABLE coroutines that were preempted (ip__yield): one runs
+   * at the end of each round, after every coroutine woken by I/O, a timer
+   * or a wake, as a thread woken from a wait gets the GIL ahead of those
+   * that compute. */
+  ip_link_t yieldq;
   /* RUNNABLE, runs before the rest of the round: the last coroutine that a
    * running coroutine woke (see wake_local in sched.c). */
   ip_coro_t *run_next;
@@ -263,6 +271,17 @@ typedef struct ip_sched {
   void *hub_san_fake;        /* SANITIZE=1 only: see sched.c */
   void *root_stack_bottom;
   size_t root_stack_size;
+  /* Preemption (preempt.c).  Invariant: preempt_co is NULL or the
+   * coroutine the monitor asked to yield; only the hook acts on it, and
+   * only while that coroutine is the running one. */
+  _Atomic(ip_coro_t *) preempt_co;
+  /* Earliest timer deadline when the hub last resumed a coroutine
+   * (INT64_MAX: none), and whether the hub is blocked in epoll_wait: read
+   * by the monitor thread. */
+  _Atomic int64_t next_timer_ns;
+  atomic_int in_epoll;
+  uint64_t mon_switches; /* the monitor's own: switch count last seen */
+  int64_t mon_since_ns;  /* the monitor's own: when it last changed */
 } ip_sched_t;
 
 IP_HIDDEN extern __thread ip_sched_t *ip__tls_sched;
@@ -281,6 +300,18 @@ IP_HIDDEN int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front);
 /* At a hooked call: lets the others run first if the running coroutine
  * has held the thread for a whole time slice. */
 IP_HIDDEN void ip__yield_if_due(ip_sched_t *s);
+/* Puts the running coroutine at the back of the run queue and runs the
+ * others: a preemption (preempt.c), called with no thread state attached.
+ * Unlike a park it ignores cancellation, deadlines and pending wakes. */
+IP_HIDDEN void ip__yield(ip_sched_t *s);
+/* preempt.c: the hub is about to block in epoll_wait (blocking = 1) or has
+ * returned from it (0); a new scheduler exists (the monitor watches it). */
+IP_HIDDEN void ip__preempt_hub_blocking(ip_sched_t *s, int blocking);
+IP_HIDDEN void ip__preempt_wake_monitor(void);
+/* The list of every live scheduler and its lock (sched.c), which the
+ * monitor walks. */
+IP_HIDDEN extern pthread_mutex_t ip__coro_lock;
+IP_HIDDEN extern ip_sched_t *ip__sched_all;
 static inline uint64_t ip__park_gen(ip_coro_t *co) {
   return atomic_load(&co->park_word) >> IP_PARK_STATE_BITS;
 }
@@ -299,7 +330,7 @@ static inline uint64_t ip__park_gen(ip_coro_t *co) {
   X(gethostbyname2_r) X(gethostbyaddr) X(gethostbyaddr_r) X(waitpid)     \
   X(close_range) X(closefrom) X(sendfile) X(sendfile64)                      \
   X(posix_spawn_file_actions_adddup2) X(sem_wait) X(sem_timedwait)          \
-  X(sem_clockwait) X(sem_post)
+  X(sem_clockwait) X(sem_post) X(pthread_cond_timedwait) X(listen)
 
 #define IP_REAL_FIELD(name) __typeof__(&name) name;
 typedef struct ip_real {

@@ -115,6 +115,7 @@ typedef struct interpose_stats {
   uint64_t parks;       /* parks that switched away */
   uint64_t timeouts;    /* parks ended by a timeout or deadline */
   uint64_t epoll_waits; /* epoll_wait calls made by the hub */
+  uint64_t preemptions; /* yields forced at a bytecode boundary */
 } interpose_stats_t;
 
 /* GIL held.  Copies the calling thread's scheduler counters into *out;
@@ -197,5 +198,22 @@ IP_EXPORT uintptr_t interpose_coro_thread_ident(void *handle);
 /* Any thread.  The calling OS thread's real pthread_self(), whichever
  * coroutine runs. */
 IP_EXPORT uintptr_t interpose_thread_os_ident(void);
+
+/* ---- Preemption (preempt.c) ---------------------------------------------
+ * A monitor OS thread makes a preemptible coroutine that has run for about
+ * a switch interval, while its scheduler has other work, yield at its next
+ * bytecode boundary (see docs/time-slicing.md). */
+
+/* GIL held.  Starts the monitor (once; again after fork).  0 or -errno. */
+IP_EXPORT int interpose_preempt_start(void);
+/* GIL released (the monitor may be waiting for the GIL).  Stops the monitor
+ * and waits for it to exit; nothing is preempted afterwards.  0. */
+IP_EXPORT int interpose_preempt_stop(void);
+/* Any thread.  The switch interval, in microseconds (sys.setswitchinterval
+ * reports it here); values below 1 count as 1.  Returns 0. */
+IP_EXPORT int interpose_preempt_set_interval(int64_t interval_us);
+/* GIL held.  Sets whether coroutine may be preempted (on: 0 or 1; -1 only
+ * reads); returns the previous setting, or -EINVAL for a NULL handle. */
+IP_EXPORT int interpose_coro_set_preemptible(void *coro, int on);
 
 #endif /* INTERPOSE_H */

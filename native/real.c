@@ -59,8 +59,23 @@ int interpose_preloaded(void) {
                    (__typeof__(ip__real_storage.name)) resolve(#name),        \
                    __ATOMIC_RELAXED);
 
+/* glibc keeps an old pthread_cond_* ABI (GLIBC_2.2.5 on x86-64, from
+ * LinuxThreads) beside the current one (GLIBC_2.3.2); dlsym may hand back
+ * the old one, whose condition variable layout differs, so ask for the
+ * current version by name.  Architectures born later (aarch64: 2.17) have
+ * a single version, which dlsym finds. */
+static void resolve_versioned(void) {
+  void *fn = dlvsym(RTLD_NEXT, "pthread_cond_timedwait", "GLIBC_2.3.2");
+  if (fn != NULL)
+    __atomic_store_n(&ip__real_storage.pthread_cond_timedwait,
+                     (__typeof__(ip__real_storage.pthread_cond_timedwait)) fn,
+                     __ATOMIC_RELAXED);
+}
+
+
 void ip__real_resolve(void) {
   IP_REAL_FUNCTIONS(RESOLVE);
+  resolve_versioned();
   /* Without these the process cannot do I/O at all: refuse loudly rather
    * than crash on the first call.  Only a raw system call can say so. */
   if (ip__real_storage.read == NULL || ip__real_storage.write == NULL ||

@@ -5,7 +5,7 @@
  *
  * Invariants the scheduler relies on:
  *  - A coroutine is in exactly one state: RUNNING (s->current), RUNNABLE
- *    (on s->runq, s->remote or in s->run_next), PARKED (switched away,
+ *    (on s->runq, s->yieldq, s->remote or in s->run_next), PARKED (switched away,
  *    waiting for a wake) or DEAD.  Only the owning thread changes the state.
  *  - Exactly one wake ends a park.  Wakes name the park generation they aim
  *    at; the first wake for the current generation wins (a CAS on
@@ -55,10 +55,13 @@
 __thread ip_sched_t *ip__tls_sched;
 #define tls_sched ip__tls_sched
 
-static pthread_mutex_t coro_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Shared with preempt.c, whose monitor thread walks every scheduler. */
+pthread_mutex_t ip__coro_lock = PTHREAD_MUTEX_INITIALIZER;
+ip_sched_t *ip__sched_all; /* guarded by coro_lock */
+#define coro_lock ip__coro_lock
+#define sched_all ip__sched_all
 static ip_coro_t *coro_free; /* guarded by coro_lock */
 static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
-static ip_sched_t *sched_all; /* guarded by coro_lock */
 static ip_sched_t *sched_free; /* guarded by coro_lock */
 /* Every scheduler struct ever allocated, newest first; pushed under
  * coro_lock, read without it (the list only grows). */
@@ -111,6 +114,7 @@ static ip_coro_t *coro_alloc(void) {
   atomic_store(&co->cancelled, 0);
   co->shield = 0;
   co->wake_result = 0;
+  co->preemptible = 0;
   return co;
 }
 
@@ -371,9 +375,22 @@ static void reclaim_dead(ip_sched_t *s) {
 }
 
 
+/* What the preemption monitor reads about the coroutine about to run: a
+ * request left for an earlier run is void, and the nearest timer is
+ * published (only a switch can change the timers of the others). */
+static void publish_for_monitor(ip_sched_t *s) {
+  if (atomic_load_explicit(&s->preempt_co, memory_order_relaxed) != NULL)
+    atomic_store_explicit(&s->preempt_co, NULL, memory_order_relaxed);
+  ip_timer_t *t = ip__heap_min(&s->timers);
+  atomic_store_explicit(&s->next_timer_ns, t ? t->deadline_ns : INT64_MAX,
+                        memory_order_relaxed);
+}
+
+
 static void run_coroutine(ip_sched_t *s, ip_coro_t *co) {
   IP_CHECK(co->state == IP_CORO_RUNNABLE);
   co->state = IP_CORO_RUNNING;
+  publish_for_monitor(s);
   __atomic_store_n(&s->current, co, __ATOMIC_RELAXED);
   bump_switches(s);
   ip__gilstate_bind(co->tstate);
@@ -404,11 +421,17 @@ static void take_remote(ip_sched_t *s) {
 }
 
 
-/* Runs every coroutine that was runnable when the round began; those woken
- * during the round wait for the next one, after the hub has polled. */
+/* Runs every coroutine that was runnable when the round began, then the
+ * longest-preempted one; those woken during the round wait for the next
+ * one, after the hub has polled. */
 static void run_round(ip_sched_t *s) {
   ip_link_t *batch = &s->round;
   ip__queue_splice(batch, &s->runq);
+  if (!ip__queue_empty(&s->yieldq)) {
+    ip_link_t *l = s->yieldq.next;
+    ip__queue_remove(l);
+    ip__queue_push_back(batch, l);
+  }
   int64_t round_start = ip__now_ns(); /* one clock read per round */
   for (;;) {
     ip_coro_t *co = s->run_next;
@@ -445,6 +468,19 @@ void ip__yield_if_due(ip_sched_t *s) {
   ip__prepare(co);
   if (ip__park(s, 0) == -EINTR)
     co->pending_eintr = 1; /* the signal is for the next real wait */
+}
+
+
+void ip__yield(ip_sched_t *s) {
+  ip_coro_t *co = s->current;
+  IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
+  s->stats.preemptions++;
+  co->state = IP_CORO_RUNNABLE;
+  ip__queue_push_back(&s->yieldq, &co->run_link);
+  switch_to_hub(s, co, 0);
+  s = co->sched;
+  if (co == s->main && s->deferred_signals != 0)
+    retrip_deferred(s);
 }
 
 
@@ -490,7 +526,7 @@ static void drain_signal_fd(ip_sched_t *s) {
  * the time to the nearest deadline rounded up, never down, so a timer never
  * fires early. */
 static int64_t poll_timeout_ns(ip_sched_t *s) {
-  if (!ip__queue_empty(&s->runq))
+  if (!ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq))
     return 0;
   ip_timer_t *t = ip__heap_min(&s->timers);
   if (t == NULL)
@@ -529,9 +565,13 @@ static void poll_events(ip_sched_t *s) {
     s->last_poll_ns = now;
   }
   s->stats.epoll_waits++;
-  int n = epoll_wait_ns(s, ev, timeout_ns);
   if (timeout_ns != 0)
+    ip__preempt_hub_blocking(s, 1);
+  int n = epoll_wait_ns(s, ev, timeout_ns);
+  if (timeout_ns != 0) {
+    IP_SAVE_ERRNO(ip__preempt_hub_blocking(s, 0));
     s->last_poll_ns = ip__now_ns();
+  }
   if (n < 0) {
     IP_CHECK(errno == EINTR);
     wake_main_for_signal(s);
@@ -589,6 +629,7 @@ static int add_tagged(int epfd, int fd, uint64_t tag) {
 static void sched_init_queues(ip_sched_t *s) {
   ip__queue_init(&s->runq);
   ip__queue_init(&s->round);
+  ip__queue_init(&s->yieldq);
   ip__queue_init(&s->remote);
   atomic_store(&s->remote_pending, 0);
   pthread_mutex_init(&s->remote_lock, NULL);
@@ -763,6 +804,7 @@ static void sched_after_fork_child(void) {
   s->dead = NULL;
   s->run_next = NULL;
   s->deferred_signals = 0; /* they were the parent's to run */
+  atomic_store(&s->preempt_co, NULL);
   __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
   survivor->timer.index = SIZE_MAX;
 }
@@ -822,6 +864,7 @@ ip_sched_t *ip__sched_ensure(void) {
     return NULL;
   s->signal_fd = -1;
   s->signal_forward_fd = -1;
+  atomic_store(&s->next_timer_ns, INT64_MAX);
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
   if (r < 0)
     goto fail;
@@ -852,6 +895,7 @@ ip_sched_t *ip__sched_ensure(void) {
   atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
   atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
+  ip__preempt_wake_monitor(); /* its root runs: watch it */
   return s;
 fail:
   sched_struct_put(s);
@@ -903,6 +947,7 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   make_runnable(s, co, 0);
   s->stats.created++;
   __atomic_store_n(&s->stats.alive, s->stats.alive + 1, __ATOMIC_RELAXED);
+  ip__preempt_wake_monitor(); /* it may now have something to preempt */
   *id_out = co->id;
   return co;
 fail_tstate:
@@ -1055,7 +1100,8 @@ int interpose_sched_runnable(void) {
   if (s == NULL)
     return 0;
   return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
-         s->run_next != NULL || atomic_load(&s->remote_pending) != 0;
+         !ip__queue_empty(&s->yieldq) || s->run_next != NULL ||
+         atomic_load(&s->remote_pending) != 0;
 }
 
 
@@ -1148,7 +1194,8 @@ int interpose_sched_destroy(void) {
   if (s == NULL)
     return 0;
   if (s->current != &s->root || s->stats.alive != 0 ||
-      !ip__queue_empty(&s->runq) || s->run_next != NULL)
+      !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq) ||
+      s->run_next != NULL)
     return -EBUSY;
   sched_retire(s);
   pthread_mutex_lock(&coro_lock);

@@ -94,7 +94,8 @@ def test_aarch64_wheel_under_qemu_turns_blocked_threads_into_coroutines(
     assert plain.returncode == 0, plain.stderr
     hooked = guest(aarch64_site, BLOCKED_THREADS + REPORT, preload=True)
     assert hooked.returncode == 0 and hooked.stderr == "", hooked.stderr
-    assert os_threads(plain) - os_threads(hooked) == 20
+    # 20 threads become coroutines; interpose adds its preemption monitor.
+    assert os_threads(plain) - os_threads(hooked) == 20 - 1
     assert hooked.stdout.splitlines()[-1] == "booted True parks>=20 True"
 
 
