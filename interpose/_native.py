@@ -166,6 +166,7 @@ PY_API = {
     "PyThreadState_Get": "PyThreadState_Get",
     "PyThreadState_Clear": "PyThreadState_Clear",
     "PyThreadState_DeleteCurrent": "PyThreadState_DeleteCurrent",
+    "PyThreadState_Delete": "PyThreadState_Delete",
     "PyEval_RestoreThread": "PyEval_RestoreThread",
     "PyEval_SaveThread": "PyEval_SaveThread",
     "PyObject_CallNoArgs": "PyObject_CallNoArgs",
@@ -182,6 +183,8 @@ PY_API = {
     "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
     "PyGILState_Ensure": "PyGILState_Ensure",
     "PyGILState_Release": "PyGILState_Release",
+    "PyUnstable_ThreadState_SetStackProtection":
+        "PyUnstable_ThreadState_SetStackProtection",
 }
 
 
@@ -277,7 +280,12 @@ def _bind_python(fns):
     _check_main_interpreter()
     api = ctypes.pythonapi
     for name, symbol in PY_API.items():
-        address = ctypes.cast(getattr(api, symbol), ctypes.c_void_p).value
+        fn = getattr(api, symbol, None)
+        if fn is None and name in _compat.OPTIONAL_API:
+            continue  # the library requires it where the version needs it
+        if fn is None:
+            raise NativeLibraryError(f"interpose: this interpreter lacks {symbol}")
+        address = ctypes.cast(fn, ctypes.c_void_p).value
         if fns.py_bind(name.encode(), address) != 0:
             raise NativeLibraryError(f"interpose: the library does not know {name}")
     get_interp = api.PyInterpreterState_Get
@@ -296,6 +304,9 @@ _INIT_ERRORS = {
     errno.ENOENT: "CPython's gilstate key (what PyGILState_GetThisThreadState"
                   " reads) was not found, so C callbacks into Python could not"
                   " follow coroutines",
+    errno.ENOSYS: "it lacks PyUnstable_ThreadState_SetStackProtection, which"
+                  " CPython 3.14 and later need to run coroutines on stacks of"
+                  " their own",
     errno.ENOTSUP: "unsupported version or thread state layout",
     errno.EXDEV: "the library already serves another interpreter of this"
                  " process",

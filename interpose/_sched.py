@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 
+from . import _compat
 from . import _errors
 from . import _native
 from . import _preempt
@@ -345,8 +346,8 @@ def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
         minimum = _lib.stack_minimum()
         if not minimum <= stack_size <= _MAX_STACK:
             raise ValueError(
-                f"stack_size must be between {minimum} and {_MAX_STACK} bytes;"
-                f" got {stack_size}"
+                f"stack_size must be between {minimum} and {_MAX_STACK} bytes"
+                f" ({minimum} is {_compat.STACK_MINIMUM_REASON}); got {stack_size}"
             )
         size = stack_size
     if preemptible is None:

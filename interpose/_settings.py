@@ -17,10 +17,13 @@ import math
 import os
 import re
 
-# Invariant: the stack bounds equal MIN_USABLE and the 1 TiB cap of
+from . import _compat
+
+# Invariant: the stack bounds equal interpose_stack_minimum() (16 KiB, or
+# what CPython needs: _compat.STACK_MINIMUM) and the 1 TiB cap of
 # ip__stack_default_size in native/stack.c, which parses the same syntax
 # (and silently ignores what it cannot use: this module reports it first).
-STACK_MIN = 16 * 1024
+STACK_MIN = _compat.STACK_MINIMUM
 STACK_MAX = 1 << 40
 
 # Set by `interpose run` for the process it starts, which removes it from
@@ -35,7 +38,8 @@ class SettingError(ValueError):
 
 def stack_size(raw, label="INTERPOSE_STACK_SIZE"):
     """Bytes for an INTERPOSE_STACK_SIZE / --stack-size value: digits with an
-    optional K or M suffix, at least 16K.  Raises SettingError naming label."""
+    optional K or M suffix, at least STACK_MIN.  Raises SettingError naming
+    label."""
     m = re.fullmatch(r"(\d+)([kKmM]?)", raw)
     size = 0
     if m:
@@ -43,7 +47,8 @@ def stack_size(raw, label="INTERPOSE_STACK_SIZE"):
     if not STACK_MIN <= size <= STACK_MAX:
         raise SettingError(
             f"{label}={raw!r} is not a usable stack size: give"
-            " bytes with an optional K or M suffix, at least 16K (e.g. 1M)")
+            f" bytes with an optional K or M suffix, at least {STACK_MIN // 1024}K"
+            f" ({_compat.STACK_MINIMUM_REASON}), e.g. 1M")
     return size
 
 

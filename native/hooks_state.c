@@ -14,6 +14,8 @@
 #include <stdarg.h>
 #include <stdint.h>
 
+#include <string.h>
+
 #include "internal.h"
 
 /* Everything below that is not static is a libc name this library
@@ -93,7 +95,11 @@ int ioctl(int fd, unsigned long request, ...) {
   va_end(ap);
   if (request != FIONBIO || arg == NULL || !ip__hooks_armed())
     return ip__real.ioctl(fd, request, arg);
-  int on = *(int *) arg;
+  /* The kernel reads the int at any alignment, and callers rely on it:
+   * CPython 3.13's fcntl.ioctl passes a misaligned buffer (UBSan in the
+   * 3.13 root, docs/platforms.md). */
+  int on;
+  memcpy(&on, arg, sizeof(on));
   uint32_t st = ip__fd_state(fd);
   int one = 1;
   /* Ours stays non-blocking in the kernel whatever the user asks. */

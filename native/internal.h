@@ -651,6 +651,7 @@ typedef struct ip_pyapi {
   void *(*PyThreadState_Get)(void);
   void (*PyThreadState_Clear)(void *tstate);
   void (*PyThreadState_DeleteCurrent)(void);
+  void (*PyThreadState_Delete)(void *tstate);
   void (*PyEval_RestoreThread)(void *tstate);
   void *(*PyEval_SaveThread)(void);
   void *(*PyObject_CallNoArgs)(void *callable);
@@ -667,6 +668,9 @@ typedef struct ip_pyapi {
   void *(*PyGILState_GetThisThreadState)(void);
   int (*PyGILState_Ensure)(void);
   void (*PyGILState_Release)(int state);
+  /* 3.14.1 and later only (NULL before): see pyver.c. */
+  int (*PyUnstable_ThreadState_SetStackProtection)(void *tstate, void *base,
+                                                   size_t size);
   void *interp;
   unsigned long hexversion;
 } ip_pyapi_t;
@@ -680,13 +684,20 @@ IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
 IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
+IP_HIDDEN int ip__pyver_needs_stack_protection(void);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
+/* The smallest usable stack CPython accepts, never below engine_min. */
+IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
+/* Tells CPython a new coroutine's stack, before its tstate is first
+ * attached; GIL held.  0, or -EINVAL with a Python exception set. */
+IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);
 /* 1 when CPython's own threads are joinable (3.13+), 0 when detached. */
 IP_HIDDEN int ip__pyver_threads_joinable(void);
 IP_HIDDEN int ip__py_tstate_attached(ip_sched_t *s);
 IP_HIDDEN void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask);
 /* gilstate.c: the gilstate slot follows the running coroutine. */
-/* GIL held, once: finds CPython's gilstate key; 0, -ENOENT or -ENOTSUP. */
+/* GIL held, once: finds CPython's gilstate key (a thread-local word from
+ * 3.15); 0, -ENOENT or -ENOTSUP. */
 IP_HIDDEN int ip__gilstate_init(void);
 /* The hub, before switching into a coroutine: binds its thread state. */
 IP_HIDDEN void ip__gilstate_bind(void *tstate);

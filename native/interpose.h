@@ -44,9 +44,11 @@ IP_EXPORT int interpose_py_bind(const char *name, void *fn);
 /* Checks that every needed function was bound and that hexversion is a
  * supported interpreter, and finds CPython's gilstate key (see gilstate.c).
  * -ENOTSUP for an unsupported version or thread state layout, -EINVAL when a
- * function is missing, -ENOENT when the gilstate key cannot be found, -EXDEV
- * when the library already serves another interpreter (it serves one: the
- * first to call this).  interp is the PyInterpreterState *. */
+ * function is missing, -ENOSYS when the version needs
+ * PyUnstable_ThreadState_SetStackProtection and it was not bound (CPython
+ * 3.14+; optional before), -ENOENT when the gilstate key cannot be found,
+ * -EXDEV when the library already serves another interpreter (it serves one:
+ * the first to call this).  interp is the PyInterpreterState *. */
 IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
 
 /* ---- Coroutines --------------------------------------------------------
@@ -176,8 +178,9 @@ IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
 /* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
- * 1 MiB on CPython 3.11 and 3.12, 4 MiB on 3.13) and the smallest accepted
- * one. */
+ * 1 MiB on CPython 3.11, 3.12, 3.14 and 3.15, 4 MiB on 3.13) and the
+ * smallest accepted one (16 KiB; 96 KiB from 3.14, whose recursion checks
+ * need it).  Both valid only after interpose_py_init. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
 

@@ -10,15 +10,20 @@
 ip_pyapi_t ip__py;
 static int ready;
 
-#define BINDING(name) {#name, offsetof(ip_pyapi_t, name)}
+/* optional: absent from some supported versions; pyver.c says when the
+ * engine needs it after all (interpose_py_init checks). */
+#define BINDING(name) {#name, offsetof(ip_pyapi_t, name), 0}
+#define OPTIONAL(name) {#name, offsetof(ip_pyapi_t, name), 1}
 static const struct {
   const char *name;
   size_t offset;
+  int optional;
 } bindings[] = {
     BINDING(PyThreadState_New),
     BINDING(PyThreadState_Get),
     BINDING(PyThreadState_Clear),
     BINDING(PyThreadState_DeleteCurrent),
+    BINDING(PyThreadState_Delete),
     BINDING(PyEval_RestoreThread),
     BINDING(PyEval_SaveThread),
     BINDING(PyObject_CallNoArgs),
@@ -35,6 +40,7 @@ static const struct {
     BINDING(PyGILState_GetThisThreadState),
     BINDING(PyGILState_Ensure),
     BINDING(PyGILState_Release),
+    OPTIONAL(PyUnstable_ThreadState_SetStackProtection),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))
 
@@ -68,9 +74,12 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
   for (size_t i = 0; i < NBINDINGS; i++) {
     void *fn;
     memcpy(&fn, (char *) &ip__py + bindings[i].offset, sizeof(fn));
-    if (fn == NULL)
+    if (fn == NULL && !bindings[i].optional)
       return -EINVAL;
   }
+  if (ip__pyver_needs_stack_protection() &&
+      ip__py.PyUnstable_ThreadState_SetStackProtection == NULL)
+    return -ENOSYS;
   if (interp == NULL)
     return -EINVAL;
   ip__py.interp = interp;

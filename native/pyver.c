@@ -3,11 +3,14 @@
  * version is chosen at run time, once, from the hexversion Python passes to
  * interpose_py_init, and cached.
  *
- * Supported: CPython 3.11, 3.12 and 3.13 with the GIL.  Refused: 3.14 and
- * later (the interpreter checks the C stack pointer against the OS thread's
- * stack and would need PyUnstable_ThreadState_SetStackProtection per
- * coroutine) and anything older than 3.11.  Free-threaded builds are refused
- * on the Python side, which can see Py_GIL_DISABLED. */
+ * Supported: CPython 3.11, 3.12, 3.13, 3.14 from 3.14.1, and 3.15, with the
+ * GIL.  Refused here: anything older than 3.11, newer than 3.15, and 3.14.0
+ * (it lacks PyUnstable_ThreadState_SetStackProtection, see below).
+ * Free-threaded builds are refused on the Python side (interpose/_compat.py),
+ * which can see Py_GIL_DISABLED; the same file words every refusal.
+ *
+ * Branches are ordered newest first.  When the oldest supported version
+ * moves up, delete its predicate and the branches labelled with it. */
 #include <sys/syscall.h>
 
 #include "internal.h"
@@ -19,23 +22,54 @@ static int ip_py312;
  * (Py_C_RECURSION_LIMIT) instead of the recursion limit: nested repr or
  * json.loads reach about 1.5 MiB of C stack before RecursionError. */
 static int ip_py313;
+/* 3.14 guards C recursion with the stack pointer instead of a counter
+ * (gh-130396): each thread state carries a soft and a hard limit, computed
+ * from the OS thread's stack (pthread_getattr_np) when the thread state is
+ * first attached.
+ * Facts: a coroutine runs on a stack of its own, far from the OS thread's,
+ * so those limits say nothing about it.  3.14.0 then misjudged every frame
+ * of a coroutine (objects freed there were deferred forever: fds leaked and
+ * __del__ never ran; deep recursion got no RecursionError).  3.14.1
+ * (gh-139653) ignores a stack pointer outside the known stack and added
+ * PyUnstable_ThreadState_SetStackProtection(tstate, base, size) for code
+ * that switches stacks.
+ * Consequence: every coroutine's thread state must be told its own stack
+ * before its first Python frame; 3.14.0 cannot be told and is refused.
+ * Solution: ip__pyver_new_coroutine below, from spawn. */
+static int ip_py314;
+
+/* CPython 3.14 refuses a stack under _PyOS_MIN_STACK_SIZE: three safety
+ * margins of 2,048 pointers (48 KiB on 64-bit), twice that on debug and
+ * AddressSanitizer builds of CPython (Include/internal/pycore_pythonrun.h).
+ * The larger figure is required so that one library serves both. */
+#define PY314_MIN_STACK (96 * 1024)
 
 
 int ip__pyver_select(unsigned long hexversion) {
   unsigned major = (unsigned) (hexversion >> 24) & 0xff;
   unsigned minor = (unsigned) (hexversion >> 16) & 0xff;
-  if (major != 3 || minor < 11 || minor > 13)
+  unsigned micro = (unsigned) (hexversion >> 8) & 0xff;
+  if (major != 3 || minor < 11 || minor > 15)
+    return -ENOTSUP;
+  if (minor == 14 && micro == 0) /* no SetStackProtection (see above) */
     return -ENOTSUP;
   ip_py312 = minor >= 12;
   ip_py313 = minor >= 13;
+  ip_py314 = minor >= 14;
   return 0;
 }
 
 
+/* Whether the interpreter must be given every coroutine's stack; then
+ * PyUnstable_ThreadState_SetStackProtection must have been bound. */
+int ip__pyver_needs_stack_protection(void) { return ip_py314; }
+
+
 /* Where 3.12+ flags the thread state bound to the gilstate slot
  * (PyThreadState._status.bound_gilstate, bit 3 of the bitfield word that
- * follows prev, next, interp and, on 3.13, eval_breaker; see
- * Include/cpython/pystate.h of each version).  3.11 has no flag: it binds
+ * follows prev, next, interp and, from 3.13, eval_breaker; see
+ * Include/cpython/pystate.h of each version: 3.14 and 3.15 keep 3.13's
+ * layout there).  3.11 has no flag: it binds
  * the slot once per thread and unbinds by comparing pointers.  GCC fills
  * bitfields from the least significant bit on little-endian targets, the
  * only ones switch_<arch>.S supports.  gilstate.c checks the result on a
@@ -44,7 +78,7 @@ int ip__pyver_select(unsigned long hexversion) {
 #error "pyver.c: the bound_gilstate bit position assumes little-endian"
 #endif
 void ip__pyver_gilstate_flag(size_t *offset, unsigned *mask) {
-  if (ip_py313) {
+  if (ip_py313) { /* 3.13 to 3.15 */
     *offset = 4 * sizeof(void *);
     *mask = 1u << 3;
   } else if (ip_py312) {
@@ -67,10 +101,50 @@ int ip__pyver_threads_joinable(void) { return ip_py313; }
  * recursion checks to fire before the guard page does.  Virtual only: an
  * idle coroutine touches one page of it. */
 size_t ip__pyver_default_stack(void) {
-  if (ip_py313) {
+  if (ip_py314) {
+    /* The stack-pointer check raises RecursionError before any overflow,
+     * whatever the size; 1 MiB keeps the C recursion depth of 3.11's
+     * default (json.loads 900 deep needs 114 KiB). */
+    return 1024 * 1024;
+  } else if (ip_py313) {
     return 4 * 1024 * 1024;
   } else { /* 3.11, 3.12: recursion through __repr__ needs 456 KiB */
     return 1024 * 1024;
+  }
+}
+
+
+/* The smallest usable stack a coroutine may ask for. */
+size_t ip__pyver_min_stack(size_t engine_min) {
+  if (ip_py314 && engine_min < PY314_MIN_STACK) {
+    return PY314_MIN_STACK;
+  } else { /* 3.11 to 3.13: no lower bound of CPython's own */
+    return engine_min;
+  }
+}
+
+
+/* Called by spawn, right after PyThreadState_New, with the spawner's
+ * thread state attached.  Returns 0, or -EINVAL with a Python exception
+ * set (on the spawner's thread state, so spawn raises it).
+ * Why at spawn and not on the coroutine's stack: the first attach of a
+ * thread state whose limits are unset computes them from the OS thread
+ * (_PyThreadState_Attach calls _Py_InitializeRecursionLimits), and on the
+ * main thread glibc's pthread_getattr_np reads all of /proc/self/maps to
+ * do so; with two mappings per coroutine stack, each spawn then cost time
+ * proportional to the coroutines alive (measured on 3.14.10: 3,000 parked
+ * coroutines took 17 s to spawn, 3.11 takes 0.09 s).  Limits set before
+ * the first attach are never recomputed.  The C-API docs allow the call
+ * before or after the stack change, with no other C-API call between: the
+ * stack never changes again for this thread state. */
+int ip__pyver_new_coroutine(ip_coro_t *co) {
+  if (ip_py314) {
+    char *usable = co->stack.base + co->stack.guard;
+    int r = ip__py.PyUnstable_ThreadState_SetStackProtection(
+        co->tstate, usable, co->stack.size - co->stack.guard);
+    return r < 0 ? -EINVAL : 0;
+  } else { /* 3.11 to 3.13: C recursion is counted, not measured */
+    return 0;
   }
 }
 

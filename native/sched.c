@@ -989,6 +989,9 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   r = -ENOMEM;
   if (co->tstate == NULL)
     goto fail_ident;
+  r = ip__pyver_new_coroutine(co); /* 3.14+: its stack, before 1st attach */
+  if (r < 0)
+    goto fail_tstate;
   ip__py.Py_IncRef(body);
   co->body = body;
   co->sched = s;
@@ -1002,6 +1005,10 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   ip__preempt_wake_monitor(); /* it may now have something to preempt */
   *id_out = co->id;
   return co;
+fail_tstate:
+  ip__py.PyThreadState_Clear(co->tstate);
+  ip__py.PyThreadState_Delete(co->tstate);
+  co->tstate = NULL;
 fail_ident:
   ip__ident_detach(co);
 fail_stack:

@@ -89,7 +89,7 @@ size_t ip__stack_default_size(void) {
       v *= 1024, end++;
     else if (*end == 'm' || *end == 'M')
       v *= 1024 * 1024, end++;
-    if (*end == '\0' && v >= MIN_USABLE && v <= (1ull << 40))
+    if (*end == '\0' && v >= interpose_stack_minimum() && v <= (1ull << 40))
       size = (size_t) v;
   }
   default_usable = ip__stack_round(size);
@@ -98,7 +98,9 @@ size_t ip__stack_default_size(void) {
 
 
 size_t interpose_stack_default(void) { return ip__stack_default_size(); }
-size_t interpose_stack_minimum(void) { return MIN_USABLE; }
+size_t interpose_stack_minimum(void) {
+  return ip__pyver_min_stack(MIN_USABLE);
+}
 
 
 /* Stacks mapped now, process-wide (pooled ones included). */

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import run_snippet
-from test_stress import _OVERFLOW, _assert_overflow_reported
+from test_stress import _FN, _OVERFLOW, _SMALL_STACKS, _assert_overflow_reported, deep_c  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,12 +44,15 @@ def _preloading(lib):
 
 @pytest.mark.parametrize("prelude", ["", "import faulthandler; interpose.sleep(0); faulthandler.enable()"],
                          ids=["alone", "under_faulthandler"])
-def test_overflow_report_uses_no_interposable_write(write_spy, prelude):
+def test_overflow_report_uses_no_interposable_write(write_spy, prelude, deep_c):
+    # From CPython 3.14 Python code raises RecursionError before the guard
+    # page: _FN is then an unchecked C recursion (tests/test_stress.py).
     name = "spied"
-    code = _OVERFLOW.format(fn="via_repr", name=name, stack_arg=", stack_size=32768",
-                            prelude=prelude)
+    size = _SMALL_STACKS[1]
+    code = _OVERFLOW.format(fn=_FN, name=name, stack_arg=f", stack_size={size}",
+                            prelude=prelude, deep_c=deep_c)
     r = run_snippet(code, env=_preloading(write_spy))
-    _assert_overflow_reported(r, name, 32768)
+    _assert_overflow_reported(r, name, size)
     assert r.returncode == -signal.SIGABRT, r.stderr[-1500:]
     assert "write_spy" not in r.stderr, r.stderr[-1500:]
 

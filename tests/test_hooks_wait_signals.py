@@ -93,6 +93,7 @@ class PollFd(ctypes.Structure):
                 ("revents", ctypes.c_short)]
 class EpollEvent(ctypes.Structure):
     _pack_ = 1
+    _layout_ = "ms"  # what _pack_ always meant; 3.15 warns unless it is said
     _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
 
 def interrupted(call):

@@ -133,7 +133,7 @@ def test_run_child_that_cannot_boot_exits_before_the_program():
 
 def test_run_boots_its_process_but_not_as_required_for_its_children():
     code = ("import os, subprocess, sys; from interpose import _autostart;"
-            " print(_autostart.booted(), os.environ.get('INTERPOSE_BOOT_REQUIRED'));"
+            " print(_autostart.booted(), os.environ.get('INTERPOSE_BOOT_REQUIRED'), flush=True);"
             " subprocess.run([sys.executable, '-c', 'import os;"
             " print(os.environ.get(\"INTERPOSE_BOOT_REQUIRED\"))'], check=True)")
     proc = run([sys.executable, "-m", "interpose", "run", "-c", code], env_with())

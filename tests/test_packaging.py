@@ -77,9 +77,9 @@ def test_build_id_matches_sources():
 def test_unsupported_interpreter_is_refused_with_a_reason(monkeypatch):
     from interpose import _compat
 
-    monkeypatch.setattr(sys, "version_info", (3, 14, 0, "final", 0))
+    monkeypatch.setattr(sys, "version_info", (3, 16, 0, "final", 0))
     reason = _compat.unsupported_reason()
-    assert reason is not None and "3.11 to 3.13" in reason
+    assert reason is not None and "supports 3.11 to 3.15" in reason
 
 
 def test_library_does_not_link_libpython():

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 LIB = _native.LIBRARY_PATH
 HERE = os.path.dirname(os.path.abspath(__file__))
 CAP_NG_PROGRAMS = ["su", "runuser", "passwd", "login", "newgrp", "chsh"]
+# Those this system has: Debian unstable no longer ships newgrp (the
+# sid root of scripts/interpreters); most must be there (checked below).
+PRESENT_CAP_NG_PROGRAMS = [n for n in CAP_NG_PROGRAMS if shutil.which(n)]
 # Under scripts/asan-tests the sanitizer runtimes are preloaded into these
 # uninstrumented programs, and ld.so initialises libasan after libcap-ng:
 # any instrumented code that libcap-ng's constructor reaches (our open hook)
@@ -101,21 +104,40 @@ def test_library_constructor_runs_before_ours(ctor_program):
     assert names.index("libctor.so") < names.index(os.path.basename(LIB)), order
 
 
-def _cap_ng_program(name):
+def _program(name):
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is needed by this test and is not installed"
                     " (Debian: util-linux, passwd, login)")
-    ldd = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=60)
-    assert "libcap-ng" in ldd.stdout, f"{name} no longer links libcap-ng:\n{ldd.stdout}"
     return path
 
 
+def _links_cap_ng(path):
+    ldd = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=60)
+    return "libcap-ng" in ldd.stdout
+
+
+def _cap_ng_program(name):
+    path = _program(name)
+    assert _links_cap_ng(path), f"{name} no longer links libcap-ng"
+    return path
+
+
+def test_most_of_the_programs_link_libcap_ng():
+    # Which ones do depends on the Debian release (trixie's newgrp does not,
+    # the 3.13 root of scripts/interpreters showed); the regression needs
+    # them to, so most must.
+    linked = [n for n in PRESENT_CAP_NG_PROGRAMS if _links_cap_ng(_program(n))]
+    assert len(linked) * 2 > len(CAP_NG_PROGRAMS), linked
+
+
 @needs_plain_runtime
-@pytest.mark.parametrize("name", CAP_NG_PROGRAMS)
+@pytest.mark.parametrize("name", PRESENT_CAP_NG_PROGRAMS)
 def test_cap_ng_program_help_is_unchanged_by_the_preload(name):
-    # Regression (issue #12): each crashed with status 139 at start.
-    r = _same([_cap_ng_program(name), "--help"])
+    # Regression (issue #12): each crashed with status 139 at start.  A
+    # program that does not link libcap-ng on this release still has to run
+    # unchanged under the preload.
+    r = _same([_program(name), "--help"])
     assert r.returncode >= 0 and r.stdout + r.stderr
 
 

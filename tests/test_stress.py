@@ -219,7 +219,7 @@ def test_deep_recursion_with_default_stack_raises_recursionerror(kind):
                 return "no error"
             def main():
                 return interpose.spawn(body, name="deep").join()
-            expected = 4 if sys.version_info >= (3, 13) else 1
+            expected = 4 if (3, 13) <= sys.version_info < (3, 14) else 1
             assert interpose._native.lib.stack_default() == expected * 1024 * 1024
             print(interpose.run(main), flush=True)
             """
@@ -231,8 +231,39 @@ def test_deep_recursion_with_default_stack_raises_recursionerror(kind):
     assert "overflowed" not in r.stderr
 
 
+# What reaches the guard page.  Before 3.14 CPython counts C recursion and
+# knows nothing of a coroutine's stack, so Python code (a deep repr, deep
+# JSON) overflows a small stack.  From 3.14 CPython is told each
+# coroutine's stack (native/pyver.c) and raises RecursionError first
+# (tests/test_pyver.py); only native code that recurses without CPython's
+# checks still reaches the guard page: via_c, a C function built here.
+_DEEP_C = r"""
+int interpose_test_recurse(int n) {
+  volatile char frame[512];
+  frame[0] = (char) n;
+  return n == 0 ? 0 : interpose_test_recurse(n - 1) + frame[0];
+}
+"""
+_PY314 = sys.version_info >= (3, 14)
+_PYTHON_OVERFLOWERS = [] if _PY314 else ["via_repr", "via_json"]
+_SMALL_STACKS = [interpose._native.lib.stack_minimum() * k for k in (1, 2)]
+# The overflow the remaining tests provoke: Python code where it can.
+_FN = "via_c" if _PY314 else "via_repr"
+
+
+@pytest.fixture(scope="module")
+def deep_c(tmp_path_factory):
+    """A shared library with an unchecked C recursion (gcc, as the build)."""
+    d = tmp_path_factory.mktemp("deep_c")
+    (d / "deep.c").write_text(_DEEP_C)
+    subprocess.run(["gcc", "-O0", "-shared", "-fPIC", "-o", str(d / "deep.so"),
+                    str(d / "deep.c")], check=True, timeout=60)
+    return str(d / "deep.so")
+
+
 _OVERFLOW = """
-import json, sys, interpose
+import ctypes, json, sys, interpose
+DEEP_C = {deep_c!r}
 
 class Node:
     def __init__(self, child):
@@ -249,6 +280,9 @@ def via_repr():
 def via_json():
     depth = sys.getrecursionlimit() - 50
     return json.loads("[" * depth + "]" * depth)
+
+def via_c():
+    return ctypes.CDLL(DEEP_C).interpose_test_recurse(10_000_000)
 
 def main():
     coro = interpose.spawn({fn}, name={name!r}{stack_arg})
@@ -274,45 +308,51 @@ def _assert_overflow_reported(r, name, usable):
     assert f"overflowed its C stack of {usable} bytes" in r.stderr, tail
 
 
-@pytest.mark.parametrize("size", [16384, 32768])
-@pytest.mark.parametrize("fn", ["via_repr", "via_json"])
+@pytest.mark.parametrize("size", _SMALL_STACKS)
+@pytest.mark.parametrize("fn", [*_PYTHON_OVERFLOWERS, "via_c"])
 @pytest.mark.timeout(60)
-def test_tiny_stack_overflow_reports_named_coroutine_and_aborts(fn, size):
+def test_tiny_stack_overflow_reports_named_coroutine_and_aborts(fn, size, deep_c):
     name = f"tiny-{fn}-{size}"
     code = _OVERFLOW.format(
-        fn=fn, name=name, stack_arg=f", stack_size={size}", prelude=""
+        fn=fn, name=name, stack_arg=f", stack_size={size}", prelude="",
+        deep_c=deep_c,
     )
     _assert_overflow_reported(run_snippet(code), name, size)
 
 
 @pytest.mark.timeout(60)
-def test_stack_overflow_with_interpose_stack_size_env_reports_named_coroutine():
-    code = _OVERFLOW.format(fn="via_repr", name="env-sized", stack_arg="", prelude="")
-    r = run_snippet(code, env={"INTERPOSE_STACK_SIZE": "32K"})
-    _assert_overflow_reported(r, "env-sized", 32768)
+def test_stack_overflow_with_interpose_stack_size_env_reports_named_coroutine(deep_c):
+    code = _OVERFLOW.format(fn=_FN, name="env-sized", stack_arg="", prelude="",
+                            deep_c=deep_c)
+    size = _SMALL_STACKS[1]
+    r = run_snippet(code, env={"INTERPOSE_STACK_SIZE": f"{size // 1024}K"})
+    _assert_overflow_reported(r, "env-sized", size)
 
 
 @pytest.mark.timeout(60)
-def test_stack_overflow_reported_with_x_faulthandler():
+def test_stack_overflow_reported_with_x_faulthandler(deep_c):
+    size = _SMALL_STACKS[1]
     code = _OVERFLOW.format(
-        fn="via_repr", name="with-faulthandler", stack_arg=", stack_size=32768",
-        prelude="",
+        fn=_FN, name="with-faulthandler", stack_arg=f", stack_size={size}",
+        prelude="", deep_c=deep_c,
     )
     r = _python(["-X", "faulthandler"], code)
-    _assert_overflow_reported(r, "with-faulthandler", 32768)
+    _assert_overflow_reported(r, "with-faulthandler", size)
 
 
 @pytest.mark.timeout(60)
-def test_stack_overflow_reported_when_faulthandler_enabled_after_start():
+def test_stack_overflow_reported_when_faulthandler_enabled_after_start(deep_c):
     # faulthandler.enable() after the scheduler exists installs its SIGSEGV
     # handler on top of interpose's.  The guard-page report must survive
     # that: a program (or a test runner) may turn faulthandler on at any time.
+    size = _SMALL_STACKS[1]
     code = _OVERFLOW.format(
-        fn="via_repr", name="late-faulthandler", stack_arg=", stack_size=32768",
+        fn=_FN, name="late-faulthandler", stack_arg=f", stack_size={size}",
         prelude="import faulthandler; interpose.sleep(0); faulthandler.enable()",
+        deep_c=deep_c,
     )
     r = run_snippet(code)
-    _assert_overflow_reported(r, "late-faulthandler", 32768)
+    _assert_overflow_reported(r, "late-faulthandler", size)
 
 
 # ---- timers at scale ------------------------------------------------------
