@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import _native
+from . import _osthreads
 
 _lib = _native.lib
 _real_setswitchinterval = sys.setswitchinterval
@@ -75,7 +76,9 @@ def _stop_at_exit():
 # holds no lock the child would inherit.  Both sides then start a new one.
 def _before_fork():
     if _started:
+        tid = _lib.preempt_monitor_tid()
         _lib.preempt_stop()
+        _osthreads.wait_gone(tid)
 
 
 def _after_fork():

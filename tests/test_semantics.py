@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, check_ok, run_hooked
 
 pytestmark = pytest.mark.slow
 
@@ -534,3 +534,45 @@ def test_run_returns_leaving_a_coroutine_parked_in_a_lock_wait(tmp_path):
         capture_output=True, text=True, timeout=30, env=_env())
     assert (proc.returncode, proc.stdout) == (
         0, "run returned []\n['acquired', 'finally']\n"), proc.stderr
+
+
+# ---- interpose's own threads are not the program's -----------------------
+
+FORK_WARNINGS = """
+    import os, threading, warnings
+    def fork():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        return [type(w.message).__name__ for w in caught]
+    print("single-threaded:", fork())
+"""
+
+
+def test_fork_warns_exactly_as_plain_python(tmp_path):
+    # 3.12+ warns at os.fork() in a multi-threaded process.  interpose's
+    # helper threads (the preemption monitor and the diagnostics thread,
+    # both running from start-up under `interpose run`) are stopped around
+    # the fork, so a single-threaded program forks as quietly as it does
+    # under plain Python.
+    plain, inter = assert_same(tmp_path, FORK_WARNINGS)
+    assert plain.stdout == "single-threaded: []\n"
+
+
+def test_fork_with_converted_threads_does_not_warn():
+    # A program's threads are coroutines of its one OS thread under
+    # `interpose run`: the process forks single-threaded, with none of the
+    # deadlock risks the warning is about, so it does not warn (plain
+    # Python, with a real second thread, does on 3.12+).
+    lines = check_ok(run_hooked(textwrap.dedent(FORK_WARNINGS) + textwrap.dedent("""
+        gate = threading.Event()
+        t = threading.Thread(target=gate.wait)
+        t.start()
+        print("with a thread running:", fork())
+        gate.set()
+        t.join()
+    """)))
+    assert lines == ["single-threaded: []", "with a thread running: []"]
