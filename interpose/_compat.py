@@ -21,6 +21,12 @@ PY313 = sys.version_info[:2] >= (3, 13)
 # converted thread, pthread_setname_np names the coroutine's ident instead
 # (native/hooks_pthread.c), so the shared OS thread keeps its name.
 PY314 = sys.version_info[:2] >= (3, 14)
+# 3.14's threading.Condition.wait tests `timeout <= 0` where 3.11-3.13
+# tested `timeout > 0`, so a NaN timeout no longer returns at once: it
+# reaches lock.acquire(True, nan), which raises ValueError.  Event.wait,
+# Condition.wait_for, Semaphore.acquire and queue.Queue's waits go through
+# Condition.wait and inherit it (interpose/_sync.py _wait_deadline).
+NAN_TIMEOUT_WAITS = PY314
 
 SUPPORTED_RANGE = ((3, 11), (3, 15))
 # The trove classifiers pyproject.toml should list (tests/test_pyver.py
