@@ -132,7 +132,11 @@ static void note_monitor_wait(pthread_cond_t *c, pthread_mutex_t *m) {
 
 
 /* The named coroutine of this thread, waiting for the GIL with no thread
- * state attached and its hooks on, or NULL. */
+ * state attached and its hooks on, or NULL.  Same rule as a hook
+ * (hookcore.c): no switch while the gilstate slot holds another thread
+ * state than the coroutine's, i.e. while subinterpreter code runs on the
+ * coroutine's stack and waits for the (shared) GIL; yielding there let the
+ * main interpreter's coroutines run under the subinterpreter's call. */
 static ip_sched_t *preempted_here(void) {
   ip_sched_t *s = ip__tls_sched;
   if (s == NULL)
@@ -141,7 +145,7 @@ static ip_sched_t *preempted_here(void) {
   if (co == NULL || !co->hooks ||
       atomic_load_explicit(&s->preempt_co, memory_order_relaxed) != co)
     return NULL;
-  return ip__py_tstate_attached(s) ? NULL : s;
+  return ip__py_tstate_attached(s) || ip__gilstate_foreign(s) ? NULL : s;
 }
 
 
