@@ -15,12 +15,21 @@ PY312 = sys.version_info[:2] >= (3, 12)
 # 3.13 renamed _PyThreadState_UncheckedGet to PyThreadState_GetUnchecked,
 # and threading starts threads through _thread.start_joinable_thread.
 PY313 = sys.version_info[:2] >= (3, 13)
+# 3.12 made os.fork() warn in a process that /proc/self/stat counts as
+# multi-threaded (gh-100228); interpose's helper threads must not count.
+FORK_WARNS_WITH_THREADS = PY312
 # 3.14 checks C recursion against the stack pointer (gh-130396), so each
 # coroutine's thread state is told its own stack (native/pyver.c).  Its
 # threading module names the OS thread after each Thread (gh-59705): for a
 # converted thread, pthread_setname_np names the coroutine's ident instead
 # (native/hooks_pthread.c), so the shared OS thread keeps its name.
 PY314 = sys.version_info[:2] >= (3, 14)
+# 3.14's threading.Condition.wait tests `timeout <= 0` where 3.11-3.13
+# tested `timeout > 0`, so a NaN timeout no longer returns at once: it
+# reaches lock.acquire(True, nan), which raises ValueError.  Event.wait,
+# Condition.wait_for, Semaphore.acquire and queue.Queue's waits go through
+# Condition.wait and inherit it (interpose/_sync.py _wait_deadline).
+NAN_TIMEOUT_WAITS = PY314
 
 SUPPORTED_RANGE = ((3, 11), (3, 15))
 # The trove classifiers pyproject.toml should list (tests/test_pyver.py

@@ -6,13 +6,13 @@ state, which is what makes switching stacks safe.  Functions that need the
 GIL (they create thread states or touch Python objects) or are too short to
 be worth releasing it are bound through ctypes.PyDLL.
 """
-import ctypes
 import errno
 import hashlib
 import os
 import sys
 
 from . import _compat
+from ._ctypes_import import ctypes  # libffi's fd above the floor (see there)
 from . import _settings
 
 ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
@@ -183,6 +183,8 @@ PY_API = {
     "PyGILState_GetThisThreadState": "PyGILState_GetThisThreadState",
     "PyGILState_Ensure": "PyGILState_Ensure",
     "PyGILState_Release": "PyGILState_Release",
+    "PyInterpreterState_Head": "PyInterpreterState_Head",
+    "PyInterpreterState_Next": "PyInterpreterState_Next",
     "PyUnstable_ThreadState_SetStackProtection":
         "PyUnstable_ThreadState_SetStackProtection",
 }

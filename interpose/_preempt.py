@@ -13,8 +13,8 @@ import atexit
 import os
 import sys
 
+from . import _forkwarn
 from . import _native
-from . import _osthreads
 
 _lib = _native.lib
 _real_setswitchinterval = sys.setswitchinterval
@@ -54,6 +54,7 @@ def start():
     global _started
     if _started:
         return
+    _forkwarn.install()
     _lib.preempt_set_interval(_interval_us())
     r = _lib.preempt_start()
     if r < 0:
@@ -76,9 +77,7 @@ def _stop_at_exit():
 # holds no lock the child would inherit.  Both sides then start a new one.
 def _before_fork():
     if _started:
-        tid = _lib.preempt_monitor_tid()
         _lib.preempt_stop()
-        _osthreads.wait_gone(tid)
 
 
 def _after_fork():

@@ -6,7 +6,7 @@ import _thread
 import collections
 import queue as _queue
 
-from . import _sched
+from . import _compat, _sched
 from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 
 
@@ -21,12 +21,15 @@ from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
 #    fresh _thread lock do that conversion, so messages match each version.
 #  - Condition.wait and Event.wait wait only for a timeout > 0 (so NaN does
 #    not wait) and convert it like Lock.acquire (so infinity raises
-#    OverflowError, but only when they would wait).
+#    OverflowError, but only when they would wait).  From 3.14 they skip
+#    the wait only for a timeout <= 0, so NaN waits, that is, raises
+#    ValueError like Lock.acquire (_compat.NAN_TIMEOUT_WAITS).
 #  - Semaphore.acquire, Queue.get/put and Condition.wait_for recompute the
-#    time left and call Condition.wait again, so for NaN CPython spins for
-#    ever, and for infinity raises OverflowError once it must wait.  NaN
-#    here does not wait at all (a timeout that has passed): a busy loop is
-#    no behaviour to copy.
+#    time left and call Condition.wait again, so for NaN CPython 3.11-3.13
+#    spins for ever, and for infinity raises OverflowError once it must
+#    wait.  NaN here does not wait at all on those versions (a timeout that
+#    has passed): a busy loop is no behaviour to copy.  From 3.14 their
+#    first Condition.wait(nan) raises ValueError, and so do they.
 
 def _check_lock_timeout(timeout):
     """Raises what _thread.lock.acquire raises for this timeout, if anything;
@@ -38,10 +41,14 @@ def _check_lock_timeout(timeout):
 
 
 def _wait_deadline(timeout):
-    """Condition.wait's rule: None is forever, only timeout > 0 waits."""
+    """Condition.wait's rule: None is forever; up to 3.13 only timeout > 0
+    waits, from 3.14 everything but timeout <= 0 (NaN too) does."""
     if timeout is None:
         return None
-    if not timeout > 0:  # NaN included
+    if _compat.NAN_TIMEOUT_WAITS:
+        if timeout <= 0:
+            return 0
+    elif not timeout > 0:  # NaN included
         return 0
     _check_lock_timeout(timeout)
     return deadline_ns(timeout)

@@ -27,8 +27,8 @@ import threading
 
 from . import _deadlock
 from . import _dump
+from . import _forkwarn
 from . import _native
-from . import _osthreads
 from . import _signals
 
 _lib = _native.lib
@@ -36,8 +36,7 @@ _lib = _native.lib
 # that count a program's own threads leave it out.
 THREAD_NAME = "interpose-diag"
 _started = False
-_sockets = []  # [listener, eventfd, stop eventfd] while running
-_watcher = None  # the running thread's _Watcher
+_sockets = []  # [listener, eventfd] while running
 
 
 def control_address(pid):
@@ -49,6 +48,7 @@ def start(control=True, deadlock="report"):
     global _started
     if _started or (not control and deadlock == "off"):
         return
+    _forkwarn.install()
     listener = None
     if control:
         listener = _internal_socket()
@@ -63,49 +63,22 @@ def start(control=True, deadlock="report"):
     if deadlock != "off":
         evfd = _signals._move_internal(os.eventfd(0, os.EFD_CLOEXEC))
         _lib.diag_set_notify_fd(evfd)
-    _sockets[:] = [listener, evfd, _new_stop_fd()]
-    if _spawn(deadlock):
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                            after_in_child=_after_fork_in_child)
-        _started = True
+    _sockets[:] = [listener, evfd]
 
-
-def _new_stop_fd():
-    return _signals._move_internal(os.eventfd(0, os.EFD_CLOEXEC))
-
-
-def _spawn(deadlock):
-    """Start the thread on the sockets of _sockets; False if it cannot."""
-    global _watcher
     # Wait until the thread runs, so that it is counted among interpose's
-    # own threads (helper_tids) before the program goes on.
+    # own threads (helper_tids) before the program starts.
     running = _thread.allocate_lock()
     running.acquire()
-    listener, evfd, stopfd = _sockets
-    watcher = _Watcher(listener, evfd, deadlock, stopfd)
+    watcher = _Watcher(listener, evfd, deadlock)
     # A thread of the engine's, not of _thread: _thread._count() and
     # threading.enumerate() stay what the program's threads make them.
     r = _lib.diag_start_thread(lambda: watcher.run(running), THREAD_NAME.encode())
     if r != 0:
         sys.stderr.write(f"interpose: no diagnostics thread: {os.strerror(-r)}\n")
-        return False
+        return
     running.acquire()
-    _watcher = watcher
-    return True
-
-
-# The thread is stopped before a fork and started again in the parent, so
-# that the process forks with only the program's threads (see _osthreads).
-def _before_fork():
-    if _started and _watcher is not None:
-        os.eventfd_write(_sockets[2], 1)
-        _osthreads.wait_gone(_watcher.tid)
-
-
-def _after_fork_in_parent():
-    if _started:
-        os.eventfd_read(_sockets[2])
-        _spawn(_watcher.mode)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _started = True
 
 
 def _internal_socket():
@@ -122,22 +95,19 @@ def _after_fork_in_child():
     listener's name belongs to the parent)."""
     global _started
     _lib.diag_set_notify_fd(-1)
-    listener, evfd, stopfd = _sockets
+    listener, evfd = _sockets
     if listener is not None:
         listener.close()
     if evfd >= 0:
         os.close(evfd)
-    os.close(stopfd)
-    _sockets[:] = [None, -1, -1]
+    _sockets[:] = [None, -1]
     _started = False
 
 
 class _Watcher:
-    def __init__(self, listener, evfd, mode, stopfd):
+    def __init__(self, listener, evfd, mode):
         self.listener = listener
         self.evfd = evfd
-        self.stopfd = stopfd  # readable: return (before a fork)
-        self.tid = 0  # the thread's kernel id, once it runs
         self.mode = mode
         self.check_at = None  # when to confirm stuck schedulers
         self.first = {}  # sched -> switches when it was seen stuck
@@ -145,12 +115,11 @@ class _Watcher:
         self.examined = 0  # confirmed stuck schedulers examined (tests read it)
 
     def run(self, running):
-        self.tid = threading.get_native_id()
-        _deadlock.helper_tids.add(self.tid)
+        _deadlock.helper_tids.add(threading.get_native_id())
         running.release()
         poller = select.poll()
         listen_fd = self.listener.fileno() if self.listener is not None else -1
-        for fd in (listen_fd, self.evfd, self.stopfd):
+        for fd in (listen_fd, self.evfd):
             if fd >= 0:
                 poller.register(fd, select.POLLIN)
         while True:
@@ -162,9 +131,6 @@ class _Watcher:
             if self.check_at is not None:
                 timeout_ms = max(0, round((self.check_at - _now()) * 1000 + 0.5))
             ready = {fd for fd, _ in poller.poll(timeout_ms)}
-            if self.stopfd in ready:
-                _deadlock.helper_tids.discard(self.tid)
-                return
             if self.evfd in ready:
                 os.read(self.evfd, 8)
                 if self.check_at is None:

@@ -668,6 +668,8 @@ typedef struct ip_pyapi {
   void *(*PyGILState_GetThisThreadState)(void);
   int (*PyGILState_Ensure)(void);
   void (*PyGILState_Release)(int state);
+  void *(*PyInterpreterState_Head)(void);
+  void *(*PyInterpreterState_Next)(void *interp);
   /* 3.14.1 and later only (NULL before): see pyver.c. */
   int (*PyUnstable_ThreadState_SetStackProtection)(void *tstate, void *base,
                                                    size_t size);

@@ -63,6 +63,7 @@
  * 400 times a second. */
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/syscall.h>
@@ -144,7 +145,17 @@ static ip_sched_t *preempted_here(void) {
   if (co == NULL || !co->hooks ||
       atomic_load_explicit(&s->preempt_co, memory_order_relaxed) != co)
     return NULL;
-  return ip__py_tstate_attached(s) || ip__gilstate_foreign(s) ? NULL : s;
+  if (ip__py_tstate_attached(s) || ip__gilstate_foreign(s))
+    return NULL;
+  /* A subinterpreter's thread state that waits to attach for the first
+   * time is not in the gilstate slot yet, so no slot check can see it:
+   * while any subinterpreter exists, coroutines are not preempted.  The
+   * interpreter list is read on the thread that may have just linked a new
+   * interpreter into it, so that interpreter is seen. */
+  void *head = ip__py.PyInterpreterState_Head();
+  if (head != NULL && ip__py.PyInterpreterState_Next(head) != NULL)
+    return NULL;
+  return s;
 }
 
 
@@ -366,6 +377,11 @@ int interpose_preempt_start(void) {
     atomic_store(&monitor_running, 0);
     return -r;
   }
+  /* Its kernel id is published first thing: wait for it, so that whoever
+   * counts the process's threads right after (the fork warning's filter,
+   * the deadlock watcher) can tell the monitor from the program's threads. */
+  while (atomic_load(&monitor_tid) == 0)
+    sched_yield();
   return 0;
 }
 

@@ -40,6 +40,8 @@ static const struct {
     BINDING(PyGILState_GetThisThreadState),
     BINDING(PyGILState_Ensure),
     BINDING(PyGILState_Release),
+    BINDING(PyInterpreterState_Head),
+    BINDING(PyInterpreterState_Next),
     OPTIONAL(PyUnstable_ThreadState_SetStackProtection),
 };
 #define NBINDINGS (sizeof(bindings) / sizeof(bindings[0]))

@@ -10,11 +10,13 @@ set.
 The snippet runs plain and under `interpose run`, with a second OS thread
 whose scheduler is alive and a name lookup done, and starts a child that
 lists its fds by number."""
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from conftest import assert_same
+from conftest import _snippet_env, assert_same
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -124,3 +126,22 @@ def test_dup2_onto_a_low_fd_leaves_the_runtime_working():
         time.sleep(0.01)
         release.set()
     """))
+
+
+@pytest.mark.parametrize("soft", [None, 200, 40])
+def test_ctypes_import_holds_the_same_floor_as_the_engine(soft):
+    # interpose/_ctypes_import.py holds the fds below the engine's floor
+    # while ctypes is imported (libffi 3.5 keeps an fd from that import);
+    # it must compute the floor the engine uses, under any RLIMIT_NOFILE.
+    code = textwrap.dedent(f"""
+        import resource
+        soft = {soft!r}
+        if soft is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        from interpose import _ctypes_import, _native
+        print(_ctypes_import.internal_fd_floor() == _native.lib.fd_internal_floor())
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=60, env=_snippet_env(None))
+    assert (p.returncode, p.stdout, p.stderr) == (0, "True\n", "")

@@ -177,6 +177,9 @@ print(os.read(r, 1000).decode())
         " subinterpreter run as plain Python, without coroutines)"]
 
 
+NO_PREEMPTION = {"INTERPOSE_PREEMPT": "off"}
+
+
 @needs_testcapi
 @pytest.mark.timeout(120)
 def test_hook_in_subinterpreter_code_does_not_switch_on_312_and_later():
@@ -190,6 +193,10 @@ def test_hook_in_subinterpreter_code_does_not_switch_on_312_and_later():
     # the coroutine (safe on 3.11: one GIL for all interpreters, and its
     # gilstate API never serves subinterpreters).  Either way: no crash,
     # and the main interpreter's coroutines run on afterwards.
+    # Preemption is off: the main coroutine may legitimately be preempted
+    # on its own thread state just before the subinterpreter exists or
+    # just after it ended (native/preempt.c never preempts while one
+    # exists), which would count as a tick "during" the call.
     lines = check_ok(run_hooked(SUBINTERPRETERS + """
 t = Ticker(0.001)
 t.wait_ticks(2)
@@ -198,7 +205,7 @@ status = run_legacy("import time\\nfor _ in range(20): time.sleep(0.005)")
 during = t.ticks - before
 t.wait_ticks(2)
 print("status:", status, "ticked during:", during > 0, "ticked after:", t.stop() > before)
-"""))
+""", env=NO_PREEMPTION))
     ticked = sys.version_info < (3, 12)
     assert lines == [f"status: 0 ticked during: {ticked} ticked after: True"]
 
@@ -211,7 +218,7 @@ def test_gil_held_hook_in_subinterpreter_code_blocks_the_thread():
     # the main interpreter's ticker coroutine tries to take it on the same
     # OS thread, a deadlock.  The hook must see the subinterpreter's thread
     # state as attached on this thread (3.11 keeps it in a process-wide
-    # variable) and block the thread instead.
+    # variable) and block the thread instead.  Preemption is off, as above.
     lines = check_ok(run_hooked(SUBINTERPRETERS + """
 t = Ticker(0.001)
 t.wait_ticks(2)
@@ -221,5 +228,5 @@ during = t.ticks - before
 # 3.11 may switch during the subinterpreter's other calls (GIL released).
 quiet = during == 0 if sys.version_info >= (3, 12) else True
 print("status:", status, "quiet on 3.12+:", quiet, "ticked after:", t.stop() > before)
-""", timeout=60))
+""", timeout=60, env=NO_PREEMPTION))
     assert lines == ["status: 0 quiet on 3.12+: True ticked after: True"]
