@@ -3,7 +3,7 @@
 PNG per message size (round trips/s and p99 against connections, one line
 per server).
 
-    python scripts/bench_report.py [scripts/results/results.json]
+    python scripts/bench_report.py [bench-results/results.json]
 
 re-renders the markdown and plots from a saved results.json.
 """
@@ -22,7 +22,10 @@ LABELS = {
     "asyncio-protocol": "asyncio Protocol",
     "uvloop-streams": "uvloop streams",
     "uvloop-protocol": "uvloop Protocol",
+    "interpose-baseline": "interpose run (baseline checkout)",
 }
+# The peers of the round-trip table (docs/performance.md), in its order.
+RT_PEERS = ("uvloop-protocol", "gevent-patched", "threads")
 OURS = ("interpose", "interpose-spawn")
 
 
@@ -271,8 +274,69 @@ def plot(data, out):
     return paths
 
 
+def _range(stat, digits):
+    if stat is None:
+        return "—"
+    f = f"{{:,.{digits}f}}"
+    return (f"{f.format(stat['median'])} ({f.format(stat['min'])}–"
+            f"{f.format(stat['max'])})")
+
+
+def _ratio(a, b):
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
+
+
+def render_rt_table(data):
+    """The round-trip table of docs/performance.md: per connection count,
+    server CPU µs per round trip (user + system), round trips/s, and
+    interpose's ratio to each peer; then the CPU target against uvloop
+    Protocol, with the miss when there is one."""
+    grid = data.get("grid", [])
+    s = data["settings"]
+    size = 64 if 64 in s["sizes"] else s["sizes"][0]
+    ours = [n for n in ("interpose", "interpose-baseline") if n in s["servers"]]
+    lines = header(data)
+    lines += ["| conns | server | CPU µs/rt | user · sys µs/rt | round trips/s |"
+              " interpose CPU ÷ this | interpose rt/s ÷ this |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for conns in s["conns"]:
+        cpu_ours = _median(grid, "interpose", conns, size, "cpu_us_per_rt")
+        rps_ours = _median(grid, "interpose", conns, size, "rps")
+        for server in s["servers"]:
+            row = _cell(grid, server, conns, size)
+            if row is None or row["rps"] is None:
+                continue
+            split = "—"
+            if row.get("user_us_per_rt") and row.get("sys_us_per_rt"):
+                split = (f"{row['user_us_per_rt']['median']:.1f} · "
+                         f"{row['sys_us_per_rt']['median']:.1f}")
+            same = server == "interpose"
+            lines.append(
+                f"| {conns:,} | {LABELS[server]} |"
+                f" {_range(row['cpu_us_per_rt'], 2)} | {split} |"
+                f" {_range(row['rps'], 0)} |"
+                f" {'' if same else _ratio(cpu_ours, row['cpu_us_per_rt']['median'])} |"
+                f" {'' if same else _ratio(rps_ours, row['rps']['median'])} |")
+    lines += ["", "| target (issue #18) | measured (medians) | met |",
+              "|---|---|---|"]
+    for name in ours:
+        for conns in s["conns"]:
+            a = _median(grid, name, conns, size, "cpu_us_per_rt")
+            b = _median(grid, "uvloop-protocol", conns, size, "cpu_us_per_rt")
+            if a is None or b is None:
+                continue
+            miss = "" if a <= b else \
+                f"; missed by {a - b:.2f} µs ({100 * (a - b) / b:.0f}%)"
+            lines.append(f"| {LABELS[name]}: CPU µs/rt ≤ uvloop Protocol's,"
+                         f" {conns:,} conns | {a:.2f} vs {b:.2f}{miss} |"
+                         f" {_met(a <= b)} |")
+    return "\n".join(lines)
+
+
 def render(data):
     lines = ["# Benchmark results", ""] + header(data)
+    lines += ["## Round trips (issue #18)", ""]
+    lines += render_rt_table(data).splitlines()[len(header(data)):] + [""]
     lines += ["## Targets (issue #5)", ""] + targets_table(data)
     lines += ["", "## Echo grid, at a glance", ""] + compact_tables(data)
     lines += ["## Echo grid", ""] + grid_tables(data)
@@ -294,7 +358,8 @@ def write(data, out):
 
 if __name__ == "__main__":
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", "results.json")
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "bench-results", "results.json")
     with open(path) as f:
         saved = json.load(f)
     print("\n".join(write(saved, os.path.dirname(os.path.abspath(path)))))

@@ -4,11 +4,21 @@ uvloop and plain threads, plus the engine microbenchmarks.
 One command, from the repository root:
 
     python scripts/bench_suite.py [--quick] [--reps 3] [--duration 2] ...
+    python scripts/bench_suite.py --rt-table     (issue #18's table)
 
 It installs the `bench` extra (`pip install -e '.[bench]'`) when a peer is
 missing, builds the C load generator (scripts/loadgen.c) and the hook-cost
 library (scripts/hookcost.c) into build/bench/, runs everything, and writes
-scripts/results/results.{json,md} and one PNG per message size.
+bench-results/results.{json,md} (an ignored folder: raw results are never
+committed) and one PNG per message size.
+
+--rt-table runs the round-trip table of docs/performance.md: interpose,
+uvloop Protocol, gevent patch_all and plain threads, 64-byte messages at
+100 and 1000 connections, 3 interleaved repetitions, and prints server CPU
+µs per round trip and round trips/s with interpose's ratio to each peer
+(also written to bench-results/rt-table.md).  --baseline DIR adds a server
+"interpose-baseline": the same program under the interpose of another
+checkout (its interpose/ built), to measure a change in the same run.
 
 Servers (scripts/bench_servers/):
   threads            threaded_echo.py, a blocking thread-per-connection
@@ -27,8 +37,9 @@ Method: for each repetition, for each (connections, size) cell, every server
 runs once, in turn (A B C ... A B C ...), so the machine's drift hits all of
 them alike.  Each run starts a fresh server pinned to CPU 0 and the load
 generator pinned to CPU 1; the load generator connects gradually, warms up,
-then measures.  The server's CPU time (psutil, the whole process tree) and
-RSS are sampled when the measurement window opens and closes.  The tables
+then measures.  The server's CPU time (psutil, the whole process tree; user and
+system time apart too) and RSS are sampled when the measurement window
+opens and closes.  The tables
 give medians over the repetitions with min-max.
 
 Idle memory: each server gets --idle-conns connections that do one round
@@ -55,7 +66,11 @@ SERVERS_DIR = os.path.join(SCRIPTS, "bench_servers")
 BUILD = os.path.join(ROOT, "build", "bench")
 LOADGEN = os.path.join(BUILD, "loadgen")
 HOOKCOST = os.path.join(BUILD, "libhookcost.so")
-RESULTS = os.path.join(SCRIPTS, "results")
+RESULTS = os.path.join(ROOT, "bench-results")
+RT_TABLE_SERVERS = ("interpose", "uvloop-protocol", "gevent-patched",
+                    "threads")
+# --baseline DIR: the checkout whose interpose "interpose-baseline" runs.
+BASELINE = {"dir": None}
 PEERS = ("gevent", "eventlet", "uvloop", "matplotlib", "psutil")
 SERVER_CPU, LOAD_CPU = 0, 1
 
@@ -77,12 +92,14 @@ def _server_argv(name):
         "asyncio-protocol": [py, aio, "protocol", "asyncio"],
         "uvloop-streams": [py, aio, "streams", "uvloop"],
         "uvloop-protocol": [py, aio, "protocol", "uvloop"],
+        "interpose-baseline": [py, "-m", "interpose", "run", threaded],
     }[name]
 
 
 ALL_SERVERS = ("threads", "interpose", "interpose-spawn", "gevent-patched",
                "eventlet-patched", "gevent-stream", "asyncio-streams",
-               "asyncio-protocol", "uvloop-streams", "uvloop-protocol")
+               "asyncio-protocol", "uvloop-streams", "uvloop-protocol",
+               "interpose-baseline")
 
 
 # ---- setup ----------------------------------------------------------------
@@ -171,9 +188,12 @@ def _pinned(argv, cpu):
     return pinned(argv, [cpu])
 
 
-def _env():
+def _env(name=None):
     result = env()
     result["PYTHONWARNINGS"] = "ignore"  # eventlet's deprecation banner
+    if name == "interpose-baseline":
+        result["PYTHONPATH"] = BASELINE["dir"] + os.pathsep + \
+            result["PYTHONPATH"]
     return result
 
 
@@ -189,7 +209,7 @@ class Server:
             self.proc = subprocess.Popen(
                 _pinned([*_server_argv(name), "127.0.0.1", "0"], SERVER_CPU),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                text=True, env=_env(), cwd=ROOT, start_new_session=True,
+                text=True, env=_env(name), cwd=ROOT, start_new_session=True,
                 preexec_fn=_raise_nofile)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline() if ready else ""
@@ -202,15 +222,21 @@ class Server:
 
     def sample(self):
         """(CPU seconds, RSS bytes) of the server's process tree."""
+        user, system, rss = self.sample_split()
+        return user + system, rss
+
+    def sample_split(self):
+        """(user CPU s, system CPU s, RSS bytes) of the process tree."""
         import psutil
 
-        cpu = rss = 0
+        user = system = rss = 0
         root = psutil.Process(self.proc.pid)
         for p in [root, *root.children(recursive=True)]:
             t = p.cpu_times()
-            cpu += t.user + t.system
+            user += t.user
+            system += t.system
             rss += p.memory_info().rss
-        return cpu, rss
+        return user, system, rss
 
     def stop(self):
         try:
@@ -248,14 +274,14 @@ def run_cell(name, conns, size, args):
                                text=True, preexec_fn=_raise_nofile)
         deadline = time.monotonic() + args.connect_timeout + args.warmup + \
             args.duration + 60
-        cpu0 = cpu1 = rss = None
+        at_start = at_end = None
         result = None
         try:
             for msg in _lines(gen, deadline):
                 if msg.get("event") == "start":
-                    cpu0, _ = server.sample()
+                    at_start = server.sample_split()
                 elif msg.get("event") == "end":
-                    cpu1, rss = server.sample()
+                    at_end = server.sample_split()
                 else:
                     result = msg
         finally:
@@ -264,12 +290,16 @@ def run_cell(name, conns, size, args):
             gen.stdout.close()
     finally:
         server.stop()
-    if result is None or cpu0 is None or cpu1 is None:
+    if result is None or at_start is None or at_end is None:
         raise RuntimeError(f"{name}: the load generator gave no result")
     trips = result["round_trips"]
-    result["cpu_us_per_rt"] = (cpu1 - cpu0) * 1e6 / trips if trips else None
-    result["server_cpu_s"] = cpu1 - cpu0
-    result["rss_mib"] = rss / 2**20
+    user = at_end[0] - at_start[0]
+    system = at_end[1] - at_start[1]
+    result["cpu_us_per_rt"] = (user + system) * 1e6 / trips if trips else None
+    result["user_us_per_rt"] = user * 1e6 / trips if trips else None
+    result["sys_us_per_rt"] = system * 1e6 / trips if trips else None
+    result["server_cpu_s"] = user + system
+    result["rss_mib"] = at_end[2] / 2**20
     return result
 
 
@@ -348,8 +378,8 @@ def summarize_grid(runs):
         row = {"server": name, "conns": conns, "size": size,
                "runs": len(rs), "failed_runs": len(rs) - len(ok)}
         for key in ("rps", "p50_us", "p99_us", "max_us", "cpu_us_per_rt",
-                    "rss_mib"):
-            row[key] = summarize([r[key] for r in ok])
+                    "user_us_per_rt", "sys_us_per_rt", "rss_mib"):
+            row[key] = summarize([r.get(key) for r in ok])
         row["stalled_max"] = max((r["stalled"] for r in ok), default=None)
         row["errors_total"] = sum(r["errors"] for r in ok)
         row["unconnected_max"] = max((r["unconnected"] for r in ok),
@@ -408,6 +438,14 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true",
                         help="a small subset: 100 and 1000 connections, 64 B,"
                              " 1 s per run, 1,000 idle connections")
+    parser.add_argument("--rt-table", action="store_true",
+                        help="the round-trip table of docs/performance.md:"
+                             " interpose, uvloop Protocol, gevent patch_all,"
+                             " threads; 64 B at 100 and 1000 connections;"
+                             " no idle or micro parts")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run interpose-baseline: the program under"
+                             " the interpose package of checkout DIR")
     parser.add_argument("--reps", type=int, default=3,
                         help="repetitions of the grid (default 3)")
     parser.add_argument("--duration", type=float, default=2.0,
@@ -419,7 +457,8 @@ def parse_args(argv):
     parser.add_argument("--sizes", type=_int_list, default=[64, 16384],
                         help="comma-separated message sizes in bytes")
     parser.add_argument("--servers", type=lambda s: s.split(","),
-                        default=list(ALL_SERVERS),
+                        default=[n for n in ALL_SERVERS
+                                 if n != "interpose-baseline"],
                         help="comma-separated, of: " + ", ".join(ALL_SERVERS))
     parser.add_argument("--idle-conns", type=int, default=10000)
     parser.add_argument("--idle-reps", type=int, default=None,
@@ -430,13 +469,27 @@ def parse_args(argv):
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
                         help="parts to leave out: grid, idle, micro")
     parser.add_argument("--out", default=RESULTS,
-                        help="results folder (default scripts/results)")
+                        help="results folder (default bench-results/)")
     args = parser.parse_args(argv)
+    if args.rt_table:
+        args.servers = list(RT_TABLE_SERVERS)
+        args.conns, args.sizes = [100, 1000], [64]
+        args.skip = sorted(set(args.skip) | {"idle", "micro"})
+    if args.baseline:
+        BASELINE["dir"] = os.path.abspath(args.baseline)
+        if not os.path.isfile(os.path.join(BASELINE["dir"], "interpose",
+                                           "libinterpose.so")):
+            parser.error(f"--baseline {args.baseline}: no built"
+                         " interpose/libinterpose.so there")
+        if "interpose-baseline" not in args.servers:
+            args.servers.insert(1, "interpose-baseline")
     if args.quick:
         args.conns, args.sizes = [100, 1000], [64]
         args.duration, args.warmup, args.idle_conns = 1.0, 0.3, 1000
     if args.idle_reps is None:
         args.idle_reps = args.reps
+    if "interpose-baseline" in args.servers and not args.baseline:
+        parser.error("interpose-baseline needs --baseline DIR")
     unknown = set(args.servers) - set(ALL_SERVERS)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
@@ -474,6 +527,11 @@ def main(argv=None):
     import bench_report
     paths = bench_report.write(data, args.out)
     log("wrote " + ", ".join(os.path.relpath(p, ROOT) for p in paths))
+    if "grid" not in args.skip:
+        table = bench_report.render_rt_table(data)
+        print(table)
+        with open(os.path.join(args.out, "rt-table.md"), "w") as f:
+            f.write(table + "\n")
     return 0
 
 
