@@ -471,38 +471,6 @@ static void take_remote(ip_sched_t *s) {
 }
 
 
-/* Bytes of a parked coroutine's stack, from its saved stack pointer up,
- * that its resumption reads at once: the switch's saved registers, then the
- * frames of the hook, CPython's socket method and the eval loop that it
- * returns through. */
-#define PREFETCH_STACK_BYTES 2048
-
-/* Lines of a PyThreadState that its resumption reads first (the GIL
- * hand-off and the thread state swap read and write fields near its
- * start in every CPython version). */
-#define PREFETCH_TSTATE_LINES 4
-
-/* Starts loading what co's next turn will read first: its struct's hot
- * lines (see ip_coro_t), the top of its saved stack and its thread state.  Facts: with
- * hundreds of coroutines taking turns, each turn's first touch of these is
- * a cache miss (perf: the pops after ip__switch returns, ~80% of
- * ip__park's self time at 1000 echo connections), and a turn of the
- * coroutine before it lasts microseconds.  So the hub asks for the next
- * coroutine's lines before it runs the current one.  A prefetch never
- * faults, so reading past the top of a shallow stack is harmless. */
-static void prefetch_turn(const ip_coro_t *co) {
-  for (int line = 0; line < 4; line++)
-    __builtin_prefetch((const char *) co + line * IP_CACHE_LINE, 1, 3);
-  const char *sp = co->sp;
-  for (int off = 0; off < PREFETCH_STACK_BYTES; off += IP_CACHE_LINE)
-    __builtin_prefetch(sp + off, 1, 3);
-  const char *tstate = co->tstate; /* line 0 of co, like sp: no stall */
-  if (tstate != NULL)
-    for (int line = 0; line < PREFETCH_TSTATE_LINES; line++)
-      __builtin_prefetch(tstate + line * IP_CACHE_LINE, 1, 3);
-}
-
-
 /* Runs every coroutine that was runnable when the round began, then the
  * longest-preempted one; those woken during the round wait for the next
  * one, after the hub has polled. */
@@ -529,8 +497,6 @@ static void run_round(ip_sched_t *s) {
       return;
     }
     co->hook_calls = 0;
-    if (!ip__queue_empty(batch))
-      prefetch_turn(container_of(batch->next, ip_coro_t, run_link));
     run_coroutine(s, co);
     s = tls_sched;
     batch = &s->round;

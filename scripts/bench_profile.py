@@ -2,10 +2,11 @@
 server under the C load generator, every sample put in one bucket, each
 bucket given in ns per round trip.
 
-    python scripts/bench_profile.py [--server interpose] [--conns 100]
-                                    [--seconds 3] [--keep PATH]
+    python scripts/bench_profile.py [--servers interpose,uvloop-protocol]
+                                    [--conns 100] [--seconds 3] [--reps 3]
+                                    [--keep PATH] [--baseline DIR]
 
-The server runs pinned to CPU 0 and the load generator (64-byte messages)
+Each server runs --reps times, interleaved (A B A B ...), pinned to CPU 0 and the load generator (64-byte messages)
 to CPU 1, as in bench_suite.py.  After a second of load, `perf record`
 samples the server's CPU (cpu-clock, kernel and user, with call chains) for
 --seconds and counts its recvfrom and read calls: every echo server makes
@@ -30,12 +31,13 @@ import collections
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from _benchutil import ROOT, env
+from _benchutil import ROOT, kill_group
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_suite  # noqa: E402  (the server table and the loadgen build)
@@ -75,7 +77,12 @@ SYSCALL = re.compile(r"^(?:__x64_sys_|__ia32_sys_|__do_sys_|__se_sys_|ksys_|"
 # and writes.
 SYSCALL_NAMES = {"recvfrom": "recv/read", "read": "recv/read",
                  "sendto": "send/write", "write": "send/write",
-                 "epoll_pwait": "epoll_wait", "epoll_wait": "epoll_wait"}
+                 "epoll_pwait": "epoll_wait", "epoll_wait": "epoll_wait",
+                 "syscall_64": "system call entry and exit"}
+# The heap's top moving: glibc trimming and growing the main arena (brk,
+# munmap) and the page faults on the pages it gets back.
+HEAP = {"brk", "brk_flags", "vmi_align_munmap", "anonymous_page",
+        "vmi_munmap", "user_addr_fault"}
 
 
 def function_files():
@@ -104,6 +111,8 @@ def bucket_of(sym, dso, chain, files):
             m = SYSCALL.match(s)
             if m and "kernel" in d:
                 name = m.group(1)
+                if name in HEAP:
+                    return "kernel: heap trim and growth (brk, munmap, faults)"
                 return f"kernel: {SYSCALL_NAMES.get(name, name)}"
         return "kernel: interrupts, softirq, scheduler"
     if dso.endswith("libinterpose.so"):
@@ -164,17 +173,18 @@ def start_server(name):
     proc = subprocess.Popen(
         ["taskset", "-c", "0", *argv, "127.0.0.1", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env=bench_suite._env(), cwd=ROOT, start_new_session=True,
+        env=bench_suite._env(name), cwd=bench_suite._cwd(name),
+        start_new_session=True,
         preexec_fn=bench_suite._raise_nofile)
     line = proc.stdout.readline()
     if not line.startswith("listening on "):
-        bench_suite.Server.stop(type("S", (), {"proc": proc})())
+        kill_group(proc)
         raise SystemExit(f"bench_profile: {name} did not start: {line!r}")
     return proc, int(line.rsplit(":", 1)[1])
 
 
-def profile(args, data_path, count_path):
-    proc, port = start_server(args.server)
+def profile(args, server, data_path, count_path):
+    proc, port = start_server(server)
     try:
         gen = subprocess.Popen(
             ["taskset", "-c", "1", bench_suite.LOADGEN, "--port", str(port),
@@ -198,65 +208,98 @@ def profile(args, data_path, count_path):
                  "-e", "syscalls:sys_enter_read",
                  "-p", str(proc.pid), "--", "sleep", str(args.seconds)],
                 check=True, stdout=subprocess.DEVNULL)
-            last = gen.stdout.read().strip().splitlines()
         finally:
             gen.kill()
             gen.wait()
     finally:
-        bench_suite.Server.stop(type("S", (), {"proc": proc})())
-    return last[-1] if last else ""
+        kill_group(proc)
+        proc.stdout.close()
 
 
-def render(args, buckets, recvs, total_ns, loadgen):
-    rows = sorted(buckets.items(), key=lambda kv: -kv[1])
-    out = [f"{args.server}, {args.conns} connections, 64 B: "
-           f"{recvs:,} round trips in {args.seconds} s of perf,"
-           f" {total_ns / recvs:,.0f} ns server CPU per round trip",
-           "", "| bucket | ns / round trip | share |", "|---|---:|---:|"]
-    for name, ns in rows:
-        out.append(f"| {name} | {ns / recvs:,.0f} | {100 * ns / total_ns:.1f}%"
-                   " |")
-    out += ["", f"loadgen: {loadgen}"]
-    return "\n".join(out)
+def profile_once(args, server, files, keep=None):
+    """{bucket: ns per round trip} plus "total", for one run of server."""
+    with tempfile.TemporaryDirectory(prefix="bench_profile.") as tmp:
+        data = keep or os.path.join(tmp, "perf.data")
+        count = os.path.join(tmp, "count.csv")
+        profile(args, server, data, count)
+        trips = round_trips(count)
+        if trips == 0:
+            raise RuntimeError(f"{server}: no round trips were counted")
+        text = subprocess.run(
+            ["perf", "script", "-i", data, "-F", "event,period,ip,sym,dso"],
+            capture_output=True, text=True, check=True).stdout
+    buckets, total = parse_script(text, files)
+    out = {name: ns / trips for name, ns in buckets.items()}
+    out["total"] = total / trips
+    return out
+
+
+def render(args, runs):
+    """Rows: buckets by the first server's median, largest first; columns:
+    each server's median ns per round trip over the repetitions."""
+    med = {sv: {} for sv in args.servers}
+    for sv in args.servers:
+        names = set().union(*(r.keys() for r in runs[sv]))
+        for name in names:
+            med[sv][name] = statistics.median(r.get(name, 0.0)
+                                              for r in runs[sv])
+    first = args.servers[0]
+    names = sorted((n for n in set().union(*(m.keys() for m in med.values()))
+                    if n != "total"), key=lambda n: -med[first].get(n, 0.0))
+    names = [n for n in names if max(m.get(n, 0) for m in med.values()) >= 1]
+    lines = [f"{args.conns} connections, 64 B messages, {args.reps}"
+             f" interleaved runs of {args.seconds:g} s of perf each; medians"
+             " in ns of server CPU per round trip", "",
+             "| bucket | " + " | ".join(args.servers) + " |",
+             "|---|" + "---:|" * len(args.servers)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(
+            f"{med[sv].get(n, 0):,.0f}" for sv in args.servers) + " |")
+    lines.append("| **total** | " + " | ".join(
+        f"**{med[sv]['total']:,.0f}**" for sv in args.servers) + " |")
+    lines.append("| (min–max of the totals) | " + " | ".join(
+        f"{min(r['total'] for r in runs[sv]):,.0f}–"
+        f"{max(r['total'] for r in runs[sv]):,.0f}" for sv in args.servers)
+        + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default="interpose",
-                        choices=bench_suite.ALL_SERVERS)
+    parser.add_argument("--servers", type=lambda t: t.split(","),
+                        default=["interpose", "uvloop-protocol"],
+                        help="comma-separated, of: "
+                             + ", ".join(bench_suite.ALL_SERVERS))
     parser.add_argument("--conns", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--reps", type=int, default=3,
+                        help="interleaved runs per server (default 3)")
     parser.add_argument("--keep", metavar="PATH",
-                        help="keep perf.data at PATH (for perf report)")
-    parser.add_argument("--top", type=int, default=0,
-                        help="also print the N hottest user-space functions")
+                        help="keep the last run's perf.data at PATH")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="the checkout whose interpose the server"
+                             " interpose-baseline runs (as in bench_suite)")
     args = parser.parse_args(argv)
+    unknown = set(args.servers) - set(bench_suite.ALL_SERVERS)
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if ("interpose-baseline" in args.servers) != bool(args.baseline):
+        parser.error("the server interpose-baseline goes with --baseline DIR")
+    if args.baseline:
+        bench_suite.BASELINE["dir"] = os.path.abspath(args.baseline)
     if shutil.which("perf") is None or shutil.which("taskset") is None:
         sys.exit("bench_profile: needs perf and taskset")
     if not os.path.exists(bench_suite.LOADGEN):
         bench_suite.build_tools()
-    with tempfile.TemporaryDirectory(prefix="bench_profile.") as tmp:
-        data = args.keep or os.path.join(tmp, "perf.data")
-        count = os.path.join(tmp, "count.csv")
-        loadgen = profile(args, data, count)
-        recvs = round_trips(count)
-        text = subprocess.run(
-            ["perf", "script", "-i", data, "-F", "event,period,ip,sym,dso"],
-            capture_output=True, text=True, check=True).stdout
-        buckets, total = parse_script(text, function_files())
-        if recvs == 0:
-            sys.exit("bench_profile: no round trips were counted")
-        print(render(args, buckets, recvs, total, loadgen))
-        if args.top:
-            top = subprocess.run(
-                ["perf", "report", "-i", data, "--no-children", "-g", "none",
-                 "--sort", "dso,sym", "--percent-limit", "0.2",
-                 "--event", "cpu-clock/freq=4999/"],
-                capture_output=True, text=True).stdout
-            lines = [ln for ln in top.splitlines()
-                     if ln.strip() and not ln.startswith("#")
-                     and "kernel" not in ln]
-            print("\n".join(lines[:args.top]))
+    files = function_files()
+    runs = {sv: [] for sv in args.servers}
+    for rep in range(args.reps):
+        for sv in args.servers:
+            r = profile_once(args, sv, files, args.keep)
+            runs[sv].append(r)
+            print(f"rep {rep + 1} {sv:20} {r['total']:7,.0f} ns/rt",
+                  file=sys.stderr, flush=True)
+    print(render(args, runs))
     return 0
 
 

@@ -188,6 +188,12 @@ def _pinned(argv, cpu):
     return pinned(argv, [cpu])
 
 
+def _cwd(name):
+    """The server's working directory: `python -m` puts it first on
+    sys.path, so the baseline must start in its own checkout."""
+    return BASELINE["dir"] if name == "interpose-baseline" else ROOT
+
+
 def _env(name=None):
     result = env()
     result["PYTHONWARNINGS"] = "ignore"  # eventlet's deprecation banner
@@ -209,7 +215,8 @@ class Server:
             self.proc = subprocess.Popen(
                 _pinned([*_server_argv(name), "127.0.0.1", "0"], SERVER_CPU),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                text=True, env=_env(name), cwd=ROOT, start_new_session=True,
+                text=True, env=_env(name), cwd=_cwd(name),
+                start_new_session=True,
                 preexec_fn=_raise_nofile)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline() if ready else ""
