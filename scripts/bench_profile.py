@@ -9,9 +9,11 @@ bucket given in ns per round trip.
 Each server runs --reps times, interleaved (A B A B ...), pinned to CPU 0 and the load generator (64-byte messages)
 to CPU 1, as in bench_suite.py.  After a second of load, `perf record`
 samples the server's CPU (cpu-clock, kernel and user, with call chains) for
---seconds and counts its recvfrom and read calls: every echo server makes
-exactly one per round trip (the threaded ones recv, uvloop reads), so that
-count is the number of round trips in the window, and a bucket's ns per round trip is its samples' CPU time divided by
+--seconds and counts its sendto and write calls: every echo server makes
+exactly one per round trip (the threaded ones and gevent send 64 bytes in
+one call, uvloop writes), so that count is the number of round trips in
+the window (reads would not do: gevent tries recv, gets EAGAIN, waits and
+calls it again), and a bucket's ns per round trip is its samples' CPU time divided by
 it.  Needs perf and permission to profile (root, or
 kernel.perf_event_paranoid <= 1 for kernel samples).
 
@@ -157,7 +159,7 @@ def parse_script(text, files):
 
 
 def round_trips(count_path):
-    """recvfrom + read calls counted by perf stat -x, (value first)."""
+    """sendto + write calls counted by perf stat -x, (value first)."""
     total = 0
     with open(count_path) as f:
         for line in f:
@@ -204,8 +206,8 @@ def profile(args, server, data_path, count_path):
                 ["perf", "record", "-q", "-g", "-o", data_path,
                  "-e", "cpu-clock/freq=4999/", "-p", str(proc.pid), "--",
                  "perf", "stat", "-x,", "-o", count_path,
-                 "-e", "syscalls:sys_enter_recvfrom",
-                 "-e", "syscalls:sys_enter_read",
+                 "-e", "syscalls:sys_enter_sendto",
+                 "-e", "syscalls:sys_enter_write",
                  "-p", str(proc.pid), "--", "sleep", str(args.seconds)],
                 check=True, stdout=subprocess.DEVNULL)
         finally:
