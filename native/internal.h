@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -244,6 +245,20 @@ typedef struct ip_coro {
 
 #define IP_LATENCY_BUCKETS 48
 
+/* Signals 1..IP_NSIG_MAX, as the kernel numbers them (glibc's NSIG is one
+ * more than the highest); a bit each in ip_signals_t.deferred. */
+#define IP_NSIG_MAX (NSIG - 1)
+_Static_assert(IP_NSIG_MAX <= 64, "ip_signals_t.deferred holds a bit per signal");
+
+/* The signal state of a scheduler (signals.c). */
+typedef struct ip_signals {
+  int wakeup_fd;  /* read end of Python's signal wakeup pipe, or -1 */
+  int forward_fd; /* the program's own wakeup fd, or -1 */
+  uint64_t deferred; /* bit n-1: signal n waits for the main coroutine */
+  /* Per signal: wakeup bytes that a re-trip wrote, not to forward. */
+  unsigned retripped[IP_NSIG_MAX];
+} ip_signals_t;
+
 typedef struct ip_sched {
   /* These first four fields survive the reuse of the struct (sched.c resets
    * everything from root on).  Invariant: scheduler structs are never freed
@@ -288,13 +303,9 @@ typedef struct ip_sched {
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   /* Set in a forked child until the runtime uses the scheduler again (see
-   * sched_after_fork_child): until then every hook is the real call. */
+   * fork.c): until then every hook is the real call. */
   int fork_pending;
-  int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
-  int signal_forward_fd; /* the program's own wakeup fd, or -1 */
-  uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
-  /* Per signal 1..64: wakeup bytes that a re-trip wrote, not to forward. */
-  unsigned retripped[64];
+  ip_signals_t sig; /* signals.c; used on the main thread's scheduler */
   int is_main_thread;
   ip_heap_t timers;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
@@ -339,8 +350,49 @@ static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
  * Async-signal-safe: it reads the type-stable list of schedulers without a
  * lock or TLS (the SIGSEGV handler uses it). */
 IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
-/* Creates the calling thread's scheduler if needed; the GIL must be held. */
+/* Creates the calling thread's scheduler if needed; the GIL must be held.
+ * NULL with errno set on failure (sched_life.c). */
 IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
+/* The calling thread's scheduler or NULL, its epoll set reopened if a fork
+ * left it pending; NULL with errno set if that fails. */
+IP_HIDDEN ip_sched_t *ip__sched_live(void);
+/* Adds fd to s's epoll set, level-triggered for reading, its events tagged
+ * with tag (IP_TAG_*); 0 or -errno. */
+IP_HIDDEN int ip__sched_add_tagged(ip_sched_t *s, int fd, uint64_t tag);
+/* Tags of the hub's own epoll registrations; an fd's registration carries
+ * its number and generation instead (fdtable.c), never these values. */
+#define IP_TAG_EVENTFD UINT64_MAX
+#define IP_TAG_SIGNAL (UINT64_MAX - 1)
+/* The hub's loop, entered on its own stack (sched.c). */
+IP_HIDDEN void ip__hub_main(void *arg);
+/* The calling thread's own context as the root coroutine of s (sched.c). */
+IP_HIDDEN void ip__coro_init_root(ip_sched_t *s);
+IP_HIDDEN void ip__coro_invalidate(ip_coro_t *co);
+/* After-fork hooks of the coroutine allocator and of the schedulers,
+ * called by fork.c in its stated order. */
+IP_HIDDEN void ip__coro_after_fork_child(ip_coro_t *survivor);
+IP_HIDDEN void ip__sched_after_fork_child(ip_sched_t *s, ip_coro_t *survivor);
+/* fork.c: registers the after-fork handler, once per process. */
+IP_HIDDEN void ip__fork_install(void);
+
+/* ---- signals (signals.c) ---------------------------------------------- */
+
+IP_HIDDEN void ip__signals_init(ip_signals_t *sig);
+IP_HIDDEN void ip__signals_after_fork_child(ip_signals_t *sig);
+IP_HIDDEN void ip__signals_retrip(ip_signals_t *sig);
+/* The main coroutine resumes: signals deferred to it trip again, before
+ * any Python code of it runs. */
+static inline void ip__signals_main_resumed(ip_signals_t *sig) {
+  if (sig->deferred != 0)
+    ip__signals_retrip(sig);
+}
+/* A signal arrived (epoll_wait was interrupted, or the wakeup pipe is
+ * readable): the main coroutine of the main thread wakes with EINTR. */
+IP_HIDDEN void ip__signals_wake_main(ip_sched_t *s);
+/* Empties the wakeup pipe, forwarding its bytes to the program's fd. */
+IP_HIDDEN void ip__signals_drain(ip_signals_t *sig);
+/* Watches the wakeup pipe in s's epoll set (a new or reopened one). */
+IP_HIDDEN void ip__signals_watch(ip_sched_t *s);
 /* Parks the running coroutine until a wake for the prepared generation. */
 IP_HIDDEN int ip__park(ip_sched_t *s, int64_t timeout_ns);
 IP_HIDDEN uint64_t ip__prepare(ip_coro_t *co);
@@ -626,7 +678,7 @@ IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
 IP_HIDDEN void ip__sem_after_fork_child(void);
-/* Set in a forked child (by the atfork handler), where fds may be on their
+/* Set in a forked child (by fork.c's handler), where fds may be on their
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
 
