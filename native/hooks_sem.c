@@ -33,7 +33,7 @@
 
 #include "internal.h"
 
-#define SHARED_POLL_FIRST_NS 1000000
+#define SHARED_POLL_FIRST_NS IP_NS_PER_MS
 #define SHARED_POLL_MAX_NS 50000000
 
 typedef struct sem_waiter {
@@ -189,8 +189,7 @@ int sem_wait(sem_t *sem) {
 
 int sem_timedwait(sem_t *restrict sem, const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000)
+  if (s == NULL || !ip__timespec_nsec_valid(abstime))
     return ip__real.sem_timedwait(sem, abstime);
   return park_for_token(s, sem, deadline_of(CLOCK_REALTIME, abstime));
 }
@@ -199,8 +198,7 @@ int sem_timedwait(sem_t *restrict sem, const struct timespec *restrict abstime) 
 int sem_clockwait(sem_t *restrict sem, clockid_t clk,
                   const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000 ||
+  if (s == NULL || !ip__timespec_nsec_valid(abstime) ||
       (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME))
     return ip__real.sem_clockwait(sem, clk, abstime);
   return park_for_token(s, sem, deadline_of(clk, abstime));

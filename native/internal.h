@@ -150,13 +150,8 @@ static inline int ip__timer_armed(const ip_timer_t *t) {
   return t->index != SIZE_MAX;
 }
 
+/* The monotonic clock in nanoseconds: the engine's time (timer.c). */
 IP_HIDDEN int64_t ip__now_ns(void);
-/* The time on clk in nanoseconds (for absolute timeouts given on it). */
-static inline int64_t ip__clock_ns(clockid_t clk) {
-  struct timespec now;
-  clock_gettime(clk, &now);
-  return (int64_t) now.tv_sec * 1000000000 + now.tv_nsec;
-}
 
 /* ---- coroutines and the scheduler (sched.c) --------------------------- */
 

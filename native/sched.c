@@ -53,7 +53,7 @@
 #include "asan.h"
 
 #define EPOLL_BATCH 256
-#define POLL_INTERVAL_NS (50 * 1000)
+#define POLL_INTERVAL_NS (50 * IP_NS_PER_US)
 #define PARK_CLAIMED 3u /* a waker is writing wake_result */
 
 __thread ip_sched_t *ip__tls_sched;
@@ -75,11 +75,6 @@ void ip__fatal(const char *file, int line, const char *what) {
                    file, line, what);
   ssize_t IP_UNUSED w = ip__real.write(2, msg, n > 0 ? (size_t) n : 0);
   abort();
-}
-
-
-int64_t interpose_clock_ns(void) {
-  return ip__now_ns();
 }
 
 
@@ -196,7 +191,7 @@ static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
 
 /* The time a coroutine may run before yielding at a hooked call (see
  * ip__yield_if_due), shared by a chain of run_next hand-offs. */
-#define TIME_SLICE_NS 10000000
+#define TIME_SLICE_NS (10 * IP_NS_PER_MS)
 
 /* A coroutine woken by the running one (a lock or event handed over, a
  * thread started) runs as soon as the waker parks, not after every other
