@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_snippet
+from support.snippets import run_snippet
 from test_stress import _FN, _OVERFLOW, _SMALL_STACKS, _assert_overflow_reported, deep_c  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ import select
 
 import pytest
 
-from conftest import assert_same, popen_snippet, run_both
+from support.snippets import assert_same, popen_snippet, run_both
 
 
 @pytest.mark.slow

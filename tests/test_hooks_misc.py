@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 import interpose
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked, run_plain
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ Acceptable: samples of live schedulers, zeros for gone ones.  Unacceptable:
 an ASan report, a crash, a frame of a thread state already deleted."""
 import pytest
 
-from conftest import run_snippet, check_ok
+from support.snippets import run_snippet, check_ok
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,8 +13,8 @@ import pytest
 import interpose
 from interpose import _compat, _native
 
-from conftest import (ROOT, assert_same, check_ok, live_thread_states, run_hooked,
-                      run_snippet)
+from support.snippets import ROOT, assert_same, check_ok, run_hooked, run_snippet
+from support.probes import live_thread_states
 
 
 # ---- refusals: one line each, no traceback ---------------------------------

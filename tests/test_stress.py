@@ -17,7 +17,8 @@ import time
 import pytest
 
 import interpose
-from conftest import ROOT, live_thread_states, run_snippet
+from support.snippets import ROOT, run_snippet
+from support.probes import live_thread_states
 
 MiB = 1024 * 1024
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked, run_plain
 
 pytestmark = pytest.mark.timeout(120)
 
