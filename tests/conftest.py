@@ -4,6 +4,7 @@ install): conftest.py is not a module to import from."""
 import pytest
 
 from support.snippets import ROOT, run_snippet
+from support.stack_overflow import build_deep_c
 
 
 def pytest_report_header(config):
@@ -16,3 +17,10 @@ def pytest_report_header(config):
 def snippet():
     """run_snippet, for tests that take it as a fixture."""
     return run_snippet
+
+
+@pytest.fixture(scope="session")
+def deep_c(tmp_path_factory):
+    """A shared library whose C function recurses without CPython's checks
+    (support/stack_overflow.py)."""
+    return build_deep_c(tmp_path_factory.mktemp("deep_c"))

@@ -17,13 +17,15 @@ import interpose
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(interpose.__file__)))
 
 
-def run_snippet(code, *, timeout=60, env=None, python=sys.executable):
-    """Run code in a fresh interpreter; return CompletedProcess (text)."""
+def run_snippet(code, *, timeout=60, env=None, python=sys.executable,
+                python_args=()):
+    """Run code in a fresh interpreter (with interpreter options python_args,
+    e.g. ["-X", "faulthandler"]); return CompletedProcess (text)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     return subprocess.run(
-        [python, "-c", textwrap.dedent(code)],
+        [python, *python_args, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=timeout, env=full_env,
     )
 
