@@ -71,10 +71,21 @@ def _scheduler():
     except AttributeError:
         pass
     sched = _schedulers.get(_get_ident())
-    if sched is None:
+    if sched is None or not _owned_here(sched):
         sched = _create_scheduler()
     _tls.sched = sched
     return sched
+
+
+def _owned_here(sched):
+    """Whether sched is the calling OS thread's live scheduler.
+
+    The registry is keyed by pthread_self(), which a new thread reuses as
+    soon as an old one exits, while the old thread's entry lives until its
+    reaper runs: on that thread as it exits, or later, on any thread, when
+    its locals were caught in a reference cycle.  Only the engine's
+    (handle, incarnation) tells the two threads apart."""
+    return (sched.native, sched.incarnation) == _native.sched_self()
 
 
 def _create_scheduler():
@@ -114,10 +125,11 @@ class _Reaper:
         sched = _schedulers.get(self.ident)
         if sched is not self.sched:
             return  # already gone, or the ident was reused by a new thread
-        if _get_ident() != self.ident:
-            # CPython freed the thread's locals on another thread: only the
-            # registry entry can go here; the engine tears the scheduler
-            # down itself as its thread exits (sched_at_thread_exit).
+        if not _owned_here(sched):
+            # CPython freed the thread's locals on another thread (possibly
+            # a new one with the same ident): only the registry entry can go
+            # here; the engine tears the scheduler down itself as its
+            # thread exits (sched_at_thread_exit).
             if not sched.live:
                 del _schedulers[self.ident]
             return

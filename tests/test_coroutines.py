@@ -13,7 +13,8 @@ import traceback
 import pytest
 
 import interpose
-from conftest import live_thread_states, run_snippet, wait_all_blocked, in_epoll_wait
+from support.snippets import run_snippet
+from support.probes import live_thread_states, wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from conftest import _snippet_env, check_ok, run_hooked
-from processes import ProcessGroup, interpose_run
+from support.snippets import snippet_env, check_ok, run_hooked
+from support.processes import ProcessGroup, interpose_run
 
 from interpose import _compat, _watch
 
@@ -34,7 +34,7 @@ WAIT = 30  # seconds: a bound for states to appear, never a measurement
 
 @pytest.fixture
 def procs(tmp_path):
-    group = ProcessGroup(env=_snippet_env(None), cwd=str(tmp_path))
+    group = ProcessGroup(env=snippet_env(None), cwd=str(tmp_path))
     try:
         yield group
     finally:
@@ -44,7 +44,7 @@ def procs(tmp_path):
 def _start(procs, tmp_path, code, env=None, stdin=subprocess.DEVNULL):
     path = tmp_path / "program.py"
     path.write_text(textwrap.dedent(code))
-    full_env = _snippet_env(env)
+    full_env = snippet_env(env)
     return procs.start(interpose_run(path), env=full_env, stdin=stdin)
 
 
@@ -57,7 +57,7 @@ def _ready(proc):
 def _ps(pid, *args):
     return subprocess.run(
         [sys.executable, "-m", "interpose", "ps", *args, str(pid)],
-        capture_output=True, text=True, timeout=WAIT, env=_snippet_env(None))
+        capture_output=True, text=True, timeout=WAIT, env=snippet_env(None))
 
 
 def _until(predicate, what):
@@ -471,7 +471,7 @@ def test_dump_after_a_thread_exited_with_a_coroutine_alive():
 
 def test_run_options_for_the_diagnostics():
     argv = [sys.executable, "-m", "interpose", "run"]
-    env = _snippet_env(None)
+    env = snippet_env(None)
     bad = subprocess.run([*argv, "--deadlock", "maybe", "-c", "pass"],
                          capture_output=True, text=True, env=env, timeout=WAIT)
     assert bad.returncode == 2 and bad.stderr == (
@@ -496,7 +496,7 @@ def test_run_stats_prints_latency_and_busiest_coroutines():
         [sys.executable, "-m", "interpose", "run", "--stats", "-c",
          "import threading; t = threading.Thread(target=sum, args=([1],), name='adder');"
          " t.start(); t.join()"],
-        capture_output=True, text=True, env=_snippet_env(None), timeout=WAIT)
+        capture_output=True, text=True, env=snippet_env(None), timeout=WAIT)
     assert proc.returncode == 0, proc
     assert re.search(r"^interpose statistics \(pid \d+\):\n"
                      r"scheduler on OS main thread \d+ \(MainThread\): 0 spawned"

@@ -18,13 +18,13 @@ import subprocess
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
-from servers import _self_signed_cert
+from support.snippets import assert_same, check_ok, run_hooked
+from support.servers import self_signed_cert
 
 
 @pytest.fixture(scope="module")
 def cert_pair(tmp_path_factory):
-    return _self_signed_cert(str(tmp_path_factory.mktemp("gilstate-cert")))
+    return self_signed_cert(str(tmp_path_factory.mktemp("gilstate-cert")))
 
 
 @pytest.fixture(scope="module")

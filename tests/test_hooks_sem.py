@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ coroutines waiting on it with EBADF instead of leaving them asleep.
 """
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 # Prints the user's view of an fd's blocking mode; under the preload also
 # asserts that the kernel keeps the fd non-blocking (`ours` = made by a hook).

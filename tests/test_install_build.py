@@ -11,7 +11,7 @@ import tomllib
 
 import pytest
 
-from install_helpers import CHECKOUT
+from support.install import CHECKOUT
 
 from interpose import _compat
 

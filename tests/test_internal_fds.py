@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from conftest import _snippet_env, assert_same
+from support.snippets import snippet_env, assert_same
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,5 +143,5 @@ def test_ctypes_import_holds_the_same_floor_as_the_engine(soft):
         print(_ctypes_import.internal_fd_floor() == _native.lib.fd_internal_floor())
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, timeout=60, env=_snippet_env(None))
+                       text=True, timeout=60, env=snippet_env(None))
     assert (p.returncode, p.stdout, p.stderr) == (0, "True\n", "")

@@ -11,7 +11,7 @@ Acceptable: samples of live schedulers, zeros for gone ones.  Unacceptable:
 an ASan report, a crash, a frame of a thread state already deleted."""
 import pytest
 
-from conftest import run_snippet, check_ok
+from support.snippets import run_snippet, check_ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,3 +107,47 @@ def test_probe_of_destroyed_scheduler_reads_zeros():
         print(got[1][0] == handle, got[1][1] == incarnation + 2)
     """))
     assert lines == ["1 (0, 0, None, None)", "True True"]
+
+
+def test_new_thread_with_a_reused_ident_gets_a_scheduler_of_its_own():
+    # Regression (the intermittent "schedulers left 1" above): the registry
+    # is keyed by pthread_self(), which glibc hands the next thread as soon
+    # as one exits.  A thread whose locals outlive it (here held on purpose;
+    # in the wild, caught in a cycle until the collector runs) left its
+    # entry behind, the next thread with its ident adopted that dead
+    # scheduler and registered no reaper, and the late reaper, run on the
+    # new thread, took it for its own: the entry was never removed.
+    lines = check_ok(run_snippet("""
+        import gc, os, threading, time, interpose
+        from interpose import _native, _sched
+
+        held = []
+
+        def first():
+            interpose.spawn(lambda: None).join()
+            held.append((_sched._get_ident(), _sched._local.reaper))
+
+        def second():
+            sched = _sched._scheduler()
+            print("own", sched is not held[0][1].sched,
+                  (sched.native, sched.incarnation) == _native.sched_self())
+            c = interpose.spawn(interpose.sleep, 0)
+            held.clear()  # the late reaper runs here, a coroutine still live
+            c.join()
+
+        def gone(t):
+            # join() returns before the OS thread has exited; glibc reuses
+            # a stack (and so the ident) only after that.
+            while os.path.exists(f"/proc/self/task/{t.native_id}"):
+                time.sleep(0.001)
+
+        for _ in range(50):  # until glibc reuses the exited thread's ident
+            t = threading.Thread(target=first); t.start(); t.join(); gone(t)
+            ident = held[0][0]
+            t = threading.Thread(target=second); t.start(); t.join()
+            if t.ident == ident:
+                break
+        gc.collect()
+        print("ident reused", t.ident == ident, "left", len(_sched._schedulers))
+    """))
+    assert lines[-2:] == ["own True True", "ident reused True left 0"]

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import run_both, check_ok
+from support.snippets import run_both, check_ok
 from interpose import _native
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,8 +13,9 @@ import pytest
 import interpose
 from interpose import _compat, _native
 
-from conftest import (ROOT, assert_same, check_ok, live_thread_states, run_hooked,
-                      run_snippet)
+from support.snippets import ROOT, assert_same, check_ok, run_hooked, run_snippet
+from support.probes import live_thread_states
+from support.stack_overflow import CATCH_RECURSION, DEEP_BODIES
 
 
 # ---- refusals: one line each, no traceback ---------------------------------
@@ -135,26 +136,18 @@ def test_smallest_stack_runs_deep_c_recursion_to_recursionerror_on_314():
     # 3.14+: told its stack, CPython raises RecursionError before the guard
     # page at the smallest stack it accepts.  Before 3.14 CPython counts C
     # recursion and knows no stack: a stack that small overflows, which
-    # tests/test_stress.py checks (the guard page reports it).
+    # tests/test_stack_overflow.py checks (the guard page reports it).
     if not _compat.PY314:
         assert _native.lib.stack_minimum() == 16 * 1024
         return
-    r = run_snippet("""
+    r = run_snippet(textwrap.dedent(DEEP_BODIES["nested_list_repr"]) + CATCH_RECURSION
+                    + textwrap.dedent("""
         import interpose
-        def deep():
-            x = []
-            for _ in range(100_000):
-                x = [x]
-            try:
-                repr(x)
-            except RecursionError:
-                return "RecursionError"
-            return "no error"
         def main():
             size = interpose._native.lib.stack_minimum()
-            return interpose.spawn(deep, stack_size=size).join()
+            return interpose.spawn(catch_recursion, stack_size=size).join()
         print(interpose.run(main))
-    """)
+    """))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "RecursionError"
 
@@ -189,23 +182,10 @@ def test_socket_dropped_in_coroutine_is_closed_before_the_coroutine_ends():
     assert lines == ["EBADF ['del']"]
 
 
-@pytest.mark.parametrize("kind", ["python", "c_repr", "c_json"])
+@pytest.mark.parametrize("kind", ["python", "nested_list_repr", "json_loads"])
 def test_deep_recursion_in_coroutine_raises_recursionerror(kind):
-    body = {
-        "python": "def deep(n=0):\n    return deep(n + 1)",
-        "c_repr": "def deep():\n    x = []\n    for _ in range(100_000):\n"
-                  "        x = [x]\n    return repr(x)",
-        "c_json": "def deep():\n    return json.loads('[' * 100_000 + ']' * 100_000)",
-    }[kind]
-    lines = assert_same("import json\n" + body + textwrap.dedent("""
-        def body():
-            try:
-                deep()
-            except RecursionError:
-                return "RecursionError"
-            return "no error"
-        print(go(body).join())
-    """))
+    lines = assert_same("import json\n" + textwrap.dedent(DEEP_BODIES[kind])
+                        + CATCH_RECURSION + "print(go(catch_recursion).join())\n")
     assert lines == ["RecursionError"]
 
 

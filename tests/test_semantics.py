@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import ROOT, check_ok, run_hooked
+from support.snippets import ROOT, check_ok, run_hooked
 
 pytestmark = pytest.mark.slow
 

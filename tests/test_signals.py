@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support.snippets import ROOT
 
 READY_TIMEOUT = 30  # seconds; generous for a loaded machine
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 # The Python-level ways to make a subinterpreter, per version: the legacy
 # one (shared GIL, threads allowed) from _testcapi, and the module of

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked, run_plain
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -311,7 +311,11 @@ def test_exit_waits_for_non_daemon_threads_and_keeps_status():
     code = """
         import atexit, sys, threading, time
         atexit.register(lambda: print("atexit", flush=True))
+        main_done = threading.Event()
         def late():
+            # Ordered after "main done" by the event, not by the sleep (the
+            # sleep only keeps the thread running while the exit begins).
+            main_done.wait()
             time.sleep(0.1)
             print("non-daemon finished", flush=True)
         def forever():
@@ -322,6 +326,7 @@ def test_exit_waits_for_non_daemon_threads_and_keeps_status():
         threading.Thread(target=late).start()
         threading.Thread(target=forever, daemon=True).start()
         print("main done", flush=True)
+        main_done.set()
         sys.exit(3)
     """
     hooked, plain = run_hooked(code), run_plain(code)
@@ -360,13 +365,18 @@ def test_runs_every_thread_in_one_os_thread():
 def _signal_snippet(wait):
     return f"""
         import os, queue, signal, threading, time
+        waiting = threading.Event()
         def killer():
+            # Not before the main thread is inside the try (a fixed delay
+            # alone raced a slow start under load); the sleep lets it block.
+            waiting.wait()
             time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGINT)
         threading.Thread(target=killer, daemon=True).start()
         busy = threading.Thread(target=time.sleep, args=(30,), daemon=True)
         busy.start()
         try:
+            waiting.set()
             {wait}
         except KeyboardInterrupt:
             print("KeyboardInterrupt in", threading.current_thread().name)

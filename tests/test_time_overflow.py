@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, run_hooked, check_ok
+from support.snippets import assert_same, run_hooked, check_ok
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked, run_plain
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

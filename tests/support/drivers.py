@@ -14,7 +14,7 @@ and, for the failure paths, code that prints one line per case.
 """
 import json
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 N = 8
 SECONDS = 0.5

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import textwrap
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/support/install.py -> the checkout, three levels up.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Build outputs never copied (an unpacked sdist has no .git to list files).
 _OUTPUTS = shutil.ignore_patterns(

@@ -168,7 +168,7 @@ def postgres(tls=False):
         options = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                    "-c", "max_connections=100", "-c", "logging_collector=off"]
         if tls:
-            cert, key = _self_signed_cert(tmp)
+            cert, key = self_signed_cert(tmp)
             if pw is not None:  # the server refuses a key others can read
                 os.chown(key, pw.pw_uid, pw.pw_gid)
             os.chmod(key, 0o600)
@@ -302,7 +302,7 @@ class _Server(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-def _self_signed_cert(tmp):
+def self_signed_cert(tmp):
     """A certificate for 127.0.0.1 and localhost, made with openssl."""
     openssl = _find("openssl", "openssl")
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -325,7 +325,7 @@ def http_server(tls=False):
         info = {}
         scheme = "http"
         if tls:
-            cert, key = _self_signed_cert(tmp)
+            cert, key = self_signed_cert(tmp)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(cert, key)
             server.socket = ctx.wrap_socket(server.socket, server_side=True)
