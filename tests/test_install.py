@@ -105,7 +105,7 @@ def test_sdist_holds_the_sources_and_no_build_outputs(dists):
               if n.endswith((".c", ".h", ".S"))}
     assert native <= {n.split("/", 1)[1] for n in names if n.startswith("native/")}
     outputs = [n for n in names if n.endswith((".so", ".o", ".stamp", ".pyc"))
-               or n.startswith(("build/", "dist/", ".venv"))
+               or n.startswith(("build/", "dist/", ".venv", "bench-results/"))
                or "/results/" in n or "__pycache__" in n]
     assert outputs == []
 
