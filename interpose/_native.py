@@ -15,7 +15,7 @@ from . import _compat
 from ._ctypes_import import ctypes  # libffi's fd above the floor (see there)
 from . import _settings
 
-ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 3  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -113,13 +113,14 @@ SIGNATURES = {
          ctypes.POINTER(_i)],
         True,
     ),
+    "interpose_sched_ensure": (_i, [], True),
     "interpose_coro_current": (_p, [], True),
     "interpose_coro_id": (_u64, [_p], True),
-    "interpose_coro_prepare": (_u64, [], True),
+    "interpose_coro_prepare": (_i64, [], True),
     "interpose_coro_park": (_i, [_i64], False),
     "interpose_coro_unpark": (_i, [_p, _u64, _i], True),
     "interpose_coro_cancel": (_i, [_p, _u64], True),
-    "interpose_coro_set_deadline": (_i64, [_i64], True),
+    "interpose_coro_set_deadline": (_i, [_i64, ctypes.POINTER(_i64)], True),
     "interpose_coro_shield": (_i, [_i], True),
     "interpose_coro_set_hooks": (_i, [_i], True),
     "interpose_wait_fd": (_i, [_i, _i, _i64], False),
@@ -212,6 +213,33 @@ class _Functions:
             fn.restype = restype
             fn.argtypes = argtypes
             setattr(self, name[len("interpose_"):], fn)
+        for name, ctype in _VALUE_OUT.items():
+            setattr(self, name, _value_out(getattr(self, name), ctype))
+
+
+# Functions that return 0 or -errno and their value through a last
+# out-parameter (never an in-band sentinel): bound as calls that return
+# the value or raise OSError.  The GIL is held across each call (PyDLL),
+# so one out-variable per function serves every thread.  Not for the
+# calls of every park: an out-parameter costs about 0.3 us per call there
+# (interpose_coro_current and _prepare need none, see interpose.h).
+_VALUE_OUT = {
+    "coro_set_deadline": _i64,  # the previous deadline (-1: none)
+}
+
+
+def _value_out(fn, ctype):
+    out = ctype()
+    ref = ctypes.byref(out)
+
+    def call(*args):
+        r = fn(*args, ref)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return out.value
+
+    call.__name__ = fn.__name__
+    return call
 
 
 def _load():

@@ -198,7 +198,7 @@ int getaddrinfo(const char *node, const char *service,
       free(j);
       return ip__real.getaddrinfo(node, service, hints, res);
     }
-    errno = -r;
+    ip__set_errno(r);
     return EAI_SYSTEM;
   }
   int result = (int) j->result;
@@ -247,7 +247,7 @@ int getnameinfo(const struct sockaddr *addr, socklen_t addrlen, char *host,
       return ip__real.getnameinfo(addr, addrlen, host, hostlen, serv,
                                   servlen, flags);
     }
-    errno = -r;
+    ip__set_errno(r);
     return EAI_SYSTEM;
   }
   if (host && hostlen)
@@ -287,7 +287,7 @@ static struct hostent *gethostby(ip_sched_t *s, int which, const void *key,
   job_t *j = calloc(1, sizeof(*j));
   if (j == NULL) {
     h_errno = NETDB_INTERNAL;
-    errno = ENOMEM;
+    ip__set_errno(-ENOMEM);
     return NULL;
   }
   j->run = run_gethostby;
@@ -299,7 +299,7 @@ static struct hostent *gethostby(ip_sched_t *s, int which, const void *key,
   if (r < 0) {
     if (r != -EAGAIN && r != -ENOMEM) {
       h_errno = TRY_AGAIN;
-      errno = -r;
+      ip__set_errno(r);
       return NULL;
     }
     free(j);

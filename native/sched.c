@@ -616,9 +616,9 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   if (!ip__py_ready() || body == NULL ||
       (stack_size != 0 && stack_size < interpose_stack_minimum()))
     goto fail;
-  ip_sched_t *s = ip__sched_ensure();
-  r = -errno;
-  if (s == NULL)
+  ip_sched_t *s;
+  r = ip__sched_ensure(&s);
+  if (r < 0)
     goto fail;
   ip_coro_t *co = coro_alloc();
   r = -ENOMEM;
