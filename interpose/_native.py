@@ -141,6 +141,8 @@ SIGNATURES = {
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_stack_maximum": (_sz, [], True),
+    "interpose_stack_set_default": (_i, [_sz], True),
     "interpose_diag_coros": (
         ctypes.c_long, [ctypes.POINTER(CoroInfo), _sz, _i], True),
     "interpose_diag_scheds": (ctypes.c_long, [ctypes.POINTER(SchedInfo), _sz], True),
@@ -247,8 +249,8 @@ def _load():
     if reason:
         raise NativeLibraryError(f"interpose: {reason}")
     try:
-        # The library reads this setting itself, and would ignore a typo.
-        _settings.get("INTERPOSE_STACK_SIZE")
+        # Parsed here, the one parser; the library gets the bytes below.
+        stack_size = _settings.get("INTERPOSE_STACK_SIZE")
     except _settings.SettingError as e:
         raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
@@ -284,6 +286,10 @@ def _load():
             f" {_REBUILD}"
         )
     _bind_python(fns)
+    if stack_size is not None and fns.stack_set_default(stack_size) != 0:
+        raise _settings.SettingError(  # the library's limits (stack.c) disagree
+            f"interpose: INTERPOSE_STACK_SIZE={stack_size} is outside"
+            f" {fns.stack_minimum()}..{fns.stack_maximum()} bytes")
     return fns
 
 

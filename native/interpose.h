@@ -186,12 +186,18 @@ IP_EXPORT int interpose_sched_forget_root(void);
 IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
-/* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
- * 1 MiB on CPython 3.11, 3.12, 3.14 and 3.15, 4 MiB on 3.13) and the
- * smallest accepted one (16 KiB; 96 KiB from 3.14, whose recursion checks
- * need it).  Both valid only after interpose_py_init. */
+/* GIL held.  Default usable stack size in bytes (what
+ * interpose_stack_set_default set, else 1 MiB on CPython 3.11, 3.12, 3.14
+ * and 3.15, 4 MiB on 3.13), the smallest accepted one (16 KiB; 96 KiB from
+ * 3.14, whose recursion checks need it) and the largest (1 TiB).  Valid
+ * only after interpose_py_init. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
+IP_EXPORT size_t interpose_stack_maximum(void);
+/* GIL held, after interpose_py_init, before the first spawn.  Sets the
+ * default usable stack size (INTERPOSE_STACK_SIZE, parsed by the Python
+ * side).  0, or -ERANGE outside [minimum, maximum]. */
+IP_EXPORT int interpose_stack_set_default(size_t usable);
 
 /* ---- Diagnostics (diag.c) ----------------------------------------------
  * What interpose.dump(), `interpose ps`, the deadlock report and the
