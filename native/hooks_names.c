@@ -29,6 +29,14 @@
 typedef struct job job_t;
 typedef void (*job_fn)(job_t *);
 
+/* What a job's presult holds, so that a job its coroutine gave up on can
+ * free what the lookup allocated. */
+enum job_result_kind {
+  JOB_RESULT_BORROWED = 0, /* nothing to free (a caller's buffer, a hostent
+                              in glibc's static storage) */
+  JOB_RESULT_ADDRINFO,     /* a getaddrinfo list: freeaddrinfo */
+};
+
 struct job {
   job_t *next;
   job_fn run;
@@ -41,7 +49,8 @@ struct job {
   /* arguments and results */
   const void *a1, *a2, *a3;
   int i1, i2;
-  void *p1, *p2;
+  void *p1;
+  enum job_result_kind result_kind;
   size_t n1, n2;
   long result;
   void *presult;
@@ -57,7 +66,8 @@ static void job_release(job_t *j) {
   if (atomic_fetch_sub(&j->owners, 1) != 1)
     return;
   /* The coroutine gave up: free what the lookup allocated. */
-  if (j->run != NULL && j->presult != NULL && j->p2 == (void *) freeaddrinfo)
+  if (j->run != NULL && j->presult != NULL &&
+      j->result_kind == JOB_RESULT_ADDRINFO)
     freeaddrinfo(j->presult);
   free(j);
 }
@@ -191,7 +201,7 @@ int getaddrinfo(const char *node, const char *service,
   j->a1 = node;
   j->a2 = service;
   j->a3 = hints;
-  j->p2 = (void *) freeaddrinfo; /* marks presult as an addrinfo list */
+  j->result_kind = JOB_RESULT_ADDRINFO;
   int r = run_parked(s, j);
   if (r < 0) {
     if (r == -EAGAIN || r == -ENOMEM) { /* no worker: do it here */

@@ -188,7 +188,13 @@ enum ip_coro_state {
 #define IP_PARK_ARMED 0u  /* prepared; no wake yet */
 #define IP_PARK_WOKEN 1u  /* a wake won; wake_result holds its result */
 #define IP_PARK_SLEEP 2u  /* switched away; the winner of a wake enqueues */
+#define IP_PARK_CLAIMED 3u /* a waker is writing wake_result */
 #define IP_PARK_STATE_BITS 2
+#define IP_PARK_STATE_MASK ((1u << IP_PARK_STATE_BITS) - 1)
+/* The IP_PARK_* state in a park word. */
+static inline unsigned ip__park_state(uint64_t word) {
+  return (unsigned) (word & IP_PARK_STATE_MASK);
+}
 
 /* Why a parked coroutine waits (ip_coro_t.wait_kind); the values are part
  * of the ABI (INTERPOSE_WAIT_* in interpose.h). */
@@ -264,7 +270,8 @@ typedef struct ip_coro {
 /* Signals 1..IP_NSIG_MAX, as the kernel numbers them (glibc's NSIG is one
  * more than the highest); a bit each in ip_signals_t.deferred. */
 #define IP_NSIG_MAX (NSIG - 1)
-_Static_assert(IP_NSIG_MAX <= 64, "ip_signals_t.deferred holds a bit per signal");
+_Static_assert(IP_NSIG_MAX <= 64,
+               "ip_signals_t.deferred holds a bit per signal");
 
 /* The signal state of a scheduler (signals.c). */
 typedef struct ip_signals {
@@ -753,6 +760,9 @@ typedef struct ip_pyapi {
 
 IP_HIDDEN extern ip_pyapi_t ip__py;
 IP_HIDDEN int ip__py_ready(void);
+/* GIL held.  1 when tstate is one of the interpreter's thread states (not
+ * deleted), found by walking the interpreter's list: O(thread states). */
+IP_HIDDEN int ip__py_tstate_alive(void *tstate);
 /* Runs a coroutine's Python body on its own thread state, then destroys
  * that thread state.  Called on the coroutine's stack, no tstate attached. */
 IP_HIDDEN void ip__py_run_body(ip_coro_t *co);

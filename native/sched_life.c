@@ -267,13 +267,21 @@ void *interpose_sched_self(uint64_t *incarnation) {
 
 /* Reads like a seqlock: the incarnation before and after the fields tells
  * whether they belonged to the scheduler the caller means.  The struct is
- * type-stable, so reading it is safe even when they did not.  (Schedulers
- * are also created and destroyed only with the GIL held, which the caller
- * holds, so the second check is a second line of defence.)  The thread
- * state read is alive: a coroutine's is cleared before it is deleted and
- * the root's when its thread exits (interpose_sched_forget_root), both with
- * the GIL held, which the caller holds until PyThreadState_GetFrame is
- * done with it. */
+ * type-stable, so reading it is safe even when they did not, and so is the
+ * coroutine struct it names (never freed either).  (Schedulers are also
+ * created and destroyed only with the GIL held, which the caller holds, so
+ * the second check is a second line of defence.)
+ *
+ * The thread state handed to PyThreadState_GetFrame is alive, which is
+ * what keeps the probe off freed memory: a spawned coroutine's pointer is
+ * cleared before its thread state is deleted (pybridge.c), with the GIL
+ * held, which the caller holds until PyThreadState_GetFrame is done.  A
+ * root's is cleared by interpose_sched_forget_root as its thread exits, but
+ * when CPython runs the thread's Python-level cleanup elsewhere (see
+ * sched_at_thread_exit) the thread state is deleted first, and the pointer
+ * dangles until the backstop destroys the scheduler.  So a root's is also
+ * looked up among the interpreter's live thread states (diag.c does the
+ * same); spawned coroutines', the many, need no walk. */
 void *interpose_sched_probe(void *sched, uint64_t incarnation,
                             uint64_t *switches, void **coro, uint64_t *alive) {
   ip_sched_t *s = sched;
@@ -293,6 +301,8 @@ void *interpose_sched_probe(void *sched, uint64_t incarnation,
   *switches = sw;
   *alive = al;
   *coro = co;
+  if (tstate != NULL && co == &s->root && !ip__py_tstate_alive(tstate))
+    tstate = NULL;
   return tstate ? ip__py.PyThreadState_GetFrame(tstate) : NULL;
 }
 
