@@ -5,7 +5,7 @@ Settings come from the environment, so child processes inherit them:
 INTERPOSE_AUTOSTART=1 (boot at all), INTERPOSE_MAIN_HOOKS=0 (leave the main
 coroutine's hooks off; spawned coroutines still have theirs),
 INTERPOSE_STATS=1 (print the scheduler's statistics to stderr at exit),
-INTERPOSE_STACK_SIZE (the default stack size, read by the library),
+INTERPOSE_STACK_SIZE (the default stack size, handed to the library),
 INTERPOSE_THREADS=native (threads stay OS threads, each with a scheduler of
 its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
 coroutines that run longer than SECONDS without reaching a hooked call),

@@ -15,7 +15,7 @@ from . import _compat
 from ._ctypes_import import ctypes  # libffi's fd above the floor (see there)
 from . import _settings
 
-ABI_VERSION = 2  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
+ABI_VERSION = 3  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
@@ -113,13 +113,14 @@ SIGNATURES = {
          ctypes.POINTER(_i)],
         True,
     ),
+    "interpose_sched_ensure": (_i, [], True),
     "interpose_coro_current": (_p, [], True),
     "interpose_coro_id": (_u64, [_p], True),
-    "interpose_coro_prepare": (_u64, [], True),
+    "interpose_coro_prepare": (_i64, [], True),
     "interpose_coro_park": (_i, [_i64], False),
     "interpose_coro_unpark": (_i, [_p, _u64, _i], True),
     "interpose_coro_cancel": (_i, [_p, _u64], True),
-    "interpose_coro_set_deadline": (_i64, [_i64], True),
+    "interpose_coro_set_deadline": (_i, [_i64, ctypes.POINTER(_i64)], True),
     "interpose_coro_shield": (_i, [_i], True),
     "interpose_coro_set_hooks": (_i, [_i], True),
     "interpose_wait_fd": (_i, [_i, _i, _i64], False),
@@ -140,6 +141,8 @@ SIGNATURES = {
     "interpose_clock_ns": (_i64, [], True),
     "interpose_stack_default": (_sz, [], True),
     "interpose_stack_minimum": (_sz, [], True),
+    "interpose_stack_maximum": (_sz, [], True),
+    "interpose_stack_set_default": (_i, [_sz], True),
     "interpose_diag_coros": (
         ctypes.c_long, [ctypes.POINTER(CoroInfo), _sz, _i], True),
     "interpose_diag_scheds": (ctypes.c_long, [ctypes.POINTER(SchedInfo), _sz], True),
@@ -212,6 +215,33 @@ class _Functions:
             fn.restype = restype
             fn.argtypes = argtypes
             setattr(self, name[len("interpose_"):], fn)
+        for name, ctype in _VALUE_OUT.items():
+            setattr(self, name, _value_out(getattr(self, name), ctype))
+
+
+# Functions that return 0 or -errno and their value through a last
+# out-parameter (never an in-band sentinel): bound as calls that return
+# the value or raise OSError.  The GIL is held across each call (PyDLL),
+# so one out-variable per function serves every thread.  Not for the
+# calls of every park: an out-parameter costs about 0.3 us per call there
+# (interpose_coro_current and _prepare need none, see interpose.h).
+_VALUE_OUT = {
+    "coro_set_deadline": _i64,  # the previous deadline (-1: none)
+}
+
+
+def _value_out(fn, ctype):
+    out = ctype()
+    ref = ctypes.byref(out)
+
+    def call(*args):
+        r = fn(*args, ref)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return out.value
+
+    call.__name__ = fn.__name__
+    return call
 
 
 def _load():
@@ -219,8 +249,8 @@ def _load():
     if reason:
         raise NativeLibraryError(f"interpose: {reason}")
     try:
-        # The library reads this setting itself, and would ignore a typo.
-        _settings.get("INTERPOSE_STACK_SIZE")
+        # Parsed here, the one parser; the library gets the bytes below.
+        stack_size = _settings.get("INTERPOSE_STACK_SIZE")
     except _settings.SettingError as e:
         raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
@@ -256,6 +286,10 @@ def _load():
             f" {_REBUILD}"
         )
     _bind_python(fns)
+    if stack_size is not None and fns.stack_set_default(stack_size) != 0:
+        raise _settings.SettingError(  # the library's limits (stack.c) disagree
+            f"interpose: INTERPOSE_STACK_SIZE={stack_size} is outside"
+            f" {fns.stack_minimum()}..{fns.stack_maximum()} bytes")
     return fns
 
 

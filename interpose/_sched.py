@@ -90,9 +90,10 @@ def _owned_here(sched):
 
 def _create_scheduler():
     sched = _Scheduler()
-    handle = _current_handle()  # creates the native scheduler
-    if not handle:
-        raise OSError(errno.ENOMEM, "interpose: cannot create a scheduler")
+    r = _lib.sched_ensure()  # creates the native scheduler
+    if r < 0:
+        raise OSError(-r, f"interpose: cannot create a scheduler: {os.strerror(-r)}")
+    handle = _current_handle()
     sched.main = Coroutine._for_main(handle)
     sched.native, sched.incarnation = _native.sched_self()
     sched.name = threading.current_thread().name
@@ -150,7 +151,10 @@ def prepare():
     sched = _scheduler()
     if sched.pending is not None:
         _raise_pending(sched)
-    return _current_handle(), _prepare()
+    gen = _prepare()
+    if gen < 0:
+        raise OSError(-gen, os.strerror(-gen))
+    return _current_handle(), gen
 
 
 def _raise_pending(sched):
@@ -596,7 +600,9 @@ def _after_fork_in_child():
     given the thread a fresh scheduler and invalidated every other
     coroutine): mark the others finished, as threading marks threads lost
     in a fork, so joining one returns at once (raising Cancelled)."""
-    me_handle = _current_handle()
+    # Reopens the native scheduler's epoll set (or creates one), as the
+    # engine's fork recovery waits for the runtime to ask (native/fork.c).
+    me_handle = _current_handle() if _lib.sched_ensure() == 0 else None
     survivor = None
     for sched in _schedulers.values():
         for coro in [*sched.live.values(), sched.main]:

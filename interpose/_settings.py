@@ -19,10 +19,11 @@ import re
 
 from . import _compat
 
-# Invariant: the stack bounds equal interpose_stack_minimum() (16 KiB, or
-# what CPython needs: _compat.STACK_MINIMUM) and the 1 TiB cap of
-# ip__stack_default_size in native/stack.c, which parses the same syntax
-# (and silently ignores what it cannot use: this module reports it first).
+# The one parser of a stack size; the library receives the bytes
+# (interpose_stack_set_default) and keeps the limits.  Checked here too,
+# before the library is loaded, so that a bad value is one clear line.
+# Invariant: these equal interpose_stack_minimum() and
+# interpose_stack_maximum() (tests/test_pyver.py checks both).
 STACK_MIN = _compat.STACK_MINIMUM
 STACK_MAX = 1 << 40
 

@@ -8,8 +8,16 @@
 #define tls_sched ip__tls_sched
 
 
+int interpose_sched_ensure(void) {
+  ip_sched_t *s;
+  return ip__sched_ensure(&s);
+}
+
+
+/* On the path of every park, with interpose_coro_prepare: a read, no
+ * scheduler creation, so nothing that can fail. */
 void *interpose_coro_current(void) {
-  ip_sched_t *s = ip__sched_ensure();
+  ip_sched_t *s = tls_sched;
   return s ? s->current : NULL;
 }
 
@@ -19,14 +27,21 @@ uint64_t interpose_coro_id(void *handle) {
 }
 
 
-uint64_t interpose_coro_prepare(void) {
-  ip_sched_t *s = ip__sched_ensure();
-  return s ? ip__prepare(s->current) : 0;
+/* Generations count parks from 1 and cannot reach 2^63 (one per park), so
+ * they share the return value with -errno without ambiguity. */
+int64_t interpose_coro_prepare(void) {
+  ip_sched_t *s = tls_sched;
+  if (s == NULL || s->current == NULL)
+    return -ESRCH;
+  return (int64_t) ip__prepare(s->current);
 }
 
 
 int interpose_coro_park(int64_t timeout_ns) {
-  ip_sched_t *s = ip__sched_live();
+  ip_sched_t *s;
+  int r = ip__sched_live(&s);
+  if (r < 0)
+    return r;
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   ip__wait_note(s->current, IP_WAIT_PARK, -1, 0, NULL);
@@ -59,9 +74,10 @@ int interpose_coro_cancel(void *handle, uint64_t id) {
 
 
 int interpose_coro_set_hooks(int on) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
+  ip_sched_t *s;
+  int r = ip__sched_ensure(&s);
+  if (r < 0)
+    return r;
   int previous = s->current->hooks;
   s->current->hooks = on != 0;
   return previous;
@@ -69,9 +85,10 @@ int interpose_coro_set_hooks(int on) {
 
 
 int interpose_coro_shield(int delta) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
+  ip_sched_t *s;
+  int r = ip__sched_ensure(&s);
+  if (r < 0)
+    return r;
   int depth = s->current->shield + delta;
   if (depth < 0)
     return -EINVAL;
@@ -80,18 +97,23 @@ int interpose_coro_shield(int delta) {
 }
 
 
-int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -1;
-  int64_t previous = s->current->deadline_ns;
-  s->current->deadline_ns = deadline_ns < 0 ? -1 : deadline_ns;
-  return previous;
+int interpose_coro_set_deadline(int64_t deadline_ns, int64_t *previous_out) {
+  ip_sched_t *s;
+  int r = ip__sched_ensure(&s);
+  *previous_out = IP_NO_TIMEOUT;
+  if (r < 0)
+    return r;
+  *previous_out = s->current->deadline_ns;
+  s->current->deadline_ns = deadline_ns < 0 ? IP_NO_TIMEOUT : deadline_ns;
+  return 0;
 }
 
 
 int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
-  ip_sched_t *s = ip__sched_live();
+  ip_sched_t *s;
+  int r = ip__sched_live(&s);
+  if (r < 0)
+    return r;
   if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
     return -EDEADLK;
   if (fd < 0)

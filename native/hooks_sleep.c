@@ -17,7 +17,7 @@
 #pragma GCC visibility push(default)
 
 
-/* Parks until the monotonic deadline; 0, or a positive errno value.  A
+/* Parks until the monotonic deadline; 0 or -errno.  A
  * deadline saturated at INT64_MAX (the kernel's KTIME_MAX) is never
  * reached, and the time left is then reported as the kernel reports it:
  * the distance to that saturated expiry. */
@@ -29,7 +29,7 @@ static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
     int64_t now = ip__now_ns();
     *left_ns = deadline_ns > now ? deadline_ns - now : 0;
     if (r < 0)
-      return -r;
+      return r;
     if (now >= deadline_ns)
       return 0;
   }
@@ -49,9 +49,9 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req,
     wait = wait == INT64_MAX ? wait : wait - ip__clock_ns(clk);
   int64_t left;
   int r = park_until(s, ip__ns_add_sat(now, wait > 0 ? wait : 0), &left);
-  if (r == EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
+  if (r == -EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
     *rem = ip__timespec_of(left);
-  return r;
+  return -r; /* POSIX: clock_nanosleep returns the error, errno untouched */
 }
 
 
@@ -64,9 +64,9 @@ int nanosleep(const struct timespec *req, struct timespec *rem) {
                      &left);
   if (r == 0)
     return 0;
-  if (r == EINTR && rem != NULL)
+  if (r == -EINTR && rem != NULL)
     *rem = ip__timespec_of(left);
-  return ip__fail(-r);
+  return ip__fail(r);
 }
 
 
@@ -77,7 +77,7 @@ int usleep(useconds_t usec) {
   int64_t left;
   int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_from_us(usec)),
                      &left);
-  return r ? ip__fail(-r) : 0;
+  return r < 0 ? ip__fail(r) : 0;
 }
 
 
@@ -90,7 +90,7 @@ unsigned int sleep(unsigned int seconds) {
                      &left);
   if (r == 0)
     return 0;
-  errno = r;
+  ip__set_errno(r);
   return (unsigned) ip__sec_ceil(left); /* seconds not slept */
 }
 

@@ -1,6 +1,27 @@
 /* Cross-file declarations of the native engine: the coroutine, the
  * per-thread scheduler, stacks, timers, the fd waiter map and the bridge to
- * CPython.  Nothing here is exported; see interpose.h for the ABI. */
+ * CPython.  Nothing here is exported; see interpose.h for the ABI.
+ *
+ * The error convention, the one place it is written down (docs/design.md,
+ * "Error convention", points here):
+ *  - Inside the engine a function that can fail returns 0, or a
+ *    non-negative value (a count, a park result, a generation), or -errno.
+ *    It never sets errno to report, never returns -1 meaning "see errno",
+ *    and never returns a positive errno.  A pointer result is not an error
+ *    channel: a function that can fail returns 0 / -errno and its pointer
+ *    through an out-parameter (ip__sched_ensure); NULL from a lookup means
+ *    "none", never "failed".  Cleanup paths keep errno (IP_SAVE_ERRNO).
+ *  - At a hook boundary (a libc name this library defines) -errno becomes
+ *    libc's convention exactly once, through ip__fail (-1 + errno) or
+ *    ip__set_errno (a call that reports failure another way: sleep's
+ *    unslept seconds, a NULL hostent, EAI_SYSTEM).  Functions whose libc
+ *    contract returns the error number (pthread_*, clock_nanosleep,
+ *    gethostbyname_r) return -r.  A real call's own errno (ip__real.*)
+ *    passes through untouched.  hookcore.c's ip__io family is part of the
+ *    boundary: it returns like the call it carries out.
+ *  - The exported ABI (interpose.h) returns 0 / a non-negative value /
+ *    -errno and never sets errno; a value that could collide with an error
+ *    goes through an out-parameter, never an in-band sentinel. */
 #ifndef IP_INTERNAL_H
 #define IP_INTERNAL_H
 
@@ -167,7 +188,13 @@ enum ip_coro_state {
 #define IP_PARK_ARMED 0u  /* prepared; no wake yet */
 #define IP_PARK_WOKEN 1u  /* a wake won; wake_result holds its result */
 #define IP_PARK_SLEEP 2u  /* switched away; the winner of a wake enqueues */
+#define IP_PARK_CLAIMED 3u /* a waker is writing wake_result */
 #define IP_PARK_STATE_BITS 2
+#define IP_PARK_STATE_MASK ((1u << IP_PARK_STATE_BITS) - 1)
+/* The IP_PARK_* state in a park word. */
+static inline unsigned ip__park_state(uint64_t word) {
+  return (unsigned) (word & IP_PARK_STATE_MASK);
+}
 
 /* Why a parked coroutine waits (ip_coro_t.wait_kind); the values are part
  * of the ABI (INTERPOSE_WAIT_* in interpose.h). */
@@ -243,7 +270,8 @@ typedef struct ip_coro {
 /* Signals 1..IP_NSIG_MAX, as the kernel numbers them (glibc's NSIG is one
  * more than the highest); a bit each in ip_signals_t.deferred. */
 #define IP_NSIG_MAX (NSIG - 1)
-_Static_assert(IP_NSIG_MAX <= 64, "ip_signals_t.deferred holds a bit per signal");
+_Static_assert(IP_NSIG_MAX <= 64,
+               "ip_signals_t.deferred holds a bit per signal");
 
 /* The signal state of a scheduler (signals.c). */
 typedef struct ip_signals {
@@ -345,12 +373,12 @@ static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
  * Async-signal-safe: it reads the type-stable list of schedulers without a
  * lock or TLS (the SIGSEGV handler uses it). */
 IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
-/* Creates the calling thread's scheduler if needed; the GIL must be held.
- * NULL with errno set on failure (sched_life.c). */
-IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
-/* The calling thread's scheduler or NULL, its epoll set reopened if a fork
- * left it pending; NULL with errno set if that fails. */
-IP_HIDDEN ip_sched_t *ip__sched_live(void);
+/* The calling thread's scheduler in *out, created if needed; the GIL must
+ * be held.  0, or -errno with *out NULL (sched_life.c). */
+IP_HIDDEN int ip__sched_ensure(ip_sched_t **out);
+/* The calling thread's scheduler in *out (NULL: it has none), its epoll
+ * set reopened if a fork left it pending; 0, or -errno with *out NULL. */
+IP_HIDDEN int ip__sched_live(ip_sched_t **out);
 /* Adds fd to s's epoll set, level-triggered for reading, its events tagged
  * with tag (IP_TAG_*); 0 or -errno. */
 IP_HIDDEN int ip__sched_add_tagged(ip_sched_t *s, int fd, uint64_t tag);
@@ -619,9 +647,15 @@ IP_HIDDEN int ip__fd_move_internal(int fd);
 IP_HIDDEN ip_sched_t *ip__hook_sched(void);
 /* glibc's report of a fortified call's buffer overflow; never returns. */
 extern void __chk_fail(void) __attribute__((noreturn));
-/* Converts an internal result to the libc convention at the hook boundary. */
-static inline int ip__fail(int neg_errno) {
+/* The hook boundary: the one conversion of the engine's -errno into libc's
+ * errno (see the convention at the top of this file).  ip__fail for calls
+ * that report -1, ip__set_errno for those that report failure otherwise
+ * (sleep's unslept seconds, a NULL hostent). */
+static inline void ip__set_errno(int neg_errno) {
   errno = -neg_errno;
+}
+static inline int ip__fail(int neg_errno) {
+  ip__set_errno(neg_errno);
   return -1;
 }
 /* Waits for fd per the blocking rules: parks when s is non-NULL, else
@@ -726,6 +760,9 @@ typedef struct ip_pyapi {
 
 IP_HIDDEN extern ip_pyapi_t ip__py;
 IP_HIDDEN int ip__py_ready(void);
+/* GIL held.  1 when tstate is one of the interpreter's thread states (not
+ * deleted), found by walking the interpreter's list: O(thread states). */
+IP_HIDDEN int ip__py_tstate_alive(void *tstate);
 /* Runs a coroutine's Python body on its own thread state, then destroys
  * that thread state.  Called on the coroutine's stack, no tstate attached. */
 IP_HIDDEN void ip__py_run_body(ip_coro_t *co);

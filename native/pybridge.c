@@ -98,6 +98,15 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
 int ip__py_ready(void) { return ready; }
 
 
+int ip__py_tstate_alive(void *tstate) {
+  void *ts = ip__py.PyInterpreterState_ThreadHead(ip__py.interp);
+  for (; ts != NULL; ts = ip__py.PyThreadState_Next(ts))
+    if (ts == tstate)
+      return 1;
+  return 0;
+}
+
+
 void ip__py_run_body(ip_coro_t *co) {
   ip__py.PyEval_RestoreThread(co->tstate);
   void *result = ip__py.PyObject_CallNoArgs(co->body);

@@ -54,7 +54,6 @@
 
 #define EPOLL_BATCH 256
 #define POLL_INTERVAL_NS (50 * IP_NS_PER_US)
-#define PARK_CLAIMED 3u /* a waker is writing wake_result */
 
 __thread ip_sched_t *ip__tls_sched;
 #define tls_sched ip__tls_sched
@@ -242,11 +241,11 @@ static int64_t wake_time(ip_sched_t *s) {
 int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
   uint64_t w = atomic_load(&co->park_word);
   for (;;) {
-    unsigned st = w & 3u;
+    unsigned st = ip__park_state(w);
     if ((w >> IP_PARK_STATE_BITS) != gen || st == IP_PARK_WOKEN ||
-        st == PARK_CLAIMED)
+        st == IP_PARK_CLAIMED)
       return 0;
-    uint64_t claimed = (gen << IP_PARK_STATE_BITS) | PARK_CLAIMED;
+    uint64_t claimed = (gen << IP_PARK_STATE_BITS) | IP_PARK_CLAIMED;
     if (atomic_compare_exchange_weak(&co->park_word, &w, claimed)) {
       co->wake_result = result;
       atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
@@ -287,7 +286,7 @@ static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
 /* Waits out a waker on another thread that has claimed the park but not
  * yet published its result; the window is a few instructions. */
 static int claimed_result(ip_coro_t *co) {
-  while ((atomic_load(&co->park_word) & 3u) == PARK_CLAIMED)
+  while (ip__park_state(atomic_load(&co->park_word)) == IP_PARK_CLAIMED)
     sched_yield();
   return co->wake_result;
 }
@@ -325,8 +324,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     co->pending_eintr = 0;
     return -EINTR;
   }
-  if ((w & 3u) != IP_PARK_ARMED)
-    return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
+  if (ip__park_state(w) != IP_PARK_ARMED)
+    return ip__park_state(w) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
   int r = arm_timer(s, co, timeout_ns, &co->timer_result);
   if (r < 0)
     return r;
@@ -616,9 +615,9 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   if (!ip__py_ready() || body == NULL ||
       (stack_size != 0 && stack_size < interpose_stack_minimum()))
     goto fail;
-  ip_sched_t *s = ip__sched_ensure();
-  r = -errno;
-  if (s == NULL)
+  ip_sched_t *s;
+  r = ip__sched_ensure(&s);
+  if (r < 0)
     goto fail;
   ip_coro_t *co = coro_alloc();
   r = -ENOMEM;

@@ -175,19 +175,17 @@ void ip__sched_after_fork_child(ip_sched_t *s, ip_coro_t *survivor) {
 }
 
 
-/* The calling thread's scheduler, its epoll set reopened if a fork left it
- * pending; NULL with errno set if that fails. */
-ip_sched_t *ip__sched_live(void) {
+int ip__sched_live(ip_sched_t **out) {
   ip_sched_t *s = tls_sched;
-  if (s == NULL || !s->fork_pending)
-    return s;
-  int r = sched_open(s);
-  if (r < 0) {
-    errno = -r;
-    return NULL;
+  *out = NULL;
+  if (s != NULL && s->fork_pending) {
+    int r = sched_open(s);
+    if (r < 0)
+      return r;
+    s->fork_pending = 0;
   }
-  s->fork_pending = 0;
-  return s;
+  *out = s;
+  return 0;
 }
 
 
@@ -214,19 +212,18 @@ static void create_exit_key(void) {
 }
 
 
-ip_sched_t *ip__sched_ensure(void) {
+int ip__sched_ensure(ip_sched_t **out) {
+  *out = NULL;
   if (tls_sched != NULL)
-    return ip__sched_live();
+    return ip__sched_live(out);
   int r = ip__stack_install_guard_handler();
-  if (r < 0) {
-    errno = -r;
-    return NULL;
-  }
+  if (r < 0)
+    return r;
   ip__fork_install();
   pthread_once(&exit_key_once, create_exit_key);
   ip_sched_t *s = sched_struct_get();
   if (s == NULL)
-    return NULL;
+    return -ENOMEM;
   ip__signals_init(&s->sig);
   atomic_store(&s->next_timer_ns, INT64_MAX);
   r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
@@ -251,11 +248,11 @@ ip_sched_t *ip__sched_ensure(void) {
   atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
   atomic_store(&ip__armed, 1);
   ip__preempt_wake_monitor(); /* its root runs: watch it */
-  return s;
+  *out = s;
+  return 0;
 fail:
   sched_struct_put(s);
-  errno = -r;
-  return NULL;
+  return r;
 }
 
 
@@ -270,13 +267,21 @@ void *interpose_sched_self(uint64_t *incarnation) {
 
 /* Reads like a seqlock: the incarnation before and after the fields tells
  * whether they belonged to the scheduler the caller means.  The struct is
- * type-stable, so reading it is safe even when they did not.  (Schedulers
- * are also created and destroyed only with the GIL held, which the caller
- * holds, so the second check is a second line of defence.)  The thread
- * state read is alive: a coroutine's is cleared before it is deleted and
- * the root's when its thread exits (interpose_sched_forget_root), both with
- * the GIL held, which the caller holds until PyThreadState_GetFrame is
- * done with it. */
+ * type-stable, so reading it is safe even when they did not, and so is the
+ * coroutine struct it names (never freed either).  (Schedulers are also
+ * created and destroyed only with the GIL held, which the caller holds, so
+ * the second check is a second line of defence.)
+ *
+ * The thread state handed to PyThreadState_GetFrame is alive, which is
+ * what keeps the probe off freed memory: a spawned coroutine's pointer is
+ * cleared before its thread state is deleted (pybridge.c), with the GIL
+ * held, which the caller holds until PyThreadState_GetFrame is done.  A
+ * root's is cleared by interpose_sched_forget_root as its thread exits, but
+ * when CPython runs the thread's Python-level cleanup elsewhere (see
+ * sched_at_thread_exit) the thread state is deleted first, and the pointer
+ * dangles until the backstop destroys the scheduler.  So a root's is also
+ * looked up among the interpreter's live thread states (diag.c does the
+ * same); spawned coroutines', the many, need no walk. */
 void *interpose_sched_probe(void *sched, uint64_t incarnation,
                             uint64_t *switches, void **coro, uint64_t *alive) {
   ip_sched_t *s = sched;
@@ -296,6 +301,8 @@ void *interpose_sched_probe(void *sched, uint64_t incarnation,
   *switches = sw;
   *alive = al;
   *coro = co;
+  if (tstate != NULL && co == &s->root && !ip__py_tstate_alive(tstate))
+    tstate = NULL;
   return tstate ? ip__py.PyThreadState_GetFrame(tstate) : NULL;
 }
 

@@ -105,9 +105,10 @@ int interpose_sched_set_signal_forward(int fd) {
 
 
 int interpose_sched_set_signal_fd(int fd) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
+  ip_sched_t *s;
+  int r = ip__sched_ensure(&s);
+  if (r < 0)
+    return r;
   if (!s->is_main_thread)
     return -EINVAL;
   if (s->sig.wakeup_fd >= 0)
@@ -115,7 +116,7 @@ int interpose_sched_set_signal_fd(int fd) {
   s->sig.wakeup_fd = -1;
   if (fd < 0)
     return 0;
-  int r = ip__sched_add_tagged(s, fd, IP_TAG_SIGNAL);
+  r = ip__sched_add_tagged(s, fd, IP_TAG_SIGNAL);
   if (r == 0)
     s->sig.wakeup_fd = fd;
   return r;

@@ -3,8 +3,10 @@ what each supported CPython must give coroutines.  The suite runs on every
 supported version (scripts/interpreters), so each test here checks its
 contract on the interpreter running it; where versions differ, the
 expected outcome is chosen from _compat, never skipped."""
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import textwrap
 
@@ -114,6 +116,12 @@ def test_pyproject_classifiers_list_the_supported_versions():
 def test_stack_minimum_is_what_cpython_needs():
     expected = 96 * 1024 if _compat.PY314 else 16 * 1024
     assert _native.lib.stack_minimum() == expected == _compat.STACK_MINIMUM
+
+
+def test_stack_limits_are_the_librarys():
+    from interpose import _settings
+    assert _settings.STACK_MIN == _native.lib.stack_minimum()
+    assert _settings.STACK_MAX == _native.lib.stack_maximum()
 
 
 def test_spawn_below_minimum_says_why():
@@ -315,3 +323,14 @@ def test_thread_names_reported_by_current_thread_in_coroutines():
         print(sorted(seen))
     """)
     assert check_ok(r, "hooked") == ["['t0', 't1', 't2']"]
+
+
+def test_interpose_stack_size_env_sets_the_librarys_default():
+    # The library no longer parses the variable: Python parses it and hands
+    # the bytes over at load time (interpose_stack_set_default).
+    code = "from interpose import _native; print(_native.lib.stack_default())"
+    env = dict(os.environ, INTERPOSE_STACK_SIZE="256K")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 256 * 1024
