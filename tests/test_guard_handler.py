@@ -15,7 +15,8 @@ import subprocess
 import pytest
 
 from support.snippets import run_snippet
-from support.stack_overflow import OVERFLOW, OVERFLOW_FN, SMALL_STACKS, assert_overflow_reported
+from support.stack_overflow import (OVERFLOW, OVERFLOW_FN, SMALL_STACKS,
+                                    assert_overflow_reported)
 
 pytestmark = pytest.mark.timeout(120)
 
