@@ -16,8 +16,8 @@ import subprocess
 import textwrap
 
 from support.snippets import check_ok, run_hooked
-from support.programs import (OWNERS, WAIT, WAITER, interpose_ps, poll_until,
-                              read_ready, start_program, watcher_examined)
+from support.programs import (OWNERS, WAIT, WAITER, assert_exits_cleanly, interpose_ps,
+                              poll_until, read_ready, start_program, watcher_examined)
 
 
 LOCK_ORDER = """
@@ -120,14 +120,13 @@ def test_no_report_while_waiting_on_a_pipe_from_a_child(procs, tmp_path):
         child.wait()
     """, env={"INTERPOSE_DEADLOCK": "exit"}, stdin=subprocess.PIPE)
     read_ready(proc)
-    dump = poll_until(lambda: (lambda t: t if "read fd" in t else None)(interpose_ps(proc.pid).stdout),
-                  "the reader parked on the pipe")
+    dump = poll_until(
+        lambda: (lambda t: t if "read fd" in t else None)(interpose_ps(proc.pid).stdout),
+        "the reader parked on the pipe")
     assert ", stuck ===" not in dump  # an fd wait: never stuck
     proc.stdin.write("hello\n")
     proc.stdin.close()
-    assert proc.wait(WAIT) == 0
-    assert proc.stdout.read() == "got hello\n"
-    assert proc.stderr.read() == ""
+    assert_exits_cleanly(proc, "got hello\n")
 
 
 def test_no_report_while_waiting_for_a_signal(procs, tmp_path):
@@ -142,9 +141,7 @@ def test_no_report_while_waiting_for_a_signal(procs, tmp_path):
     read_ready(proc)
     poll_until(lambda: watcher_examined(proc.pid) >= 1, "the watcher to examine the wait")
     proc.send_signal(signal.SIGUSR1)
-    assert proc.wait(WAIT) == 0
-    assert proc.stdout.read() == "signalled\n"
-    assert proc.stderr.read() == ""
+    assert_exits_cleanly(proc, "signalled\n")
 
 
 def test_no_report_while_another_os_thread_can_wake(procs, tmp_path):
@@ -164,9 +161,7 @@ def test_no_report_while_another_os_thread_can_wake(procs, tmp_path):
     poll_until(lambda: watcher_examined(proc.pid) >= 1, "the watcher to examine the wait")
     proc.stdin.write("go\n")
     proc.stdin.close()
-    assert proc.wait(WAIT) == 0
-    assert proc.stdout.read() == "woken\n"
-    assert proc.stderr.read() == ""
+    assert_exits_cleanly(proc, "woken\n")
 
 
 def test_no_report_while_a_coroutine_sleeps(procs, tmp_path):
@@ -187,9 +182,7 @@ def test_no_report_while_a_coroutine_sleeps(procs, tmp_path):
     assert "'sleeper' parked: sleep" in dump and ", stuck ===" not in dump, dump
     proc.stdin.write("\n")
     proc.stdin.close()
-    assert proc.wait(WAIT) == 0
-    assert proc.stdout.read() == "slept\n"
-    assert proc.stderr.read() == ""
+    assert_exits_cleanly(proc, "slept\n")
 
 
 def test_deadlock_log_gets_each_report(tmp_path):

@@ -59,3 +59,11 @@ def watcher_examined(pid):
     """How many stuck schedulers the program's watcher has examined."""
     text = _watch.request(pid, b"watch")
     return int(re.search(r"examined (\d+)", text).group(1))
+
+
+def assert_exits_cleanly(proc, stdout):
+    """The program exits 0 within WAIT, having printed exactly stdout and
+    nothing on stderr."""
+    assert proc.wait(WAIT) == 0
+    assert proc.stdout.read() == stdout
+    assert proc.stderr.read() == ""
