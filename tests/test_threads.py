@@ -192,7 +192,12 @@ def test_condition_semaphore_event():
         ts = [threading.Thread(target=limited) for _ in range(6)]
         for t in ts: t.start()
         for t in ts: t.join()
-        print("peak", peak[0], "semaphore timeout:", threading.Semaphore(0).acquire(timeout=0.01))
+        # Two holders at once is the bound, not a promise: OS threads under
+        # load may run one after the other.
+        print("peak within 2:", 1 <= peak[0] <= 2,
+              "semaphore timeout:", threading.Semaphore(0).acquire(timeout=0.01))
+        two = threading.Semaphore(2)
+        print("two at once:", two.acquire(False), two.acquire(False), two.acquire(False))
         bs = threading.BoundedSemaphore(1)
         try:
             bs.release()
@@ -223,7 +228,11 @@ def test_queues_and_thread_pool_executor():
             c = threading.Thread(target=consumer); c.start()
             for i in (3, 1, 2):
                 q.put(i)
-            time.sleep(0.01)
+            # The end marker only after all three are taken: a LIFO or
+            # priority queue would hand it out first (a head start by sleep
+            # is no guarantee for an OS thread under load).
+            while len(done) < 3:
+                time.sleep(0.001)
             q.put(None); c.join()
             print(kind.__name__, sorted(done))
         try:
@@ -282,7 +291,10 @@ def test_locks_created_as_c_objects_stay_exclusive():
         ts = [threading.Thread(target=lambda: s.value) for _ in range(3)]
         for t in ts: t.start()
         for t in ts: t.join()
-        print("cached_property computed", Slow.calls, "time(s)" if Slow.calls == 1 else "(racing)")
+        # 3.11's cached_property locks: one computation.  3.12 dropped the
+        # lock: how many of the three race depends on OS timing.
+        print("cached_property computed",
+              Slow.calls if sys.version_info < (3, 12) else 1 <= Slow.calls <= 3)
 
         # A logging handler whose stream blocks mid-write while holding the
         # handler's lock: other threads logging must wait, not interleave.
