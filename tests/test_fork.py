@@ -116,7 +116,12 @@ def test_fork_from_a_thread_and_multiprocessing_and_subprocess():
                                  capture_output=True, text=True).stdout
             print("subprocess", out.strip(), flush=True)
         t = threading.Thread(target=pooled); t.start(); t.join()
-        n = len(ticks); time.sleep(0.02)
+        # A tick within a bound, not within a fixed 20 ms: an OS thread
+        # under load may not run that soon.
+        n = len(ticks)
+        deadline = time.monotonic() + 20
+        while len(ticks) <= n and time.monotonic() < deadline:
+            time.sleep(0.001)
         print("parent still ticking", len(ticks) > n)
         stop.set()
     """)
