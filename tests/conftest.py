@@ -1,6 +1,6 @@
 """pytest fixtures and hooks of the suite.  Helpers the tests import live
-in tests/support/ (snippets, probes, processes, servers, drivers,
-install): conftest.py is not a module to import from."""
+in the tests/support/ package (its docstring lists them): conftest.py is
+not a module to import from (tests/test_suite_layout.py checks it)."""
 import pytest
 
 from support.processes import ProcessGroup
