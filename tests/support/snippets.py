@@ -49,6 +49,14 @@ def errname(exc):
     return errno.errorcode.get(code, type(exc).__name__) if code else type(exc).__name__
 
 
+def attempt(fn, *args):
+    """repr(fn(*args)), or the OSError's type and errno name."""
+    try:
+        return repr(fn(*args))
+    except OSError as e:
+        return type(e).__name__ + " " + errname(e)
+
+
 class _ThreadTask:
     """An OS thread with a coroutine's done()/join() (join returns the
     result or raises the exception)."""
