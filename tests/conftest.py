@@ -1,9 +1,10 @@
 """pytest fixtures and hooks of the suite.  Helpers the tests import live
-in tests/support/ (snippets, probes, processes, servers, drivers,
-install): conftest.py is not a module to import from."""
+in the tests/support/ package (its docstring lists them): conftest.py is
+not a module to import from (tests/test_suite_layout.py checks it)."""
 import pytest
 
-from support.snippets import ROOT, run_snippet
+from support.processes import ProcessGroup
+from support.snippets import ROOT, run_snippet, snippet_env
 from support.stack_overflow import build_deep_c
 
 
@@ -24,3 +25,14 @@ def deep_c(tmp_path_factory):
     """A shared library whose C function recurses without CPython's checks
     (support/stack_overflow.py)."""
     return build_deep_c(tmp_path_factory.mktemp("deep_c"))
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """A ProcessGroup in tmp_path whose children are killed, as groups, when
+    the test ends (support/programs.py starts programs in it)."""
+    group = ProcessGroup(env=snippet_env(None), cwd=str(tmp_path))
+    try:
+        yield group
+    finally:
+        group.kill_all()

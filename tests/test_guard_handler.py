@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from support.snippets import run_snippet
-from support.stack_overflow import OVERFLOW, OVERFLOW_FN, SMALL_STACKS, assert_overflow_reported
+from support.stack_overflow import SMALL_STACKS, assert_overflow_reported, overflow_program
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,11 +46,10 @@ def _preloading(lib):
                          ids=["alone", "under_faulthandler"])
 def test_overflow_report_uses_no_interposable_write(write_spy, prelude, deep_c):
     # From CPython 3.14 Python code raises RecursionError before the guard
-    # page: OVERFLOW_FN is then an unchecked C recursion (support/stack_overflow.py).
+    # page: the overflow is then an unchecked C recursion (support/stack_overflow.py).
     name = "spied"
     size = SMALL_STACKS[1]
-    code = OVERFLOW.format(fn=OVERFLOW_FN, name=name, stack_arg=f", stack_size={size}",
-                            prelude=prelude, deep_c=deep_c)
+    code = overflow_program(deep_c, name, size=size, prelude=prelude)
     r = run_snippet(code, env=_preloading(write_spy))
     assert_overflow_reported(r, name, size)
     assert r.returncode == -signal.SIGABRT, r.stderr[-1500:]

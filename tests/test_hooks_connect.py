@@ -134,12 +134,6 @@ def test_connect_refused_sets_econnrefused():
         s.close()  # nothing listens there now
         t = Ticker()
 
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
-
         c = socket.socket()
         print("connect:", go(attempt, c.connect, addr).join())
         c.close()
@@ -170,12 +164,6 @@ def test_connect_retry_after_refusal_is_refused_again():
         s = socket.socket(); s.bind(("127.0.0.1", 0))
         addr = s.getsockname()
         s.close()
-
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
 
         c = socket.socket()
         print("first:", attempt(c.connect, addr))

@@ -584,12 +584,6 @@ def test_recv_and_accept_wake_on_shutdown_from_another_coroutine():
     out = assert_same("""
         import socket
 
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
-
         a, b = socket.socketpair()
         r = go(attempt, a.recv, 10)
         settle(r)

@@ -227,12 +227,6 @@ def test_accept_and_read_wake_with_ebadf_on_close():
         import select, socket
         l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
 
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
-
         r = go(attempt, l.accept)
         settle(r)
         l.close()

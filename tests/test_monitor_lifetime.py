@@ -23,6 +23,7 @@ def test_monitor_samples_while_threads_create_and_destroy_schedulers():
         from interpose import _monitor, _sched
 
         fds_before = len(os.listdir("/proc/self/fd"))
+        tasks_before = len(os.listdir("/proc/self/task"))
         sys.setswitchinterval(1e-6)  # interleave the sampler and the threads
         monitor = _monitor._Monitor(0.001, sys.stderr)
         stop = False
@@ -53,6 +54,14 @@ def test_monitor_samples_while_threads_create_and_destroy_schedulers():
         print("samples", samples > 0, "schedulers left", len(_sched._schedulers))
         # Each scheduler holds an epoll fd and an eventfd: none may outlive
         # its thread, whichever thread CPython frees the thread's locals on.
+        # When they were freed elsewhere, the engine closes both as the OS
+        # thread exits, which join() does not wait for: count once every
+        # OS thread has left /proc (its exit handlers have run by then).
+        import time
+        deadline = time.monotonic() + 20
+        while (len(os.listdir("/proc/self/task")) > tasks_before
+               and time.monotonic() < deadline):
+            time.sleep(0.001)
         print("fds leaked", len(os.listdir("/proc/self/fd")) - fds_before)
     """))
     assert lines == ["samples True schedulers left 0", "fds leaked 0"]

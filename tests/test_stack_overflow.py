@@ -8,9 +8,9 @@ import textwrap
 import pytest
 
 from support.snippets import run_snippet
-from support.stack_overflow import (CATCH_RECURSION, DEEP_BODIES, OVERFLOW, OVERFLOW_FN,
-                                    PYTHON_OVERFLOWERS, SMALL_STACKS,
-                                    assert_overflow_reported)
+from support.stack_overflow import (CATCH_RECURSION, DEEP_BODIES, PYTHON_OVERFLOWERS,
+                                    SMALL_STACKS, assert_overflow_reported,
+                                    overflow_program)
 
 
 @pytest.mark.parametrize("kind", ["json_loads", "nested_list_repr", "repr_method"])
@@ -43,17 +43,13 @@ def test_deep_recursion_with_default_stack_raises_recursionerror(kind):
 @pytest.mark.timeout(60)
 def test_tiny_stack_overflow_reports_named_coroutine_and_aborts(fn, size, deep_c):
     name = f"tiny-{fn}-{size}"
-    code = OVERFLOW.format(
-        fn=fn, name=name, stack_arg=f", stack_size={size}", prelude="",
-        deep_c=deep_c,
-    )
+    code = overflow_program(deep_c, name, fn=fn, size=size)
     assert_overflow_reported(run_snippet(code), name, size)
 
 
 @pytest.mark.timeout(60)
 def test_stack_overflow_with_interpose_stack_size_env_reports_named_coroutine(deep_c):
-    code = OVERFLOW.format(fn=OVERFLOW_FN, name="env-sized", stack_arg="", prelude="",
-                            deep_c=deep_c)
+    code = overflow_program(deep_c, "env-sized")
     size = SMALL_STACKS[1]
     r = run_snippet(code, env={"INTERPOSE_STACK_SIZE": f"{size // 1024}K"})
     assert_overflow_reported(r, "env-sized", size)
@@ -62,10 +58,7 @@ def test_stack_overflow_with_interpose_stack_size_env_reports_named_coroutine(de
 @pytest.mark.timeout(60)
 def test_stack_overflow_reported_with_x_faulthandler(deep_c):
     size = SMALL_STACKS[1]
-    code = OVERFLOW.format(
-        fn=OVERFLOW_FN, name="with-faulthandler", stack_arg=f", stack_size={size}",
-        prelude="", deep_c=deep_c,
-    )
+    code = overflow_program(deep_c, "with-faulthandler", size=size)
     r = run_snippet(code, python_args=["-X", "faulthandler"])
     assert_overflow_reported(r, "with-faulthandler", size)
 
@@ -76,10 +69,8 @@ def test_stack_overflow_reported_when_faulthandler_enabled_after_start(deep_c):
     # handler on top of interpose's.  The guard-page report must survive
     # that: a program (or a test runner) may turn faulthandler on at any time.
     size = SMALL_STACKS[1]
-    code = OVERFLOW.format(
-        fn=OVERFLOW_FN, name="late-faulthandler", stack_arg=f", stack_size={size}",
-        prelude="import faulthandler; interpose.sleep(0); faulthandler.enable()",
-        deep_c=deep_c,
-    )
+    code = overflow_program(
+        deep_c, "late-faulthandler", size=size,
+        prelude="import faulthandler; interpose.sleep(0); faulthandler.enable()")
     r = run_snippet(code)
     assert_overflow_reported(r, "late-faulthandler", size)

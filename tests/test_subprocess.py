@@ -1,9 +1,10 @@
 """Subprocesses under the runtime: subprocess.run() does not stall the other
-coroutines, and a child leaves a coroutine parked on a shared socket alone.
+coroutines, a child leaves a coroutine parked on a shared socket alone, and
+Popen keeps the child's exec errors (issue #13 item 1).
 """
 import pytest
 
-from support.snippets import assert_same
+from support.snippets import assert_same, assert_script_same
 
 
 @pytest.mark.slow
@@ -54,3 +55,35 @@ def test_subprocess_leaves_a_parked_recv_alone():
     """)
     assert out == ["child: b'1\\n' waiter still parked: True", "view: True False",
                    "b'after the child'"]
+
+
+# ---- Popen keeps the child's exec errors (issue #13 item 1) ----------------
+
+POPEN_ERRORS = """
+    import subprocess, threading
+    def popen(**kw):
+        try:
+            p = subprocess.Popen(**kw)
+            print("exit", p.wait())
+        except Exception as e:
+            print(type(e).__name__, e.errno if isinstance(e, OSError) else "",
+                  getattr(e, "filename", None), str(e))
+    popen(args=["/no/such/program"])
+    popen(args=["/no/such/program"], close_fds=False)
+    popen(args=["/no/such/program"], preexec_fn=lambda: None)
+    popen(args=["/etc/passwd"])
+    popen(args=["true"], cwd="/no/such/dir")
+    popen(args=["true"], preexec_fn=lambda: 1 / 0)
+    popen(args=["true"])
+    t = threading.Thread(target=popen, kwargs={"args": ["/no/such/t"]})
+    t.start()
+    t.join()
+"""
+
+
+@pytest.mark.slow
+def test_popen_exec_errors_raise_as_in_plain_python(tmp_path):
+    # Regression: the child's error-pipe write went through a hook whose
+    # epoll set close_fds had closed, so Popen returned a child exiting 255.
+    plain, _ = assert_script_same(tmp_path, POPEN_ERRORS)
+    assert plain.stdout.count("FileNotFoundError") == 5

@@ -49,6 +49,14 @@ def errname(exc):
     return errno.errorcode.get(code, type(exc).__name__) if code else type(exc).__name__
 
 
+def attempt(fn, *args):
+    """repr(fn(*args)), or the OSError's type and errno name."""
+    try:
+        return repr(fn(*args))
+    except OSError as e:
+        return type(e).__name__ + " " + errname(e)
+
+
 class _ThreadTask:
     """An OS thread with a coroutine's done()/join() (join returns the
     result or raises the exception)."""
@@ -237,3 +245,27 @@ def assert_same(code, **kwargs):
         f"hooked and plain differ\nhooked:\n{hooked.stdout}\nplain:\n{plain.stdout}"
     )
     return hooked_lines
+
+
+# ---- programs as a user writes them: a script, no prelude -------------------
+
+def run_script_both(tmp_path, code, *, timeout=60):
+    """(plain, hooked) CompletedProcess of the same code written to a script
+    in tmp_path, run as `python SCRIPT` and `python -m interpose run SCRIPT`
+    (no HOOK_PRELUDE: the program as a user writes it)."""
+    script = tmp_path / "snippet.py"
+    script.write_text(textwrap.dedent(code))
+    results = []
+    for prefix in ([], ["-m", "interpose", "run"]):
+        results.append(subprocess.run(
+            [sys.executable, *prefix, str(script)], capture_output=True,
+            text=True, timeout=timeout, env=snippet_env(), cwd=tmp_path))
+    return results
+
+
+def assert_script_same(tmp_path, code, *, timeout=60):
+    """run_script_both; both must exit alike and print the same stdout.
+    Returns (plain, hooked)."""
+    plain, inter = run_script_both(tmp_path, code, timeout=timeout)
+    assert (inter.returncode, inter.stdout) == (plain.returncode, plain.stdout)
+    return plain, inter

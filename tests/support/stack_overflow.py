@@ -126,6 +126,14 @@ print("survived", flush=True)
 """
 
 
+def overflow_program(deep_c, name, *, fn=OVERFLOW_FN, size=None, prelude=""):
+    """OVERFLOW for a coroutine called name that runs fn on a stack of size
+    bytes (None: the default, or INTERPOSE_STACK_SIZE), after prelude."""
+    stack_arg = "" if size is None else f", stack_size={size}"
+    return OVERFLOW.format(fn=fn, name=name, stack_arg=stack_arg,
+                           prelude=prelude, deep_c=deep_c)
+
+
 def assert_overflow_reported(r, name, usable):
     # Acceptable: the named report on stderr, then death by SIGABRT (or by
     # SIGSEGV).  Unacceptable: no report, a RecursionError or a clean exit.
