@@ -22,7 +22,8 @@ import pytest
 from support.snippets import snippet_env, check_ok, run_hooked
 from support.processes import ProcessGroup, interpose_run
 
-from interpose import _compat, _watch
+from interpose._core import _compat
+from interpose._diagnostics import _watch
 
 # Lock names and owners (the lock cycle) are known where a lock has a
 # semaphore of its own: CPython 3.11 and 3.12 (interpose/_compat.py).
@@ -114,7 +115,7 @@ def test_dump_shows_each_coroutine_with_its_wait_reason_and_stack():
     assert re.search(r"'joiner' parked: join coroutine \d+ 'spawned'", text)
     # Stacks are the program's, without interpose's own frames.
     assert re.search(r'File "<string>", line \d+, in receiver\n', text), text
-    assert "interpose/_sched.py" not in text and "_dump.py" not in text
+    assert "interpose/_core/_sched.py" not in text and "_dump.py" not in text
 
 
 def test_statistics_report_cpu_time_turns_and_latency():

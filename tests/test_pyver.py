@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import interpose
-from interpose import _compat, _native
+from interpose._core import _compat, _native
 
 from support.snippets import ROOT, assert_same, check_ok, run_hooked, run_snippet
 from support.probes import live_thread_states
@@ -144,7 +144,7 @@ def test_smallest_stack_runs_deep_c_recursion_to_recursionerror_on_314():
                     + textwrap.dedent("""
         import interpose
         def main():
-            size = interpose._native.lib.stack_minimum()
+            size = interpose._core._native.lib.stack_minimum()
             return interpose.spawn(catch_recursion, stack_size=size).join()
         print(interpose.run(main))
     """))
