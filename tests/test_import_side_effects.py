@@ -90,8 +90,12 @@ ACTIONS = {
 
 def _run(action):
     code = PROBE.replace("ACTION", ACTIONS[action])
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "INTERPOSE_AUTOSTART")}
+    env = {k: v for k, v in os.environ.items() if k != "INTERPOSE_AUTOSTART"}
+    # Not preloaded (a sanitizer runtime the ASan run preloads stays).
+    preload = [p for p in env.pop("LD_PRELOAD", "").split(":")
+               if p and os.path.basename(p) != "libinterpose.so"]
+    if preload:
+        env["LD_PRELOAD"] = ":".join(preload)
     env["PYTHONPATH"] = PACKAGE_PARENT
     proc = subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True, timeout=100)
