@@ -1,6 +1,6 @@
 """The core's hook lists: how the integrations (threads, signals, time
-slicing, diagnostics) take part in the scheduler's life without the core
-importing them.
+slicing) take part in the scheduler's life without the core importing
+them.
 
 An integration appends its callables here when it is imported or installed;
 the core calls every entry of a list in the order they were added, and

@@ -12,8 +12,9 @@ The wait queue lives here because the three need each other: a wait
 prepares a park on the running coroutine's scheduler, joining a coroutine
 waits on a queue, and a scheduler starts with a Coroutine for its thread.
 
-The core knows no integration: threads, signals, time slicing and the
-diagnostics take part through the hook lists of _hooks.py.  The process's
+The core knows no integration: threads, signals and time slicing take
+part through the hook lists of _hooks.py (the diagnostics only read the
+registry).  The process's
 at-fork and exit handlers are registered when the first scheduler starts,
 never at import.
 """
