@@ -2,9 +2,9 @@
 
 Modules here import only each other (and the standard library), never a
 module outside _core/; tests/test_import_graph.py checks it.  The
-integrations around the core (threads, signals, sync, time slicing) and the
-diagnostics register with the hook lists of _hooks.py instead of being
-called by name.
+integrations around the core (threads, signals, time slicing) register
+with the hook lists of _hooks.py instead of being called by name; the sync
+primitives and the diagnostics only use the core.
 
 Import direction inside the core, lowest first:
   _compat, _errors, _hooks    version facts, exceptions, hook lists
