@@ -766,7 +766,8 @@ IP_HIDDEN int ip__py_tstate_alive(void *tstate);
 /* Runs a coroutine's Python body on its own thread state, then destroys
  * that thread state.  Called on the coroutine's stack, no tstate attached. */
 IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
-/* arena.c: caches the thread states' data stack chunks. */
+/* arena.c: caches the thread states' data stack chunks.  Installed once, by
+ * the first scheduler, with the GIL held. */
 IP_HIDDEN void ip__arena_install(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);

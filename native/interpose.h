@@ -1,5 +1,5 @@
 /* interpose.h: the one exported ABI of libinterpose.so, bound by
- * interpose/_native.py through ctypes.  Every exported name starts with
+ * interpose/_core/_native.py through ctypes.  Every exported name starts with
  * interpose_ because a preloaded library's exports shadow the same names in
  * every process it is loaded into.
  *

@@ -89,7 +89,9 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
   r = ip__gilstate_init();
   if (r < 0)
     return r;
-  ip__arena_install();
+  /* The arena allocator is not replaced here: binding the library (import
+   * interpose) must leave the process as it was.  The first scheduler
+   * replaces it (ip__sched_ensure). */
   ready = 1;
   return 0;
 }

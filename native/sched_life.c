@@ -221,6 +221,12 @@ int ip__sched_ensure(ip_sched_t **out) {
     return r;
   ip__fork_install();
   pthread_once(&exit_key_once, create_exit_key);
+  /* CPython's arena allocator is replaced as the first scheduler starts,
+   * not when Python binds the library, so that importing interpose leaves
+   * the process as it was.  Every caller holds the GIL (they are bound
+   * through ctypes.PyDLL), which serialises this with the allocator's
+   * users; later calls return at once. */
+  ip__arena_install();
   ip_sched_t *s = sched_struct_get();
   if (s == NULL)
     return -ENOMEM;

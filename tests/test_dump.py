@@ -52,7 +52,7 @@ def test_dump_shows_each_coroutine_with_its_wait_reason_and_stack():
     assert re.search(r"'joiner' parked: join coroutine \d+ 'spawned'", text)
     # Stacks are the program's, without interpose's own frames.
     assert re.search(r'File "<string>", line \d+, in receiver\n', text), text
-    assert "interpose/_sched.py" not in text and "_dump.py" not in text
+    assert "interpose/_core/_sched.py" not in text and "_dump.py" not in text
 
 
 # ---- the dump signal -------------------------------------------------------

@@ -300,7 +300,7 @@ def test_library_refuses_a_second_interpreter(snippet):
     # (a subinterpreter's) is refused with -EXDEV instead of replacing it.
     lines = check_ok(snippet("""
         import errno
-        import interpose._native as native
+        import interpose._core._native as native
         r = native.lib.py_init(0x030b0000, 12345)
         print("second init:", -r == errno.EXDEV)
     """))

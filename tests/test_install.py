@@ -98,7 +98,7 @@ def test_sdist_holds_the_sources_and_no_build_outputs(dists):
     for needed in ("setup.py", "pyproject.toml", "LICENSE", "README.md",
                    "MANIFEST.in", "native/Makefile", "native/interpose.h",
                    "native/switch_x86_64.S", "native/switch_aarch64.S",
-                   "interpose/_boot/sitecustomize.py", "interpose/_native.py",
+                   "interpose/_boot/sitecustomize.py", "interpose/_core/_native.py",
                    "tests/conftest.py", "tests/support/snippets.py"):
         assert needed in names, needed
     native = {n for n in os.listdir(os.path.join(CHECKOUT, "native"))

@@ -16,7 +16,8 @@ import sys
 import pytest
 
 import interpose
-from interpose import _autostart, _native, _settings
+from interpose import _autostart
+from interpose._core import _native, _settings
 
 from support.install import BLOCKED_THREADS, CHECKOUT, os_threads, user_env
 

@@ -139,7 +139,7 @@ def test_ctypes_import_holds_the_same_floor_as_the_engine(soft):
         if soft is not None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        from interpose import _ctypes_import, _native
+        from interpose._core import _ctypes_import, _native
         print(_ctypes_import.internal_fd_floor() == _native.lib.fd_internal_floor())
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_monitor_samples_while_threads_create_and_destroy_schedulers():
     lines = check_ok(run_snippet("""
         import os, sys, threading, interpose
-        from interpose import _monitor, _sched
+        from interpose._core import _sched; from interpose._diagnostics import _monitor
 
         fds_before = len(os.listdir("/proc/self/fd"))
         tasks_before = len(os.listdir("/proc/self/task"))
@@ -73,7 +73,7 @@ def test_monitor_sample_after_thread_exits_with_live_coroutines():
     # must not read it (it did: heap-use-after-free under ASan).
     lines = check_ok(run_snippet("""
         import sys, threading, interpose
-        from interpose import _monitor, _native, _sched
+        from interpose._core import _native, _sched; from interpose._diagnostics import _monitor
 
         gate = interpose.Event()
 
@@ -97,7 +97,7 @@ def test_monitor_sample_after_thread_exits_with_live_coroutines():
 def test_probe_of_destroyed_scheduler_reads_zeros():
     lines = check_ok(run_snippet("""
         import threading, interpose
-        from interpose import _native
+        from interpose._core import _native
         got = []
 
         def worker():
@@ -128,7 +128,7 @@ def test_new_thread_with_a_reused_ident_gets_a_scheduler_of_its_own():
     # new thread, took it for its own: the entry was never removed.
     lines = check_ok(run_snippet("""
         import gc, os, threading, time, interpose
-        from interpose import _native, _sched
+        from interpose._core import _native, _sched
 
         held = []
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from interpose import _native
+from interpose._core import _native
 
 HEADER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "native", "interpose.h")
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from support.snippets import run_both, check_ok
-from interpose import _native
+from interpose._core import _native
 
 pytestmark = pytest.mark.timeout(120)
 

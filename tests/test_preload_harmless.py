@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import interpose
-from interpose import _native
+from interpose._core import _native
 from support.snippets import check_ok, run_plain
 
 pytestmark = pytest.mark.timeout(120)
@@ -167,7 +167,7 @@ def test_preloaded_process_without_the_runtime_behaves_like_libc():
         print("maps:", "libinterpose" in open("/proc/self/maps").read())
         a.close(); b.close()
     """
-    preloaded = run_plain(code, env={"LD_PRELOAD": interpose._native.LIBRARY_PATH})
+    preloaded = run_plain(code, env={"LD_PRELOAD": interpose._core._native.LIBRARY_PATH})
     plain = run_plain(code)
     pre_lines, plain_lines = check_ok(preloaded, "preloaded"), check_ok(plain, "plain")
     assert pre_lines[-1] == "maps: True" and plain_lines[-1] == "maps: False"

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import interpose
-from interpose import _compat, _native
+from interpose._core import _compat, _native
 
 from support.snippets import ROOT, assert_same, check_ok, run_hooked, run_snippet
 from support.probes import live_thread_states
@@ -119,7 +119,7 @@ def test_stack_minimum_is_what_cpython_needs():
 
 
 def test_stack_limits_are_the_librarys():
-    from interpose import _settings
+    from interpose._core import _settings
     assert _settings.STACK_MIN == _native.lib.stack_minimum()
     assert _settings.STACK_MAX == _native.lib.stack_maximum()
 
@@ -152,7 +152,7 @@ def test_smallest_stack_runs_deep_c_recursion_to_recursionerror_on_314():
                     + textwrap.dedent("""
         import interpose
         def main():
-            size = interpose._native.lib.stack_minimum()
+            size = interpose._core._native.lib.stack_minimum()
             return interpose.spawn(catch_recursion, stack_size=size).join()
         print(interpose.run(main))
     """))
@@ -328,7 +328,7 @@ def test_thread_names_reported_by_current_thread_in_coroutines():
 def test_interpose_stack_size_env_sets_the_librarys_default():
     # The library no longer parses the variable: Python parses it and hands
     # the bytes over at load time (interpose_stack_set_default).
-    code = "from interpose import _native; print(_native.lib.stack_default())"
+    code = "from interpose._core import _native; print(_native.lib.stack_default())"
     env = dict(os.environ, INTERPOSE_STACK_SIZE="256K")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60)

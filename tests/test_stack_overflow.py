@@ -27,7 +27,7 @@ def test_deep_recursion_with_default_stack_raises_recursionerror(kind):
             def main():
                 return interpose.spawn(catch_recursion, name="deep").join()
             expected = 4 if (3, 13) <= sys.version_info < (3, 14) else 1
-            assert interpose._native.lib.stack_default() == expected * 1024 * 1024
+            assert interpose._core._native.lib.stack_default() == expected * 1024 * 1024
             print(interpose.run(main), flush=True)
             """
         ),

@@ -119,11 +119,11 @@ INFINITE_TIMEOUTS = """
         interpose.sleep(0)
         c.cancel()
         t("sleep(inf), cancelled", c.join)
-        c = interpose.spawn(interpose.wait_readable, a, timeout=inf)
+        c = interpose.spawn(lambda: interpose.wait_readable(a, timeout=inf))
         interpose.sleep(0)
         b.send(b"x")
         t("wait_readable(timeout=inf)", lambda: c.join(timeout=inf))
-        c = interpose.spawn(interpose.wait_writable, a, timeout=1e300)
+        c = interpose.spawn(lambda: interpose.wait_writable(a, timeout=1e300))
         t("wait_writable(timeout=1e300)", lambda: c.join(timeout=1e300))
         def under_infinite_deadline():
             with interpose.deadline(inf) as d:

@@ -9,7 +9,8 @@ import sys
 import textwrap
 import time
 
-from interpose import _compat, _watch
+from interpose._core import _compat
+from interpose._diagnostics import _watch
 from support.processes import interpose_run
 from support.snippets import snippet_env
 

@@ -76,7 +76,7 @@ PY314 = sys.version_info >= (3, 14)
 PYTHON_OVERFLOWERS = [] if PY314 else ["via_repr", "via_json"]
 
 
-SMALL_STACKS = [interpose._native.lib.stack_minimum() * k for k in (1, 2)]
+SMALL_STACKS = [interpose._core._native.lib.stack_minimum() * k for k in (1, 2)]
 
 
 # The overflow the remaining tests provoke: Python code where it can.

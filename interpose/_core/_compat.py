@@ -13,8 +13,13 @@ import sysconfig
 # 3.12 made the current thread state thread-local (PEP 684 work).
 PY312 = sys.version_info[:2] >= (3, 12)
 # 3.13 renamed _PyThreadState_UncheckedGet to PyThreadState_GetUnchecked,
-# and threading starts threads through _thread.start_joinable_thread.
+# and threading starts threads through _thread.start_joinable_thread
+# (interpose/_integrations/_threads.py picks _threads_313.py by it).
 PY313 = sys.version_info[:2] >= (3, 13)
+# 3.13 reports an exception that ends a _thread thread with
+# PyErr_FormatUnraisable: the function's repr is in the message and the
+# hook gets no object; 3.11 and 3.12 pass the function as the object.
+THREAD_ERROR_NAMES_FUNCTION = PY313
 # 3.12 made os.fork() warn in a process that /proc/self/stat counts as
 # multi-threaded (gh-100228); interpose's helper threads must not count.
 FORK_WARNS_WITH_THREADS = PY312
@@ -28,7 +33,7 @@ PY314 = sys.version_info[:2] >= (3, 14)
 # tested `timeout > 0`, so a NaN timeout no longer returns at once: it
 # reaches lock.acquire(True, nan), which raises ValueError.  Event.wait,
 # Condition.wait_for, Semaphore.acquire and queue.Queue's waits go through
-# Condition.wait and inherit it (interpose/_sync.py _wait_deadline).
+# Condition.wait and inherit it (interpose/_integrations/_sync.py _wait_deadline).
 NAN_TIMEOUT_WAITS = PY314
 
 SUPPORTED_RANGE = ((3, 11), (3, 15))

@@ -19,21 +19,29 @@ nothing more.  What is left is identity and creation:
   thread's main coroutine keeps the OS thread's ident.  native_id stays the
   OS thread's: that is what the kernel and tools such as ps see, and a
   made-up TID could name a real thread of the process (docs/threads.md).
-* Starting a thread spawns a coroutine; on 3.13 the thread handle that
-  Thread.join and interpreter shutdown use is ours (see _Handle).
+* Starting a thread spawns a coroutine.  How threading starts and joins
+  threads differs by version: _threads_311.py (3.11, 3.12) and
+  _threads_313.py (3.13 and later) each patch their version's entry points;
+  the choice between them is made here, once, below the imports.
 """
 import _thread
 import functools
 import os
 import sys
 import threading
-import weakref
 
-from . import _compat
-from . import _native
+from .._core import _compat
+from .._core import _hooks
+from .._core import _native
+from .._core import _sched
 from . import _preempt
-from . import _sched
 from . import _signals
+
+# The one place that picks the version's threading module.
+if _compat.PY313:
+    from . import _threads_313 as _versioned
+else:
+    from . import _threads_311 as _versioned
 
 # Taken before install() replaces it, for the OS threads interpose itself
 # needs (the blocking monitor).
@@ -81,7 +89,7 @@ def _run_as_thread(function, args, kwargs, handle=None, token=None):
     except SystemExit:
         pass
     except BaseException as exc:
-        if _compat.PY313:  # PyErr_FormatUnraisable: the repr is in the text
+        if _compat.THREAD_ERROR_NAMES_FUNCTION:
             message = f"Exception ignored in thread started by {function!r}"
             culprit = None
         else:
@@ -136,81 +144,19 @@ def start_new_thread(function, args, kwargs=None):
     return _spawn_thread(function, args, kwargs)
 
 
-class _Handle:
-    """3.13's _thread._ThreadHandle for a thread that is a coroutine: its
-    ident, whether it has finished, and join().  Joining waits on a lock,
-    which the sem hooks make cooperative and Ctrl-C interrupts."""
-
-    __slots__ = ("ident", "daemon", "_done", "_finished", "__weakref__")
-
-    def __init__(self):
-        self.ident = None
-        self.daemon = True
-        self._finished = False
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-
-    def is_done(self):
-        return self._finished
-
-    def _set_done(self):
-        if not self._finished:
-            self._finished = True
-            self._done.release()
-
-    def join(self, timeout=None):
-        if timeout is not None and not (
-                isinstance(timeout, (int, float)) and timeout < 0):
-            # 3.13's _ThreadHandle.join converts the timeout before anything
-            # else, so join(inf) raises OverflowError even for a finished
-            # thread.  A fresh lock's acquire uses the same conversion and
-            # returns at once: it raises exactly what the real join raises.
-            _thread.allocate_lock().acquire(True, timeout)
-        if (self.ident is not None and self.ident == _thread.get_ident()
-                and not self._finished):
-            raise RuntimeError("Cannot join current thread")
-        if self._finished:
-            return
-        if timeout is None or timeout < 0:
-            acquired = self._done.acquire()
-        else:
-            acquired = self._done.acquire(True, timeout)
-        if acquired:
-            self._done.release()
-
-    def __repr__(self):
-        state = "done" if self._finished else "running"
-        return f"<interpose thread handle {self.ident} {state}>"
-
-
-# Handles of the threads started here; shutdown waits for non-daemon ones.
-_handles = weakref.WeakSet()
-
-
-def start_joinable_thread(function, handle=None, daemon=True):
-    """3.13's _thread.start_joinable_thread on a coroutine."""
-    if handle is None:
-        handle = _Handle()
-    elif not isinstance(handle, _Handle):
-        raise TypeError(f"interpose cannot run a thread for handle {handle!r}")
-    handle.daemon = bool(daemon)
-    handle.ident = _spawn_thread(function, (), None, handle)
-    _handles.add(handle)
-    return handle
-
-
-def _make_shutdown(original):
-    def _thread_shutdown():
-        """Wait for every non-daemon thread, ours then CPython's."""
-        while True:
-            pending = [h for h in list(_handles)
-                       if not h.daemon and not h.is_done()]
-            if not pending:
-                break
-            for handle in pending:
-                handle.join()
-        original()
-    return _thread_shutdown
+def _forget_dummy_thread(coro):
+    """threading.current_thread() in a coroutine that is not a thread
+    (interpose.spawn) registers a _DummyThread that nothing removes: drop it
+    with the coroutine, so idents do not pile up in threading._active.  A
+    coroutine that stands for a thread keeps it, as plain 3.11 keeps the
+    dummy of a _thread.start_new_thread thread.  A coroutine_finished hook,
+    so it runs in the coroutine's own thread state, under its ident."""
+    if coro._thread:
+        return
+    ident = _thread.get_ident()
+    thread = threading._active.get(ident)
+    if type(thread) is threading._DummyThread:
+        threading._active.pop(ident, None)
 
 
 # ---- installation ---------------------------------------------------------
@@ -225,21 +171,17 @@ def install():
     if r < 0:
         raise OSError(-r, f"interpose: cannot reserve thread identities: {os.strerror(-r)}")
     _sched._scheduler()
-    _sched.thread_idents = True
+    # Every spawned coroutine now has a thread identity of its own
+    # (native/hooks_pthread.c).
+    _hooks.coroutine_finished.append(_forget_dummy_thread)
     # Signal handlers now run only in the main coroutine (the only one that
     # passes CPython's main-thread check): signal.signal needs no wrapper.
     _signals.use_native_main_thread()
-    if _compat.PY313:
-        _thread.start_joinable_thread = start_joinable_thread
-        threading._start_joinable_thread = start_joinable_thread
-        threading._ThreadHandle = _Handle
-        threading._thread_shutdown = _make_shutdown(threading._thread_shutdown)
-    else:
-        threading._start_new_thread = start_new_thread
+    _versioned.install(_spawn_thread, start_new_thread)
     _thread.start_new_thread = start_new_thread
     _thread.start_new = start_new_thread
     _thread._count = _count
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    _hooks.after_fork_in_child.append(_versioned.after_fork_in_child)
     _installed = True
 
 
@@ -251,24 +193,7 @@ def install_native():
     global _installed
     if _installed:
         return
-    if _compat.PY313:
-        real = _thread.start_joinable_thread
-
-        def start_joinable_thread(function, handle=None, daemon=True):
-            return real(_with_scheduler(function), handle=handle, daemon=daemon)
-
-        _thread.start_joinable_thread = start_joinable_thread
-        threading._start_joinable_thread = start_joinable_thread
-    else:
-        real = _thread.start_new_thread
-
-        def start_new_thread(function, args, kwargs=None):
-            if kwargs is None:
-                return real(_with_scheduler(function), args)
-            return real(_with_scheduler(function), args, kwargs)
-
-        threading._start_new_thread = start_new_thread
-        _thread.start_new_thread = _thread.start_new = start_new_thread
+    _versioned.install_native(_with_scheduler)
     _installed = True
 
 
@@ -277,15 +202,6 @@ def _with_scheduler(function):
         _sched._scheduler()
         _native.lib.coro_set_hooks(1)
         if _preempt.threads_preemptible():  # its coroutines take turns
-            _preempt.set_preemptible(_native.lib.coro_current(), True)
+            _sched.set_preemptible(_native.lib.coro_current(), True)
         return function(*args, **kwargs)
     return run_with_scheduler
-
-
-def _after_fork_in_child():
-    """Threads other than the forking one are gone (threading has already
-    rebuilt its tables): their handles report done, as CPython's do."""
-    me = _thread.get_ident()
-    for handle in list(_handles):
-        if handle.ident != me:
-            handle._set_done()

@@ -14,10 +14,14 @@ import sys
 from . import _compat
 from ._ctypes_import import ctypes  # libffi's fd above the floor (see there)
 from . import _settings
+from . import _unloadable
+from ._errors import NativeLibraryError
 
 ABI_VERSION = 3  # must equal INTERPOSE_ABI_VERSION in native/interpose.h
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The package's directory (this module lives in its _core/), where the
+# build puts the library.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_PATH = os.path.join(PACKAGE_DIR, "libinterpose.so")
 _SOURCE_DIR = os.path.join(os.path.dirname(PACKAGE_DIR), "native")
 
@@ -33,10 +37,6 @@ _REBUILD = (
     "Rebuild it: 'pip install .' (or, in a source checkout, 'pip install -e .'"
     " or 'make -C native')."
 )
-
-
-class NativeLibraryError(ImportError):
-    """libinterpose.so is missing, stale or refuses this interpreter."""
 
 
 class Stats(ctypes.Structure):
@@ -379,9 +379,7 @@ except (NativeLibraryError, _settings.SettingError) as e:
         raise
     # The command line reports the reason in one line (or, for `info`, in
     # its report) instead of the traceback of a failed package import.
-    from .__main__ import unloadable
-
-    sys.exit(unloadable(str(e)))
+    sys.exit(_unloadable.report(str(e)))
 
 _check_signals = ctypes.pythonapi.PyErr_CheckSignals
 _check_signals.restype = ctypes.c_int

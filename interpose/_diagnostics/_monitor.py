@@ -22,9 +22,9 @@ import traceback
 
 from . import _deadlock
 from . import _dump
-from . import _native
-from . import _sched
-from . import _threads
+from .._core import _native
+from .._core import _sched
+from .._integrations import _threads
 
 _monitor = None
 
@@ -62,7 +62,7 @@ class _Monitor:
         self.seen = seen
 
     def report(self, sched, elapsed, handle, frame):
-        """One report, in the dump's format (interpose/_dump.py)."""
+        """One report, in the dump's format (interpose/_diagnostics/_dump.py)."""
         coro = sched.live.get(handle) or sched.main
         views, _ = _dump.snapshot()
         view = next((v for v in views if v.sched == sched.native

@@ -15,13 +15,15 @@ import os
 import re
 import warnings
 
-from . import _compat
-from . import _deadlock
-from . import _native
+from .._core import _compat
+from .._core import _native
 
 _MESSAGE = r"This process \(pid=\d+\) is multi-threaded"
 _FILTER = ("ignore", re.compile(_MESSAGE), DeprecationWarning, None, 0)
 _installed = False
+# Native ids of interpose's own helper OS threads (the diagnostics thread,
+# the blocking monitor): each adds its own as it starts.
+helper_tids = set()
 
 
 def _program_threads():
@@ -29,7 +31,7 @@ def _program_threads():
         tids = {int(t) for t in os.listdir("/proc/self/task")}
     except OSError:
         return 2  # cannot tell: let CPython decide, as it would anyway
-    tids -= _deadlock.helper_tids  # the diagnostics thread
+    tids -= helper_tids  # the diagnostics thread
     tids.discard(_native.lib.preempt_monitor_tid())
     return len(tids) - _native.lib.diag_resolver_threads()
 

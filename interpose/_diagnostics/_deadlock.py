@@ -26,14 +26,16 @@ import os
 import signal
 
 from . import _dump
-from . import _native
+from .._integrations import _forkwarn
+from .._core import _native
 
 CONFIRM_S = 0.3
 EXIT_STATUS = 70  # EX_SOFTWARE: the program cannot go on
 _SYNCHRONOUS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
                 signal.SIGABRT}
-# Native ids of interpose's own OS threads (never wakers).
-helper_tids = set()
+# Native ids of interpose's own OS threads (never wakers): the set the
+# fork warning filter also leaves out of its count.
+helper_tids = _forkwarn.helper_tids
 # Handlers interpose itself installs (the SIGQUIT dump): not wakers.
 own_handlers = set()
 

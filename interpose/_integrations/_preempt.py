@@ -8,13 +8,17 @@ coroutine, are preemptible.  Coroutines made with interpose.spawn keep
 pure cooperative semantics unless they opt in (spawn(..., preemptible=True))
 or the process does (INTERPOSE_PREEMPT=all); INTERPOSE_PREEMPT=off turns
 time slicing off altogether.
+
+Registered with the core (_core/_hooks.py) as this module is imported: the
+spawn default, starting the monitor before the first coroutine becomes
+preemptible, stopping it at exit and around fork().
 """
-import atexit
 import os
 import sys
 
 from . import _forkwarn
-from . import _native
+from .._core import _hooks
+from .._core import _native
 
 _lib = _native.lib
 _real_setswitchinterval = sys.setswitchinterval
@@ -87,14 +91,9 @@ def _after_fork():
         start()
 
 
-atexit.register(_stop_at_exit)
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
-                    after_in_child=_after_fork)
-
-
-def set_preemptible(handle, on):
-    """Mark a coroutine (native handle) preemptible or not; starting the
-    monitor when the first one becomes preemptible."""
-    if on:
-        start()
-    _lib.coro_set_preemptible(handle, 1 if on else 0)
+_hooks.preemptible_by_default.append(spawn_default)
+_hooks.before_preemptible.append(start)
+_hooks.exiting.append(_stop_at_exit)
+_hooks.before_fork.append(_before_fork)
+_hooks.after_fork_in_parent.append(_after_fork)
+_hooks.after_fork_in_child.append(_after_fork)

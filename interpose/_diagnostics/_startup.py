@@ -15,7 +15,7 @@ import signal
 
 from . import _deadlock
 from . import _dump
-from . import _settings
+from .._core import _settings
 from . import _watch
 
 

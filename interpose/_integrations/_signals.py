@@ -24,13 +24,19 @@ Two things CPython does not do by itself here:
 
 The replacements carry the names and docstrings of the functions they
 stand for, and 'signal' as their module (programs compare __module__).
+
+Registered with the core (_core/_hooks.py) as this module is imported: the
+main thread's scheduler start installs the pipe and the wrappers, and a
+forked child renews the pipe.
 """
 import fcntl
 import functools
 import os
 import signal
 
-from . import _native
+from .._core import _hooks
+from .._core import _native
+from .._core import _sched
 
 _lib = _native.lib
 _real_signal = signal.signal
@@ -59,8 +65,6 @@ class _InMainCoroutine:
 
 
 def _main_handle():
-    from . import _sched  # _sched imports this module
-
     return _sched._scheduler().main._handle
 
 
@@ -141,7 +145,7 @@ def _open_pipe():
 
 
 def install():
-    """On the main thread, once its scheduler exists."""
+    """On the main thread, once its scheduler exists (scheduler_started)."""
     previous = _open_pipe()
     if previous != -1:  # set before interpose started: keep it fed
         global _program_fd
@@ -185,3 +189,12 @@ def renew_after_fork():
         os.close(fd)
     _open_pipe()
     _lib.sched_set_signal_forward(_program_fd)
+
+
+def _scheduler_started(sched):
+    if sched.is_main_thread:
+        install()
+
+
+_hooks.scheduler_started.append(_scheduler_started)
+_hooks.after_fork_in_child.append(renew_after_fork)

@@ -27,9 +27,9 @@ import threading
 
 from . import _deadlock
 from . import _dump
-from . import _forkwarn
-from . import _native
-from . import _signals
+from .._integrations import _forkwarn
+from .._core import _native
+from .._integrations import _signals
 
 _lib = _native.lib
 # The OS thread's name (ps -L, /proc/PID/task/TID/comm): tests and tools

@@ -1,5 +1,5 @@
-"""Coroutines and the per-thread scheduler: spawn, join, cancel, run, sleep,
-fd waits, deadlines and statistics.
+"""Coroutines, the per-thread scheduler and the wait queue they park on:
+spawn, join, cancel, run, sleep, fd waits and deadlines.
 
 Each OS thread that uses interpose gets a scheduler lazily.  The thread's own
 context is its main coroutine: it keeps the thread's stack and thread state,
@@ -7,11 +7,21 @@ runs the code that called run() (or anything else), receives
 KeyboardInterrupt and any SystemExit/KeyboardInterrupt raised in a spawned
 coroutine.  Spawned coroutines each get a C stack and a thread state of
 their own and start running when the spawner next waits.
+
+The wait queue lives here because the three need each other: a wait
+prepares a park on the running coroutine's scheduler, joining a coroutine
+waits on a queue, and a scheduler starts with a Coroutine for its thread.
+
+The core knows no integration: threads, signals and time slicing take
+part through the hook lists of _hooks.py (the diagnostics only read the
+registry).  The process's
+at-fork and exit handlers are registered when the first scheduler starts,
+never at import.
 """
 import _thread
 import atexit
+import collections
 import contextvars
-import dataclasses
 import errno
 import math
 import os
@@ -20,15 +30,15 @@ import threading
 
 from . import _compat
 from . import _errors
+from . import _hooks
 from . import _native
-from . import _preempt
-from . import _signals
-from ._waitqueue import WaitQueue, deadline_ns, remaining_ns, timeout_ns
+from ._time import deadline_ns, remaining_ns, timeout_ns
 
 _lib = _native.lib
 _prepare = _lib.coro_prepare
 _current_handle = _lib.coro_current
 _park = _lib.coro_park
+_unpark = _lib.coro_unpark
 # The OS thread's real pthread_self(), whichever coroutine asks: schedulers
 # are per OS thread, while _thread.get_ident() is per converted thread.
 _get_ident = _lib.thread_os_ident
@@ -44,16 +54,16 @@ _schedulers = {}
 # Per thread state, so per coroutine: .sched caches the scheduler of the OS
 # thread the coroutine runs on (the hot paths skip the ctypes call).
 _tls = _thread._local()
-# Set by _threads.install(): every spawned coroutine has a thread identity
-# of its own (native/hooks_pthread.c).
-thread_idents = False
+# Whether the process's at-fork and exit handlers are registered: once,
+# by the first scheduler.
+_process_hooked = False
 
 
 class _Scheduler:
     """Python-side state of one OS thread's scheduler."""
 
     __slots__ = ("main", "live", "pending", "running", "native", "incarnation",
-                 "name")
+                 "name", "is_main_thread")
 
     def __init__(self):
         self.main = None  # the Coroutine standing for the thread's context
@@ -63,6 +73,7 @@ class _Scheduler:
         self.native = None  # the engine's handle, for the blocking monitor
         self.incarnation = 0  # which life of that handle (structs are reused)
         self.name = ""  # the OS thread's name when the scheduler was made
+        self.is_main_thread = False  # on the process's main thread
 
 
 def _scheduler():
@@ -97,14 +108,28 @@ def _create_scheduler():
     sched.main = Coroutine._for_main(handle)
     sched.native, sched.incarnation = _native.sched_self()
     sched.name = threading.current_thread().name
+    sched.is_main_thread = threading.current_thread() is threading.main_thread()
     ident = _get_ident()
     _schedulers[ident] = sched
-    if threading.current_thread() is threading.main_thread():
-        _signals.install()
-        atexit.register(_shutdown_at_exit)
-    else:
+    _hook_process()
+    if not sched.is_main_thread:
         _local.reaper = _Reaper(ident, sched)
+    _hooks.run(_hooks.scheduler_started, sched)
     return sched
+
+
+def _hook_process():
+    """Register the core's at-fork and exit handlers with the interpreter,
+    once, as the first scheduler starts (so importing interpose changes
+    neither fork() nor exit)."""
+    global _process_hooked
+    if _process_hooked:
+        return
+    os.register_at_fork(before=_before_fork,
+                        after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+    atexit.register(_at_exit)
+    _process_hooked = True
 
 
 class _Reaper:
@@ -174,6 +199,77 @@ def park_failed(code):
             _raise_pending(sched)
         return
     _errors.raise_for(code)
+
+
+class WaitQueue:
+    """The parking primitive every cooperative wait is built on.
+
+    A waiter is the pair (coroutine handle, park generation).  Wakers pop
+    waiters and unpark them; the engine guarantees that exactly one wake
+    ends a park, so a waker learns whether it really woke someone (unpark
+    returns 1) or lost the race to a timeout or cancellation (0) and must
+    try the next one.  Every structure is guarded by a real OS lock, never
+    held across a park, so primitives also work between OS threads."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self):
+        self._waiters = collections.deque()
+
+    def __len__(self):
+        return len(self._waiters)
+
+    def wait(self, guard, deadline, before_park=None):
+        """Park until woken or the deadline; True when woken.
+
+        guard is held on entry and on return; it is released while parked.
+        before_park runs after the waiter is registered and guard released
+        (Condition uses it to release the user's lock without losing a
+        notify).  A signal or a forwarded exception raises; a timeout
+        returns False.
+        """
+        waiter = prepare()
+        self._waiters.append(waiter)
+        guard.release()
+        try:
+            if before_park is not None:
+                before_park()
+            code = _park(remaining_ns(deadline))
+        except BaseException:
+            guard.acquire()
+            self._withdraw(waiter)
+            raise
+        guard.acquire()
+        if code == 0:
+            return True
+        self._withdraw(waiter)
+        if code == _native.PARK_TIMEOUT:
+            return False
+        park_failed(code)
+        return True  # interrupted by a signal whose handler did not raise
+
+    def _withdraw(self, waiter):
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass  # a waker already popped it and lost the race
+
+    def wake_one(self):
+        """Wake the first waiter still waiting; True if there was one."""
+        waiters = self._waiters
+        while waiters:
+            handle, gen = waiters.popleft()
+            if _unpark(handle, gen, 0):
+                return True
+        return False
+
+    def wake_all(self):
+        n = 0
+        waiters = self._waiters
+        while waiters:
+            handle, gen = waiters.popleft()
+            n += _unpark(handle, gen, 0)
+        return n
 
 
 class Coroutine:
@@ -268,10 +364,12 @@ class Coroutine:
 
     def _bootstrap(self):
         _tls.sched = self._sched
-        if threading._trace_hook is not None:
-            sys.settrace(threading._trace_hook)
-        if threading._profile_hook is not None:
-            sys.setprofile(threading._profile_hook)
+        # Inherited as threading.Thread inherits them (threading.settrace).
+        trace, profile = threading.gettrace(), threading.getprofile()
+        if trace is not None:
+            sys.settrace(trace)
+        if profile is not None:
+            sys.setprofile(profile)
         fn, args, kwargs = self._target
         self._target = ()
         try:
@@ -306,19 +404,7 @@ class Coroutine:
             if self._join_waiters is not None:
                 self._join_waiters.wake_all()
         sched.live.pop(self._handle, None)
-        if thread_idents and not self._thread:
-            _forget_dummy_thread(_thread.get_ident())
-
-
-def _forget_dummy_thread(ident):
-    """threading.current_thread() in a coroutine that is not a thread
-    (interpose.spawn) registers a _DummyThread that nothing removes: drop it
-    with the coroutine, so idents do not pile up in threading._active.  A
-    coroutine that stands for a thread keeps it, as plain 3.11 keeps the
-    dummy of a _thread.start_new_thread thread."""
-    thread = threading._active.get(ident)
-    if type(thread) is threading._DummyThread:
-        threading._active.pop(ident, None)
+        _hooks.run(_hooks.coroutine_finished, self)
 
 
 def _report(coro, exc):
@@ -340,9 +426,17 @@ _MAX_STACK = 1 << 62  # beyond it size_t arithmetic in the engine would wrap
 
 
 def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
-          **kwargs):
-    """Create a coroutine running fn(*args, **kwargs) in a copy of the
-    caller's contextvars context; it starts when the caller next waits.
+          **target_kwargs):
+    """Create a coroutine running fn(*args) in a copy of the caller's
+    contextvars context; it starts when the caller next waits.  Returns its
+    Coroutine.
+
+    Every keyword argument is an option of spawn itself, never one of fn's,
+    so a target's own name= or stack_size= cannot be taken for an option
+    (or the other way round).  Pass keyword arguments to fn with
+    functools.partial: spawn(functools.partial(fn, name="x"), name="worker").
+
+    name: the coroutine's name (dumps, repr); default "coroutine-<id>".
 
     stack_size is the usable C stack in bytes (default 1 MiB, or
     INTERPOSE_STACK_SIZE); below 512 KiB ordinary Python code can overflow
@@ -353,6 +447,12 @@ def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
     thread would be; False keeps it cooperative (it switches only where it
     waits).  None: False, unless INTERPOSE_PREEMPT=all.
     """
+    if target_kwargs:
+        given = ", ".join(f"{k}=..." for k in target_kwargs)
+        raise TypeError(
+            f"spawn() got an unexpected keyword argument ({given}): its"
+            " keywords are its own options (name, stack_size, preemptible);"
+            f" pass fn's as spawn(functools.partial(fn, {given}))")
     if not callable(fn):
         raise TypeError(f"spawn() needs a callable, not {type(fn).__name__}")
     size = 0
@@ -367,10 +467,10 @@ def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
             )
         size = stack_size
     if preemptible is None:
-        preemptible = _preempt.spawn_default()
+        preemptible = any(f() for f in _hooks.preemptible_by_default)
     elif not isinstance(preemptible, bool):
         raise TypeError("preemptible must be True, False or None")
-    return _spawn(fn, args, kwargs, name, size, False, preemptible)
+    return _spawn(fn, args, {}, name, size, False, preemptible)
 
 
 def _spawn(fn, args, kwargs, name, size, thread, preemptible):
@@ -391,8 +491,16 @@ def _spawn(fn, args, kwargs, name, size, thread, preemptible):
         coro._name = f"coroutine-{coro._id}"
     sched.live[coro._handle] = coro
     if preemptible:
-        _preempt.set_preemptible(coro._handle, True)
+        set_preemptible(coro._handle, True)
     return coro
+
+
+def set_preemptible(handle, on):
+    """Mark a coroutine (native handle) preemptible or not; the
+    before_preemptible hooks (the preemption monitor) run first."""
+    if on:
+        _hooks.run(_hooks.before_preemptible)
+    _lib.coro_set_preemptible(handle, 1 if on else 0)
 
 
 def current():
@@ -581,6 +689,13 @@ def _shutdown(sched):
         stuck.update(c for c in victims if not c._done)
 
 
+def _at_exit():
+    """The core's atexit handler (registered by the first scheduler): shut
+    the main thread's coroutines down, then run the exiting hooks."""
+    _shutdown_at_exit()
+    _hooks.run(_hooks.exiting)
+
+
 def _shutdown_at_exit():
     sched = _schedulers.get(_get_ident())
     if sched is None:
@@ -595,7 +710,21 @@ def _shutdown_at_exit():
         _lib.coro_set_hooks(0)
 
 
+def _before_fork():
+    for hook in reversed(_hooks.before_fork):
+        hook()
+
+
+def _after_fork_in_parent():
+    _hooks.run(_hooks.after_fork_in_parent)
+
+
 def _after_fork_in_child():
+    _recover_after_fork()
+    _hooks.run(_hooks.after_fork_in_child)
+
+
+def _recover_after_fork():
     """Only the forking coroutine survives a fork (the engine has already
     given the thread a fresh scheduler and invalidated every other
     coroutine): mark the others finished, as threading marks threads lost
@@ -623,111 +752,3 @@ def _after_fork_in_child():
     sched.pending = None
     if survivor is not None:
         sched.main = survivor
-    _signals.renew_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@dataclasses.dataclass(frozen=True)
-class CoroutineStatistics:
-    """Time one coroutine spent on its thread (wall-clock time between the
-    switch to it and the switch away: its CPU time, plus any blocking call
-    no hook turned into a park)."""
-
-    id: int
-    name: str
-    cpu_time: float  # seconds, all turns
-    longest_turn: float  # seconds, the longest it held the thread at once
-    turns: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Statistics:
-    """Counters of the calling thread's scheduler.
-
-    Run-queue latency is the time from a coroutine's wake-up to its turn,
-    measured in powers of two: each percentile is an upper bound at most
-    twice the true value (0.0 before any turn)."""
-
-    coroutines_alive: int = 0
-    coroutines_created: int = 0
-    switches: int = 0
-    parks: int = 0
-    timeouts: int = 0
-    epoll_waits: int = 0
-    preemptions: int = 0
-    longest_turn: float = 0.0
-    run_queue_latency_p50: float = 0.0
-    run_queue_latency_p90: float = 0.0
-    run_queue_latency_p99: float = 0.0
-    run_queue_latency_max: float = 0.0
-    coroutines: tuple = ()  # CoroutineStatistics of its live coroutines
-
-
-def latency_percentiles(hist):
-    """(p50, p90, p99, max) in seconds from a log2(ns) histogram: bucket b
-    holds durations below 2**b ns, so each is reported as 2**b ns."""
-    total = sum(hist)
-    if total == 0:
-        return 0.0, 0.0, 0.0, 0.0
-    out = []
-    for q in (0.50, 0.90, 0.99, 1.0):
-        need = max(1, math.ceil(q * total))
-        seen = 0
-        for b, n in enumerate(hist):
-            seen += n
-            if seen >= need:
-                out.append((1 << b) / 1e9)
-                break
-    return tuple(out)
-
-
-def coroutine_statistics(sched_handle):
-    """CoroutineStatistics of the live coroutines of one scheduler."""
-    names = {}
-    for s in list(_schedulers.values()):
-        for handle, coro in list(s.live.items()):
-            names[handle] = coro.name
-        if s.main is not None:
-            names[s.main._handle] = "main"
-    out = []
-    for info, _ in _native.diag_coros(frames=False):
-        if info.sched != sched_handle:
-            continue
-        out.append(CoroutineStatistics(
-            id=info.id,
-            name=names.get(info.handle) or info.name.decode("utf-8", "replace"),
-            cpu_time=info.run_ns / 1e9, longest_turn=info.max_turn_ns / 1e9,
-            turns=info.turns))
-    return tuple(out)
-
-
-def statistics():
-    """Counters of the calling thread's scheduler (all zero before its first
-    use)."""
-    raw = _native.statistics_raw()
-    if raw is None:
-        return Statistics()
-    me = _native.sched_self()[0]
-    info = next((s for s in _native.diag_scheds() if s.sched == me), None)
-    p50 = p90 = p99 = pmax = 0.0
-    longest = 0.0
-    if info is not None:
-        p50, p90, p99, pmax = latency_percentiles(list(info.latency))
-        longest = info.max_turn_ns / 1e9
-    return Statistics(
-        coroutines_alive=raw.alive,
-        coroutines_created=raw.created,
-        switches=raw.switches,
-        parks=raw.parks,
-        timeouts=raw.timeouts,
-        epoll_waits=raw.epoll_waits,
-        preemptions=raw.preemptions,
-        longest_turn=longest,
-        run_queue_latency_p50=p50,
-        run_queue_latency_p90=p90,
-        run_queue_latency_p99=p99,
-        run_queue_latency_max=pmax,
-        coroutines=coroutine_statistics(me),
-    )

@@ -2,7 +2,9 @@
 import errno
 import os
 
-from . import _native
+
+class NativeLibraryError(ImportError):
+    """libinterpose.so is missing, stale or refuses this interpreter."""
 
 
 class Cancelled(OSError):
@@ -48,5 +50,3 @@ def spawn_error(err):
         )
     return err
 
-
-NativeLibraryError = _native.NativeLibraryError

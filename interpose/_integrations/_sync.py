@@ -6,8 +6,9 @@ import _thread
 import collections
 import queue as _queue
 
-from . import _compat, _sched
-from ._waitqueue import WaitQueue, deadline_ns, remaining_ns
+from .._core import _compat, _sched
+from .._core._sched import WaitQueue
+from .._core._time import deadline_ns, remaining_ns
 
 
 # Each primitive takes (blocking, timeout) exactly as its standard twin

@@ -18,14 +18,25 @@ import threading
 import time
 import traceback
 
-from . import _compat
-from . import _native
+from .._core import _compat
+from .._core import _native
+from .._core import _sched
+from .._integrations import _sync
 
 _lib = _native.lib
 
 STATES = {_native.RUNNABLE: "runnable", _native.RUNNING: "running",
           _native.PARKED: "parked"}
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The runtime's own source directories: the interpose package and its
+# subpackages (this module lives in _diagnostics/); not _boot/.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUNTIME_DIRS = frozenset([_PACKAGE_DIR] + [
+    os.path.join(_PACKAGE_DIR, sub)
+    for sub in ("_core", "_integrations", "_diagnostics")])
+
+
+def _in_package(path):
+    return os.path.dirname(os.path.abspath(path)) in _RUNTIME_DIRS
 _LOCK_TYPE = _thread.LockType
 
 
@@ -73,8 +84,6 @@ def _names():
     """handle -> name from the Python runtime, and sched handle -> the OS
     thread's name.  A thread's main coroutine is named after the OS thread
     (its Thread's current name with native threads), else 'main'."""
-    from . import _sched  # imported late: _sched imports the world
-
     by_handle, by_sched = {}, {}
     by_tid = _os_thread_names()
     active = dict(threading._active)
@@ -168,12 +177,12 @@ def _find_lock(frame, sem):
 
 
 def _runtime_frame(frame):
-    """The innermost frame of the Python runtime's own wait (interpose/*.py,
-    the wait queue skipped), or None."""
+    """The innermost frame of the Python runtime's own wait (interpose's own
+    sources, the wait queue skipped), or None."""
     while frame is not None:
         path = frame.f_code.co_filename
-        if (os.path.dirname(os.path.abspath(path)) == _PACKAGE_DIR
-                and not path.endswith("_waitqueue.py")):
+        if (_in_package(path)
+                and getattr(frame.f_code, "co_qualname", None) != "WaitQueue.wait"):
             return frame
         frame = frame.f_back
     return None
@@ -194,7 +203,7 @@ def _describe_park(frame):
         return "sleep"
     if qualname == "_wait_fd" and isinstance(local.get("fd"), int):
         return describe_fd(local["fd"], local.get("events", 1))
-    if me is not None and type(me).__module__ == "interpose._sync":
+    if me is not None and type(me).__module__ == _sync.__name__:
         return f"{qualname} on interpose.{type(me).__name__} at {id(me):#x}"
     return qualname
 
@@ -297,7 +306,7 @@ def _user_stack(frame):
         return []
     entries = traceback.extract_stack(frame)
     return [e for e in entries
-            if os.path.dirname(os.path.abspath(e.filename)) != _PACKAGE_DIR]
+            if not _in_package(e.filename)]
 
 
 def format_coroutine(v, now_ns=None):

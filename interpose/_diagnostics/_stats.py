@@ -4,8 +4,8 @@ returns the calling thread's as a dataclass)."""
 import os
 
 from . import _dump
-from . import _native
-from . import _sched
+from .._core import _native
+from .._core import _statistics
 
 TOP = 10  # coroutines listed per scheduler, by time on the thread
 
@@ -17,7 +17,7 @@ def _ms(seconds):
 def format_sched(info, names, own=None):
     """Lines for one scheduler (a SchedInfo); own: the calling thread's
     Statistics, whose counters only that thread can read."""
-    p50, p90, p99, pmax = _sched.latency_percentiles(list(info.latency))
+    p50, p90, p99, pmax = _statistics.latency_percentiles(list(info.latency))
     title = "main thread" if info.is_main_thread else "thread"
     lines = [f"scheduler on OS {title} {info.tid} ({names.get(info.sched, '?')}):"
              f" {info.alive} spawned coroutine(s) alive, {info.switches} switches"]
@@ -27,7 +27,7 @@ def format_sched(info, names, own=None):
     lines.append(f"  longest turn {_ms(info.max_turn_ns / 1e9)}; run-queue"
                  f" latency p50 <= {_ms(p50)}, p90 <= {_ms(p90)},"
                  f" p99 <= {_ms(p99)}, max <= {_ms(pmax)}")
-    coros = _sched.coroutine_statistics(info.sched)
+    coros = _statistics.coroutine_statistics(info.sched)
     busiest = sorted(coros, key=lambda c: c.cpu_time, reverse=True)[:TOP]
     if busiest:
         lines.append(f"  busiest coroutines (of {len(coros)}):")
@@ -43,6 +43,6 @@ def format_all():
     me = _native.sched_self()[0]
     out = [f"interpose statistics (pid {os.getpid()}):\n"]
     for info in _native.diag_scheds():
-        own = _sched.statistics() if info.sched == me else None
+        own = _statistics.statistics() if info.sched == me else None
         out.append(format_sched(info, names, own))
     return "".join(out)
