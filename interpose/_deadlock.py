@@ -123,5 +123,5 @@ def report(stuck, exiting):
         return head + body + tail
     finally:
         for v in views:
-            v.frame = None
+            v.frame = v.wait_lock = None
             v.owner = None

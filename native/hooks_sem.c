@@ -132,6 +132,42 @@ static int sem_process_shared(const sem_t *sem) {
 }
 
 
+/* The top (highest address) of the stack the running coroutine is on, or
+ * NULL when unknown.  A root coroutine runs on its thread's own stack,
+ * asked of pthread_getattr_np once per scheduler (on the main thread glibc
+ * reads /proc/self/maps for it: only at the root's first lock wait). */
+static const void *running_stack_top(ip_sched_t *s, ip_coro_t *co) {
+  if (co->stack.base != NULL)
+    return ip__stack_top(&co->stack);
+  if (s->root_stack_size == 0) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+      return NULL;
+    void *bottom;
+    size_t size;
+    if (pthread_attr_getstack(&attr, &bottom, &size) == 0) {
+      s->root_stack_bottom = bottom;
+      s->root_stack_size = size;
+    }
+    pthread_attr_destroy(&attr);
+  }
+  if (s->root_stack_size == 0)
+    return NULL;
+  return (const char *) s->root_stack_bottom + s->root_stack_size;
+}
+
+
+/* Notes a lock wait for the diagnostics: the semaphore and what names its
+ * lock.  Everything between this frame and the stack's top is live, so
+ * ip__pyver_lock_key may read there. */
+static void note_lock_wait(ip_sched_t *s, ip_coro_t *co, sem_t *sem) {
+  ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+  const void *top = running_stack_top(s, co);
+  co->wait_key = top == NULL ? sem
+      : ip__pyver_lock_key(sem, __builtin_frame_address(0), top);
+}
+
+
 /* Waits for a token like sem_timedwait on the monotonic deadline (-1:
  * forever): 0, or -1 with errno EINTR or ETIMEDOUT. */
 static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
@@ -163,7 +199,7 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       poll_ns = poll_ns * 2 < SHARED_POLL_MAX_NS ? poll_ns * 2 : SHARED_POLL_MAX_NS;
     }
     co->shield++;
-    ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+    note_lock_wait(s, co, sem);
     int r = ip__park(s, timeout);
     co->shield--;
     delist(&w);
