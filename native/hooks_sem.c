@@ -135,7 +135,8 @@ static int sem_process_shared(const sem_t *sem) {
 /* The top (highest address) of the stack the running coroutine is on, or
  * NULL when unknown.  A root coroutine runs on its thread's own stack,
  * asked of pthread_getattr_np once per scheduler (on the main thread glibc
- * reads /proc/self/maps for it: only at the root's first lock wait). */
+ * reads /proc/self/maps for it: only at the root's first lock wait, and
+ * only where the lock key needs it). */
 static const void *running_stack_top(ip_sched_t *s, ip_coro_t *co) {
   if (co->stack.base != NULL)
     return ip__stack_top(&co->stack);
@@ -162,6 +163,10 @@ static const void *running_stack_top(ip_sched_t *s, ip_coro_t *co) {
  * ip__pyver_lock_key may read there. */
 static void note_lock_wait(ip_sched_t *s, ip_coro_t *co, sem_t *sem) {
   ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+  if (!ip__pyver_lock_key_reads_stack()) {
+    co->wait_key = sem;
+    return;
+  }
   const void *top = running_stack_top(s, co);
   co->wait_key = top == NULL ? sem
       : ip__pyver_lock_key(sem, __builtin_frame_address(0), top);

@@ -698,6 +698,8 @@ IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
  * live part of the waiter's own stack), the address it parked on. */
 IP_HIDDEN const void *ip__pyver_lock_key(const void *sem, const void *live_lo,
                                          const void *live_hi);
+/* Whether ip__pyver_lock_key may read the stack (else it returns sem). */
+IP_HIDDEN int ip__pyver_lock_key_reads_stack(void);
 /* Tells CPython a new coroutine's stack, before its tstate is first
  * attached; GIL held.  0, or -EINVAL with a Python exception set. */
 IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);

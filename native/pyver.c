@@ -174,6 +174,9 @@ int ip__pyver_new_coroutine(ip_coro_t *co) {
  * object side).  When 3.12 support goes, only its else branch goes. */
 #define PARKING_ENTRY_SEMA 16 /* offsetof(struct wait_entry, sema) */
 #define PARKING_ENTRY_ADDR 8  /* offsetof(struct wait_entry, addr) */
+int ip__pyver_lock_key_reads_stack(void) { return ip_py313; }
+
+
 const void *ip__pyver_lock_key(const void *sem, const void *live_lo,
                                const void *live_hi) {
   if (ip_py313) { /* 3.13 to 3.15 */
