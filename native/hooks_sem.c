@@ -132,44 +132,51 @@ static int sem_process_shared(const sem_t *sem) {
 }
 
 
-/* The top (highest address) of the stack the running coroutine is on, or
- * NULL when unknown.  A root coroutine runs on its thread's own stack,
+/* The bounds of the stack the running coroutine is on, in [*bottom, *top);
+ * 0, or -1 when unknown.  A root coroutine runs on its thread's own stack,
  * asked of pthread_getattr_np once per scheduler (on the main thread glibc
  * reads /proc/self/maps for it: only at the root's first lock wait, and
  * only where the lock key needs it). */
-static const void *running_stack_top(ip_sched_t *s, ip_coro_t *co) {
-  if (co->stack.base != NULL)
-    return ip__stack_top(&co->stack);
+static int running_stack(ip_sched_t *s, ip_coro_t *co, const char **bottom,
+                         const char **top) {
+  if (co->stack.base != NULL) {
+    *bottom = co->stack.base + co->stack.guard;
+    *top = ip__stack_top(&co->stack);
+    return 0;
+  }
   if (s->root_stack_size == 0) {
     pthread_attr_t attr;
     if (pthread_getattr_np(pthread_self(), &attr) != 0)
-      return NULL;
-    void *bottom;
+      return -1;
+    void *low;
     size_t size;
-    if (pthread_attr_getstack(&attr, &bottom, &size) == 0) {
-      s->root_stack_bottom = bottom;
+    if (pthread_attr_getstack(&attr, &low, &size) == 0) {
+      s->root_stack_bottom = low;
       s->root_stack_size = size;
     }
     pthread_attr_destroy(&attr);
   }
   if (s->root_stack_size == 0)
-    return NULL;
-  return (const char *) s->root_stack_bottom + s->root_stack_size;
+    return -1;
+  *bottom = s->root_stack_bottom;
+  *top = *bottom + s->root_stack_size;
+  return 0;
 }
 
 
 /* Notes a lock wait for the diagnostics: the semaphore and what names its
- * lock.  Everything between this frame and the stack's top is live, so
- * ip__pyver_lock_key may read there. */
+ * lock.  When this frame is on the coroutine's own stack (not, say, on a
+ * signal stack), everything between it and the stack's top is live: the
+ * callers' frames, where ip__pyver_lock_key may read. */
 static void note_lock_wait(ip_sched_t *s, ip_coro_t *co, sem_t *sem) {
   ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
-  if (!ip__pyver_lock_key_reads_stack()) {
-    co->wait_key = sem;
+  co->wait_key = sem;
+  if (!ip__pyver_lock_key_reads_stack())
     return;
-  }
-  const void *top = running_stack_top(s, co);
-  co->wait_key = top == NULL ? sem
-      : ip__pyver_lock_key(sem, __builtin_frame_address(0), top);
+  const char *bottom, *top, *here = __builtin_frame_address(0);
+  if (running_stack(s, co, &bottom, &top) == 0 && here >= bottom &&
+      here < top)
+    co->wait_key = ip__pyver_lock_key(sem, here, top);
 }
 
 
