@@ -168,10 +168,12 @@ int ip__pyver_new_coroutine(ip_coro_t *co) {
  * Solution: read that word only when the whole entry lies in the live part
  * of the waiter's own stack (memory that is surely mapped) and its
  * park_arg points into that same stack; otherwise the semaphore is the key
- * (3.11/3.12 locks, 3.13's RLock and other semaphores own theirs).  A
- * wrong guess yields an address no lock object has, so the dump shows no
- * name rather than a wrong one (interpose/_compat.py lock_key is the
- * object side).  When 3.12 support goes, only its else branch goes. */
+ * (3.11/3.12 locks, 3.13's RLock and other semaphores own theirs).  The
+ * key is only compared, never followed: a wrong guess names a lock only
+ * if the word read happens to be the exact address of a visible lock's
+ * mutex, so in practice it shows no name rather than a wrong one
+ * (interpose/_compat.py lock_key_field is the object side).  When 3.12
+ * support goes, only its else branch goes. */
 #define PARKING_ENTRY_SEMA 16 /* offsetof(struct wait_entry, sema) */
 #define PARKING_ENTRY_ADDR 8  /* offsetof(struct wait_entry, addr) */
 int ip__pyver_lock_key_reads_stack(void) { return ip_py313; }
