@@ -100,8 +100,8 @@ def unsupported_reason(version_info=None, implementation=None,
 # a key per lock wait (native/pyver.c ip__pyver_lock_key), and
 # lock_key_field gives the same key for a lock object, so the dump finds
 # the waited-for lock among the objects the waiting frame can see.
-# Objects (lockobject
-# and rlockobject in Modules/_threadmodule.c; PyObject_HEAD is 16 bytes):
+# Objects (lockobject and rlockobject in Modules/_threadmodule.c;
+# PyObject_HEAD is 16 bytes):
 #   3.11, 3.12  Lock and RLock hold a PyThread_type_lock (on Linux a
 #               malloc'ed sem_t) right after the header: the key is that
 #               pointer, the semaphore the waiter sleeps on.
