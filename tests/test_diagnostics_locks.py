@@ -10,8 +10,8 @@ stored nowhere).
 """
 import re
 
-from conftest import check_ok, run_hooked
-from interpose import _compat
+from support.snippets import check_ok, run_hooked
+from interpose._core import _compat
 
 WAIT = 30  # seconds: a bound for a program to finish, never a measurement
 

@@ -25,7 +25,7 @@ the process with a thread blocked in a C call gets no report.
 import os
 import signal
 
-from . import _compat
+from .._core import _compat
 from . import _dump
 from .._integrations import _forkwarn
 from .._core import _native
