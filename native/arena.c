@@ -12,7 +12,9 @@
  * is public API) and keep up to CACHE_MAX freed blocks of each small
  * power-of-two size (4 KiB to 64 KiB: data stack chunks; pymalloc's own
  * arenas are larger and pass straight through).  Calls arrive with the GIL
- * held, which serialises them. */
+ * held, which serialises them.  Installed by the first scheduler
+ * (ip__sched_ensure), never by binding the library: a process that only
+ * imports interpose keeps CPython's allocator. */
 #include <string.h>
 
 #include "internal.h"

@@ -33,7 +33,7 @@
 
 #include "internal.h"
 
-#define SHARED_POLL_FIRST_NS 1000000
+#define SHARED_POLL_FIRST_NS IP_NS_PER_MS
 #define SHARED_POLL_MAX_NS 50000000
 
 typedef struct sem_waiter {
@@ -132,8 +132,56 @@ static int sem_process_shared(const sem_t *sem) {
 }
 
 
+/* The bounds of the stack the running coroutine is on, in [*bottom, *top);
+ * 0, or -1 when unknown.  A root coroutine runs on its thread's own stack,
+ * asked of pthread_getattr_np once per scheduler (on the main thread glibc
+ * reads /proc/self/maps for it: only at the root's first lock wait, and
+ * only where the lock key needs it). */
+static int running_stack(ip_sched_t *s, ip_coro_t *co, const char **bottom,
+                         const char **top) {
+  if (co->stack.base != NULL) {
+    *bottom = co->stack.base + co->stack.guard;
+    *top = ip__stack_top(&co->stack);
+    return 0;
+  }
+  if (s->root_stack_size == 0) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+      return -1;
+    void *low;
+    size_t size;
+    if (pthread_attr_getstack(&attr, &low, &size) == 0) {
+      s->root_stack_bottom = low;
+      s->root_stack_size = size;
+    }
+    pthread_attr_destroy(&attr);
+  }
+  if (s->root_stack_size == 0)
+    return -1;
+  *bottom = s->root_stack_bottom;
+  *top = *bottom + s->root_stack_size;
+  return 0;
+}
+
+
+/* Notes a lock wait for the diagnostics: the semaphore and what names its
+ * lock.  When this frame is on the coroutine's own stack (not, say, on a
+ * signal stack), everything between it and the stack's top is live: the
+ * callers' frames, where ip__pyver_lock_key may read. */
+static void note_lock_wait(ip_sched_t *s, ip_coro_t *co, sem_t *sem) {
+  ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+  co->wait_key = sem;
+  if (!ip__pyver_lock_key_reads_stack())
+    return;
+  const char *bottom, *top, *here = __builtin_frame_address(0);
+  if (running_stack(s, co, &bottom, &top) == 0 && here >= bottom &&
+      here < top)
+    co->wait_key = ip__pyver_lock_key(sem, here, top);
+}
+
+
 /* Waits for a token like sem_timedwait on the monotonic deadline (-1:
- * forever): 0, or -1 with errno EINTR or ETIMEDOUT. */
+ * forever): 0, -EINTR, -ETIMEDOUT, or sem_trywait's own -errno. */
 static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
   ip_coro_t *co = s->current;
   sem_waiter_t w = {.sem = sem, .co = co};
@@ -144,12 +192,12 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       return 0;
     }
     if (errno != EAGAIN)
-      return -1;
+      return -errno;
     int64_t timeout = -1;
     if (deadline >= 0) {
       timeout = deadline - ip__now_ns();
       if (timeout <= 0)
-        return ip__fail(-ETIMEDOUT);
+        return -ETIMEDOUT;
     }
     w.gen = ip__prepare(co);
     enlist(&w);
@@ -163,15 +211,21 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       poll_ns = poll_ns * 2 < SHARED_POLL_MAX_NS ? poll_ns * 2 : SHARED_POLL_MAX_NS;
     }
     co->shield++;
-    ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+    note_lock_wait(s, co, sem);
     int r = ip__park(s, timeout);
     co->shield--;
     delist(&w);
     if (r == -EINTR)
-      return ip__fail(r);
+      return r;
     /* A timed-out park loops once more: the token may have come with the
      * deadline, and the deadline check above then reports ETIMEDOUT. */
   }
+}
+
+
+/* The sem_* hooks' boundary: sem_wait and friends report -1 + errno. */
+static int sem_result(int r) {
+  return r < 0 ? ip__fail(r) : 0;
 }
 
 
@@ -183,27 +237,26 @@ int sem_wait(sem_t *sem) {
   ip_sched_t *s = ip__hook_sched();
   if (s == NULL)
     return ip__real.sem_wait(sem);
-  return park_for_token(s, sem, -1);
+  return sem_result(park_for_token(s, sem, -1));
 }
 
 
 int sem_timedwait(sem_t *restrict sem, const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000)
+  if (s == NULL || !ip__timespec_nsec_valid(abstime))
     return ip__real.sem_timedwait(sem, abstime);
-  return park_for_token(s, sem, deadline_of(CLOCK_REALTIME, abstime));
+  return sem_result(
+      park_for_token(s, sem, deadline_of(CLOCK_REALTIME, abstime)));
 }
 
 
 int sem_clockwait(sem_t *restrict sem, clockid_t clk,
                   const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000 ||
+  if (s == NULL || !ip__timespec_nsec_valid(abstime) ||
       (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME))
     return ip__real.sem_clockwait(sem, clk, abstime);
-  return park_for_token(s, sem, deadline_of(clk, abstime));
+  return sem_result(park_for_token(s, sem, deadline_of(clk, abstime)));
 }
 
 

@@ -9,8 +9,9 @@ One command, from the repository root:
 It installs the `bench` extra (`pip install -e '.[bench]'`) when a peer is
 missing, builds the C load generator (scripts/loadgen.c) and the hook-cost
 library (scripts/hookcost.c) into build/bench/, runs everything, and writes
-bench-results/results.{json,md} (an ignored folder: raw results are never
-committed) and one PNG per message size.
+bench-results/results.{json,md} and one PNG per message size (bench-results/
+is ignored by git: raw results are never committed; docs/benchmarks.md
+holds the curated summary).
 
 --rt-table runs the round-trip table of docs/performance.md: interpose,
 uvloop Protocol, gevent patch_all and plain threads, 64-byte messages at
@@ -37,10 +38,10 @@ Method: for each repetition, for each (connections, size) cell, every server
 runs once, in turn (A B C ... A B C ...), so the machine's drift hits all of
 them alike.  Each run starts a fresh server pinned to CPU 0 and the load
 generator pinned to CPU 1; the load generator connects gradually, warms up,
-then measures.  The server's CPU time (psutil, the whole process tree; user and
-system time apart too) and RSS are sampled when the measurement window
-opens and closes.  The tables
-give medians over the repetitions with min-max.
+then measures.  The server's CPU time (psutil, the whole process tree;
+user and system time apart too) and RSS are sampled when the measurement
+window opens and closes.  The tables give medians over the repetitions
+with min-max.
 
 Idle memory: each server gets --idle-conns connections that do one round
 trip and then stay silent; (RSS then - RSS before the first connection) /
@@ -476,7 +477,8 @@ def parse_args(argv):
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
                         help="parts to leave out: grid, idle, micro")
     parser.add_argument("--out", default=RESULTS,
-                        help="results folder (default bench-results/)")
+                        help="results folder (default bench-results/, ignored by"
+                             " git)")
     args = parser.parse_args(argv)
     if args.rt_table:
         args.servers = list(RT_TABLE_SERVERS)
