@@ -143,3 +143,33 @@ def test_bench_suite_writes_raw_results_to_an_ignored_folder():
     assert os.path.dirname(out) == root
     assert os.path.basename(out) in _gitignored_dirs()
     assert not os.path.exists(os.path.join(SCRIPTS, "results"))
+
+
+def test_rt_table_gives_ratios_and_the_miss():
+    sys.path.insert(0, SCRIPTS)
+    import bench_report
+
+    def stat(v):
+        return {"median": v, "min": v, "max": v}
+
+    def row(server, conns, cpu, rps):
+        return {"server": server, "conns": conns, "size": 64, "runs": 3,
+                "failed_runs": 0, "rps": stat(rps), "cpu_us_per_rt": stat(cpu),
+                "user_us_per_rt": stat(cpu / 4), "sys_us_per_rt": stat(cpu * 3 / 4)}
+
+    data = {"machine": {"cpu_model": "x", "cpus": 2, "memory_gib": 1,
+                        "kernel": "k", "python": "3", "peers": {}},
+            "started": "now", "minutes": 1, "pinning": {"server_cpu": 0,
+                                                        "load_cpu": 1},
+            "settings": {"reps": 3, "duration": 2, "warmup": 0.5,
+                         "conns": [100, 1000], "sizes": [64],
+                         "servers": ["interpose", "uvloop-protocol"]},
+            "grid": [row("interpose", 100, 5.0, 120000),
+                     row("uvloop-protocol", 100, 4.0, 150000),
+                     row("interpose", 1000, 6.0, 90000),
+                     row("uvloop-protocol", 1000, 8.0, 100000)]}
+    table = bench_report.render_rt_table(data)
+    assert "| 100 | uvloop Protocol | 4.00 (4.00–4.00) | 1.0 · 3.0 |" in table
+    assert "1.25× | 0.80× |" in table  # interpose's CPU and rt/s ÷ uvloop's
+    assert "5.00 vs 4.00; missed by 1.00 µs (25%) | **no** |" in table
+    assert "6.00 vs 8.00 | yes |" in table
