@@ -6,22 +6,23 @@ bucket given in ns per round trip.
                                     [--conns 100] [--seconds 3] [--reps 3]
                                     [--keep PATH] [--baseline DIR]
 
-Each server runs --reps times, interleaved (A B A B ...), pinned to CPU 0 and the load generator (64-byte messages)
-to CPU 1, as in bench_suite.py.  After a second of load, `perf record`
-samples the server's CPU (cpu-clock, kernel and user, with call chains) for
---seconds and counts its sendto and write calls: every echo server makes
-exactly one per round trip (the threaded ones and gevent send 64 bytes in
-one call, uvloop writes), so that count is the number of round trips in
-the window (reads would not do: gevent tries recv, gets EAGAIN, waits and
-calls it again), and a bucket's ns per round trip is its samples' CPU time divided by
-it.  Needs perf and permission to profile (root, or
+Each server runs --reps times, interleaved (A B A B ...), pinned to CPU 0,
+with the load generator (64-byte messages) on CPU 1, as in bench_suite.py.
+Half a second after the load generator's warm-up, `perf record` samples
+the server's CPU (cpu-clock, kernel and user, with call chains) for
+--seconds while `perf stat` counts its sendto and write calls: every echo
+server makes exactly one per round trip (the threaded ones and gevent send
+64 bytes in one call, uvloop writes), so that count is the number of round
+trips in the window (reads would not do: gevent tries recv, gets EAGAIN,
+waits and calls it again), and a bucket's ns per round trip is its
+samples' CPU time divided by it.  Needs perf and permission to profile (root, or
 kernel.perf_event_paranoid <= 1 for kernel samples).
 
 Buckets.  A user-space sample goes by its own function (self time): the
 interpose library by source file (hooks, fd table, scheduler and switch,
 thread-state swap), CPython's GIL hand-off (take_gil, drop_gil and the
-pthread mutex/condvar calls they make), the clock (vDSO), libc's syscall
-wrappers, and the rest of CPython, _socket and malloc as "Python-level
+pthread mutex/condvar calls they make), thread-local lookups, the clock
+(vDSO), libc's syscall wrappers, and the rest of CPython, _socket and malloc as "Python-level
 socket code".  A kernel sample goes by the system call its chain passes
 through (recvfrom, sendto, epoll_wait, ...): loopback TCP delivers the
 reply to the peer's socket inside the sender's sendto, so that bucket holds
@@ -71,8 +72,13 @@ GIL_SYMBOLS = {
     "PyGILState_GetThisThreadState", "PyThread_tss_get",
     "PyThread_get_key_value", "_PyThreadState_GET",
 }
-GIL_LIBC = re.compile(r"pthread_(mutex|cond)_|pthread_getspecific|"
-                      r"__tls_get_addr|pthread_self")
+GIL_LIBC = re.compile(r"pthread_(mutex|cond)_|pthread_self")
+# Thread-local lookups: the library's own TLS (global-dynamic model, so
+# each access calls __tls_get_addr) and the gilstate slot it reads with
+# pthread_getspecific, besides CPython's.
+TLS = "thread-local lookups (__tls_get_addr, pthread_getspecific)"
+TLS_SYMBOLS = {"__tls_get_addr", "pthread_getspecific",
+               "pthread_getspecific@@GLIBC_2.34", "__pthread_getspecific"}
 WRAPPERS = re.compile(r"^(__libc_recv|__send|__libc_send|recv|send|"
                       r"__GI___pthread_(en|dis)able_asynccancel|"
                       r"epoll_wait|__GI_epoll_wait|syscall|__syscall.*)$")
@@ -129,8 +135,9 @@ def bucket_of(sym, dso, chain, files):
         return FILE_BUCKETS.get(f, "hook entry (hooks, mode, real calls)")
     if "vdso" in dso:
         return CLOCK
-    if sym in GIL_SYMBOLS or ("libc" in dso and GIL_LIBC.search(sym)) or \
-            "ld-linux" in dso:
+    if sym in TLS_SYMBOLS or sym.startswith("pthread_getspecific"):
+        return TLS
+    if sym in GIL_SYMBOLS or ("libc" in dso and GIL_LIBC.search(sym)):
         return GIL
     if "libc" in dso and WRAPPERS.match(sym):
         return "libc syscall wrappers"
