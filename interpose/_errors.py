@@ -43,7 +43,7 @@ def spawn_error(err):
             errno.ENOMEM,
             "interpose: cannot map a stack for a new coroutine: the process is"
             f" out of memory or of memory mappings (vm.max_map_count={limit};"
-            " each coroutine needs 2). Raise the limit with"
+            " each coroutine needs up to 3). Raise the limit with"
             " 'sysctl -w vm.max_map_count=N' or use smaller/fewer coroutines.",
         )
     return err

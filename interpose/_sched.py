@@ -230,6 +230,16 @@ class Coroutine:
         if self._sched is None:
             raise RuntimeError("the main coroutine of a thread cannot be joined")
         deadline = deadline_ns(timeout)
+        # Joining a finished coroutine (most joins after a batch of spawns)
+        # needs no wait queue: _finish stores the outcome before _done,
+        # under the guard, so a reader that sees _done sees the outcome.
+        if not self._done:
+            self._wait_done(deadline, timeout)
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+    def _wait_done(self, deadline, timeout):
         with _join_guard:
             self._joiners += 1
             if self._join_waiters is None:
@@ -244,9 +254,6 @@ class Coroutine:
                             )
             finally:
                 self._joiners -= 1
-        if self._exception is not None:
-            raise self._exception
-        return self._result
 
     # -- running in the coroutine's own thread state --------------------
 

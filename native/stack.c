@@ -4,7 +4,7 @@
  * size go back to a per-thread pool instead of being unmapped.
  *
  * Facts: a stack costs two memory mappings (the guard splits the mapping),
- * and Linux caps a process at vm.max_map_count mappings (65530 by default),
+ * CPython usually adds one for each coroutine that has run, and Linux caps a process at vm.max_map_count mappings (65530 by default),
  * after which mmap and mprotect fail with ENOMEM.  A stack overflow is a
  * SIGSEGV on the guard page, delivered while the faulting stack is unusable.
  * Consequences: running out of mappings must surface as an error from spawn,
@@ -109,6 +109,22 @@ static atomic_long stacks_mapped;
  * once the limit is reached, Python's own allocator fails too, and the
  * program could not even handle spawn's error. */
 #define MAPPING_HEADROOM 1024
+/* Facts (measured on 3.11, docs/performance.md): a coroutine costs two
+ * mappings for its stack (the guard page splits it) and, once it has run,
+ * usually a third: CPython maps its thread state's 16 KiB frame data
+ * stack with an mmap of its own, and that one merges with a neighbour
+ * only when it happens to be mapped right next to another chunk (many
+ * coroutines spawned before any runs).  Counting two per stack let a
+ * server that spawns and runs one coroutine per connection use up every
+ * mapping at about 21,800 coroutines, headroom included, so that the
+ * next mmap anywhere in the process failed.
+ * Consequence: the estimate is three per stack; near the limit, where
+ * that estimate would refuse, the real count is read from
+ * /proc/self/maps (every STACKS_PER_RECOUNT spawns, not every one), so a
+ * program whose chunks did merge still gets all the coroutines the limit
+ * allows, and the headroom holds either way. */
+#define MAPPINGS_PER_STACK 3
+#define STACKS_PER_RECOUNT 64
 
 static long max_map_count(void) {
   static atomic_long cached;
@@ -133,8 +149,47 @@ static long max_map_count(void) {
 }
 
 
+/* The process's mappings now (one line of /proc/self/maps each), or -1. */
+static long count_mappings(void) {
+  int fd = ip__real.open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  char buf[16384];
+  long lines = 0;
+  ssize_t n;
+  while ((n = ip__real.read(fd, buf, sizeof(buf))) > 0)
+    for (ssize_t i = 0; i < n; i++)
+      lines += buf[i] == '\n';
+  ip__real.close(fd);
+  return n < 0 ? -1 : lines;
+}
+
+
+/* Whether one more stack leaves MAPPING_HEADROOM mappings to the rest of
+ * the process.  The recount state is shared by every thread; a race
+ * between two recounts only makes one of them count again. */
+static int mappings_left_for_stack(void) {
+  static atomic_long counted, stacks_at_count;
+  long limit = max_map_count();
+  long stacks = atomic_load(&stacks_mapped) + 1;
+  if (MAPPINGS_PER_STACK * stacks + MAPPING_HEADROOM <= limit)
+    return 1; /* the pessimistic estimate fits: nothing to read */
+  long since = stacks - atomic_load(&stacks_at_count);
+  if (atomic_load(&counted) == 0 || since < 0 || since >= STACKS_PER_RECOUNT) {
+    long real = count_mappings();
+    if (real < 0)
+      return 0;
+    atomic_store(&counted, real);
+    atomic_store(&stacks_at_count, stacks - 1);
+    since = 1;
+  }
+  return atomic_load(&counted) + MAPPINGS_PER_STACK * since +
+             MAPPING_HEADROOM <= limit;
+}
+
+
 static int map_stack(ip_stack_t *st, size_t usable) {
-  if (2 * (atomic_load(&stacks_mapped) + 1) + MAPPING_HEADROOM > max_map_count())
+  if (!mappings_left_for_stack())
     return -ENOMEM;
   size_t guard = page();
   size_t size = usable + guard;
