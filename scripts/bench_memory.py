@@ -45,6 +45,11 @@ SERVERS = ("interpose", "interpose-spawn", "threads", "gevent-patched",
            "uvloop-protocol")
 PAGE = os.sysconf("SC_PAGESIZE")
 CHUNK = 16 * 1024  # CPython's DATA_STACK_CHUNK_SIZE (3.11 to 3.15)
+# native/arena.c's slabs: 64 chunks, each at offset 64 of a stride of
+# CHUNK + a page; neighbouring slabs merge into one mapping.
+SLAB_STRIDE = CHUNK + PAGE
+SLAB = 64 * SLAB_STRIDE
+SLAB_OFFSET = 64
 ARENA = 1 << 20  # pymalloc's arena size from 3.10
 
 
@@ -68,7 +73,9 @@ def read_vmas(pid):
 
 def classify(vmas):
     """{category: [vma, ...]}: 'stack' (read-write above a one-page guard),
-    'chunk' (16 KiB), 'arena' (1 MiB), 'heap', 'files', 'anon'."""
+    'chunk' (a 16 KiB data-stack chunk of its own), 'slab' (arena.c's
+    slabs of chunks), 'arena' (1 MiB), 'heap', 'files', 'anon' (the rest,
+    guard pages included)."""
     out = collections.defaultdict(list)
     prev = None
     for v in vmas:
@@ -79,6 +86,8 @@ def classify(vmas):
             out["stack"].append(v)
         elif anon_rw and hi - lo == CHUNK:
             out["chunk"].append(v)
+        elif anon_rw and (hi - lo) % SLAB == 0:
+            out["slab"].append(v)
         elif anon_rw and hi - lo == ARENA:
             out["arena"].append(v)
         elif name == "[heap]":
@@ -114,13 +123,19 @@ def _touched_bottom(mem, lo, size):
     return len(mem.read(size).rstrip(b"\0"))
 
 
-def stack_usage(pid, stacks, chunks):
+def stack_usage(pid, stacks, chunks, slabs):
     """Medians of the bytes written at the top of each stack and at the
-    start of each chunk."""
+    start of each data-stack chunk (chunks in slabs: those in use or
+    cached, i.e. with anything written)."""
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         used = [_touched_top(mem, hi) for _, hi, *_ in stacks]
         chunk_used = [_touched_bottom(mem, lo, hi - lo)
                       for lo, hi, *_ in chunks]
+        for lo, hi, *_ in slabs:
+            for start in range(lo + SLAB_OFFSET, hi, SLAB_STRIDE):
+                n = _touched_bottom(mem, start, PAGE - SLAB_OFFSET)
+                if n > 0:
+                    chunk_used.append(n)
     med = (lambda xs: statistics.median(xs) if xs else None)
     return {"stack_bytes_written_median": med(used),
             "stack_bytes_written_max": max(used, default=None),
@@ -162,7 +177,7 @@ def run_breakdown(name, conns, args):
             after = read_vmas(server.proc.pid)
             rows, cats = smaps_breakdown(before, after, msg["connected"])
             usage = stack_usage(server.proc.pid, cats.get("stack", []),
-                                cats.get("chunk", []))
+                                cats.get("chunk", []), cats.get("slab", []))
         finally:
             gen.kill()
             gen.wait()
