@@ -156,6 +156,9 @@ static int previous_maps_pages(void) {
 }
 
 
+int ip__arena_slabs_on(void) { return slabs_on; }
+
+
 void ip__arena_install(void) {
   static int installed;
   if (installed)

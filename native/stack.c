@@ -111,20 +111,19 @@ static atomic_long stacks_mapped;
 #define MAPPING_HEADROOM 1024
 /* Facts (measured on 3.11, docs/performance.md): a coroutine costs two
  * mappings for its stack (the guard page splits it) and, once it has run,
- * usually a third: CPython maps its thread state's 16 KiB frame data
- * stack with an mmap of its own, and that one merges with a neighbour
- * only when it happens to be mapped right next to another chunk (many
- * coroutines spawned before any runs).  Counting two per stack let a
+ * CPython's 16 KiB frame data stack for its thread state: a mapping of its
+ * own, which merges with a neighbour only when it happens to be mapped
+ * right next to another chunk, unless arena.c serves it from a slab.
+ * Counting two per stack while chunks had mappings of their own let a
  * server that spawns and runs one coroutine per connection use up every
- * mapping at about 21,800 coroutines, headroom included, so that the
- * next mmap anywhere in the process failed.
- * Consequence: the estimate is three per stack; near the limit, where
- * that estimate would refuse, the real count is read from
- * /proc/self/maps (every STACKS_PER_RECOUNT spawns, not every one), so a
- * program whose chunks did merge still gets all the coroutines the limit
- * allows, and the headroom holds either way. */
-#define MAPPINGS_PER_STACK 3
-#define STACKS_PER_RECOUNT 64
+ * mapping at about 21,800 coroutines, headroom included, so that the next
+ * mmap anywhere in the process failed.
+ * Consequence: the estimate (two per stack with slabs, three without)
+ * only decides when counting is needed; past half the limit the real count
+ * is read from /proc/self/maps (a handful of times, see below), so the
+ * headroom holds whatever the chunks and the rest of the process did, and
+ * a program gets all the coroutines the limit allows. */
+#define MAPPINGS_PER_STACK (ip__arena_slabs_on() ? 2 : 3)
 
 static long max_map_count(void) {
   static atomic_long cached;
@@ -166,25 +165,27 @@ static long count_mappings(void) {
 
 
 /* Whether one more stack leaves MAPPING_HEADROOM mappings to the rest of
- * the process.  The recount state is shared by every thread; a race
- * between two recounts only makes one of them count again. */
+ * the process.  After a count, the stacks that fit even at three mappings
+ * each (the worst case) are allowed without counting again, so the counts
+ * near the limit are a handful (each leaves a third of the gap), not one
+ * per spawn.  The state is shared by every thread; a race between two
+ * counts only makes one of them count again. */
 static int mappings_left_for_stack(void) {
-  static atomic_long counted, stacks_at_count;
+  static atomic_long allowed_until; /* stacks_mapped allowed without a count */
   long limit = max_map_count();
   long stacks = atomic_load(&stacks_mapped) + 1;
-  if (MAPPINGS_PER_STACK * stacks + MAPPING_HEADROOM <= limit)
-    return 1; /* the pessimistic estimate fits: nothing to read */
-  long since = stacks - atomic_load(&stacks_at_count);
-  if (atomic_load(&counted) == 0 || since < 0 || since >= STACKS_PER_RECOUNT) {
-    long real = count_mappings();
-    if (real < 0)
-      return 0;
-    atomic_store(&counted, real);
-    atomic_store(&stacks_at_count, stacks - 1);
-    since = 1;
-  }
-  return atomic_load(&counted) + MAPPINGS_PER_STACK * since +
-             MAPPING_HEADROOM <= limit;
+  /* While stacks take at most half the limit, the rest of the process
+   * (libraries, heaps, arenas: a few hundred mappings) would need the
+   * other half to reach it: nothing to read. */
+  if (MAPPINGS_PER_STACK * stacks <= limit / 2 ||
+      stacks <= atomic_load(&allowed_until))
+    return 1;
+  long counted = count_mappings();
+  if (counted < 0)
+    return 0;
+  long fit = (limit - MAPPING_HEADROOM - counted) / 3;
+  atomic_store(&allowed_until, stacks - 1 + (fit > 0 ? fit : 0));
+  return fit > 0;
 }
 
 

@@ -1,11 +1,11 @@
 """Capacity: 100,000 coroutines parked at once in one process, and the
 clean stop when vm.max_map_count is what runs out (issue #18).
 
-Each coroutine costs two memory mappings for its stack and guard page and,
-once it has run, usually a third for CPython's frame data stack
-(native/stack.c), so Linux's default vm.max_map_count of 65,530 allows
-about 21,500 coroutines that have run: the 100,000-coroutine test needs the
-limit raised (.ci/run raises it for that test alone; docs/performance.md
+Each coroutine costs two memory mappings, for its stack and guard page
+(CPython's frame data stacks come from slabs of 64: native/arena.c), so
+Linux's default vm.max_map_count of 65,530 allows about 32,000 coroutines,
+with 1,024 mappings left to the rest of the process (native/stack.c): the
+100,000-coroutine test needs the limit raised (.ci/run raises it for that test alone; docs/performance.md
 says how), and is skipped, saying so, on a machine whose limit is lower.
 """
 import json
@@ -22,9 +22,9 @@ import interpose
 # scripts/test-installed runs the suite against the wheel).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(interpose.__file__)))
 CAPACITY = 100_000
-# Three mappings per coroutine, the engine's headroom (1,024) and the
-# interpreter's own few hundred.
-MAPPINGS_NEEDED = 3 * CAPACITY + 4096
+# Two mappings per coroutine, one per slab of 64 data stacks, the engine's
+# headroom (1,024) and the interpreter's own few hundred.
+MAPPINGS_NEEDED = 2 * CAPACITY + CAPACITY // 64 + 4096
 
 
 def _max_map_count():
@@ -126,7 +126,7 @@ def test_spawn_and_run_one_at_a_time_until_max_map_count_keeps_headroom():
     # has mappings to spare (it can report the error and finish every
     # coroutine).  Unacceptable: the limit reached by the stacks, with
     # Python's own allocations failing next (before the fix: at about
-    # 21,800 coroutines, 65,531 mappings).
+    # 21,800 coroutines, 65,530 mappings).
     r = _run(
         """
         import json
