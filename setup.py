@@ -56,7 +56,7 @@ def compiler():
 
 def build_id(native_dir=NATIVE):
     """SHA-256 of every *.c, *.h and *.S in name order: the same value
-    native/Makefile and interpose/_native.py compute."""
+    native/Makefile and interpose/_core/_native.py compute."""
     digest = hashlib.sha256()
     for name in sorted(os.listdir(native_dir)):
         if name.endswith((".c", ".h", ".S")):

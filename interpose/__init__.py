@@ -1,47 +1,37 @@
 """interpose: run blocking Python code on coroutines.
 
-Layout:
-  _native      loads libinterpose.so (the C engine) and binds it with ctypes
-  _compat      the supported interpreter versions
-  _sched       coroutines and the per-thread scheduler
-  _waitqueue   the parking primitive the sync primitives share
-  _sync        cooperative Event, Lock, RLock, Semaphore, Condition, Queue
-  _threads     threading on coroutines (interpose run), or native threads
-  _signals     signal handlers in the main coroutine, the wakeup fd
-  _monitor     reports coroutines that keep their thread too long
-  _dump        the coroutine dump (interpose.dump, interpose ps)
-  _deadlock    decides whether stuck coroutines can be woken; the report
-  _watch       the diagnostics thread: control socket, deadlock watcher
-  _stats       statistics as text (--stats, interpose ps --stats)
-  _diagnostics starts the above from the environment
-  _errors      exceptions
-  _demo_echo   the no-argument echo demo (python -m interpose demo)
-  _autostart   boots the runtime in a preloaded process (with _boot/)
-  _settings    the INTERPOSE_* environment settings and their checks
-  __main__     the command line
+This file only re-exports the public API; everything else is private.
+Layout (docs/design.md, "Python layout"; imports go down this list only):
+  __main__, _demo_echo     the command line (python -m interpose)
+  _autostart, _boot/       boots the runtime in a preloaded process
+  _diagnostics/            dump, deadlock report, blocking monitor, ps, stats
+  _integrations/           threads, signals, sync primitives, time slicing:
+                           they register with the core's hook lists
+  _core/                   native binding, errors, versions, settings,
+                           scheduler and wait queue: imports nothing above
 """
-from ._dump import dump as dump
-from ._errors import Cancelled as Cancelled
-from ._errors import NativeLibraryError as NativeLibraryError
-from ._monitor import start as start_blocking_monitor
-from ._sched import Coroutine as Coroutine
-from ._sched import CoroutineStatistics as CoroutineStatistics
-from ._sched import Statistics as Statistics
-from ._sched import current as current
-from ._sched import deadline as deadline
-from ._sched import no_hooks as no_hooks
-from ._sched import run as run
-from ._sched import sleep as sleep
-from ._sched import spawn as spawn
-from ._sched import statistics as statistics
-from ._sched import wait_readable as wait_readable
-from ._sched import wait_writable as wait_writable
-from ._sync import Condition as Condition
-from ._sync import Event as Event
-from ._sync import Lock as Lock
-from ._sync import Queue as Queue
-from ._sync import RLock as RLock
-from ._sync import Semaphore as Semaphore
+from ._core._errors import Cancelled as Cancelled
+from ._core._errors import NativeLibraryError as NativeLibraryError
+from ._core._sched import Coroutine as Coroutine
+from ._core._statistics import CoroutineStatistics as CoroutineStatistics
+from ._core._statistics import Statistics as Statistics
+from ._core._sched import current as current
+from ._core._sched import deadline as deadline
+from ._core._sched import no_hooks as no_hooks
+from ._core._sched import run as run
+from ._core._sched import sleep as sleep
+from ._core._sched import spawn as spawn
+from ._core._statistics import statistics as statistics
+from ._core._sched import wait_readable as wait_readable
+from ._core._sched import wait_writable as wait_writable
+from ._integrations._sync import Condition as Condition
+from ._integrations._sync import Event as Event
+from ._integrations._sync import Lock as Lock
+from ._integrations._sync import Queue as Queue
+from ._integrations._sync import RLock as RLock
+from ._integrations._sync import Semaphore as Semaphore
+from ._diagnostics._dump import dump as dump
+from ._diagnostics._monitor import start as start_blocking_monitor
 from ._version import __version__ as __version__
 
 __all__ = [

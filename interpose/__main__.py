@@ -5,7 +5,8 @@ import shlex
 import subprocess
 import sys
 
-from . import _settings
+from ._core import _settings
+from ._core._unloadable import print_interpreter, print_unusable
 
 USAGE_RUN = """usage: interpose run [--stack-size N] [--no-main-hooks] [--stats]
                      [--native-threads] [--monitor SECONDS]
@@ -37,27 +38,9 @@ def _fail(message, status=2):
     return status
 
 
-def unloadable(reason):
-    """Exit status (after reporting) of a command whose package import
-    failed: the runtime cannot load in this interpreter or install.  Called
-    by _native, before main() can run."""
-    reason = reason.removeprefix("interpose: ")
-    if sys.argv[1:2] == ["info"]:
-        _print_interpreter()
-        return _print_unusable(reason)
-    return _fail(reason)
-
-
-def _print_unusable(reason):
-    """info's report when the runtime does not load; its exit status."""
-    print(f"runtime: not usable: {reason}")
-    print("boot under run/env: no (the runtime does not load)")
-    return 1
-
-
 def _load():
     """The runtime's boot module, or an error message for the user."""
-    from . import _compat
+    from ._core import _compat
 
     reason = _compat.unsupported_reason()
     if reason:
@@ -168,7 +151,7 @@ def _env(args):
     env, problem = _boot_environment(autostart)
     if problem:
         return _fail(problem)
-    from ._native import LIBRARY_PATH
+    from ._core._native import LIBRARY_PATH
 
     if env["LD_PRELOAD"].split(":")[0] != LIBRARY_PATH:
         # A sanitizer runtime must stay first (scripts/asan-tests): give the
@@ -183,17 +166,10 @@ def _env(args):
     return 0
 
 
-def _print_interpreter():
-    from . import _compat
-
-    print(f"python: {sys.version.split()[0]} ({sys.executable})")
-    reason = _compat.unsupported_reason()
-    print(f"interpreter supported: {'yes' if reason is None else 'no: ' + reason}")
-
-
 # Run by `info` under the environment `run` gives a program: what booted.
 _PROBE = """\
-from interpose import _autostart, _native
+from interpose import _autostart
+from interpose._core import _native
 print("booted" if _autostart.booted() and _native.lib.preloaded() else "not booted")
 """
 
@@ -213,11 +189,11 @@ def _boot_probe(env):
 
 
 def _info(args):
-    _print_interpreter()
+    print_interpreter()
     autostart, problem = _load()
     if problem:
-        return _print_unusable(problem)
-    from . import _native, _sched
+        return print_unusable(problem)
+    from ._core import _native, _statistics
     from ._version import __version__
 
     print(f"interpose: {__version__}")
@@ -226,7 +202,7 @@ def _info(args):
     print(f"default stack: {_native.lib.stack_default()} bytes")
     print(f"boot hook: {autostart.BOOT_HOOK}")
     print(f"preloaded: {'yes' if _native.lib.preloaded() else 'no'}")
-    running = autostart.booted() or _sched.statistics() != _sched.Statistics()
+    running = autostart.booted() or _statistics.statistics() != _statistics.Statistics()
     print(f"scheduler running: {'yes' if running else 'no'}")
     env, problem = _boot_environment(autostart)
     if problem is None:
@@ -270,8 +246,8 @@ _DEMO_MARKER = "INTERPOSE_DEMO_PRELOADED"
 
 def _ps(args):
     """Print the coroutine dump (or statistics) of another process that runs
-    under interpose, through its control socket (interpose/_watch.py)."""
-    from . import _watch
+    under interpose, through its control socket (interpose/_diagnostics/_watch.py)."""
+    from ._diagnostics import _watch
 
     try:
         pid = int(args.pid)

@@ -5,7 +5,7 @@ Settings come from the environment, so child processes inherit them:
 INTERPOSE_AUTOSTART=1 (boot at all), INTERPOSE_MAIN_HOOKS=0 (leave the main
 coroutine's hooks off; spawned coroutines still have theirs),
 INTERPOSE_STATS=1 (print the scheduler's statistics to stderr at exit),
-INTERPOSE_STACK_SIZE (the default stack size, read by the library),
+INTERPOSE_STACK_SIZE (the default stack size, handed to the library),
 INTERPOSE_THREADS=native (threads stay OS threads, each with a scheduler of
 its own, instead of becoming coroutines), INTERPOSE_MONITOR=SECONDS (report
 coroutines that run longer than SECONDS without reaching a hooked call),
@@ -19,13 +19,13 @@ import atexit
 import os
 import sys
 
-from . import _diagnostics
-from . import _monitor
-from . import _native
-from . import _preempt
-from . import _sched
-from . import _settings
-from . import _threads
+from ._diagnostics import _startup as _diagnostics_startup
+from ._diagnostics import _monitor
+from ._core import _native
+from ._integrations import _preempt
+from ._core import _sched
+from ._core import _settings
+from ._integrations import _threads
 
 BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_boot")
 BOOT_HOOK = os.path.join(BOOT_DIR, "sitecustomize.py")
@@ -58,7 +58,7 @@ def boot():
     _sched._scheduler()
     _preempt.mode = _settings.get("INTERPOSE_PREEMPT") or "threads"
     if _preempt.threads_preemptible():  # the main thread takes turns too
-        _preempt.set_preemptible(_native.lib.coro_current(), True)
+        _sched.set_preemptible(_native.lib.coro_current(), True)
     if _settings.get("INTERPOSE_THREADS") == "native":
         _threads.install_native()
     else:
@@ -67,7 +67,7 @@ def boot():
         _native.lib.coro_set_hooks(1)
     if _settings.get("INTERPOSE_STATS") == "1":
         atexit.register(_print_statistics)
-    _diagnostics.boot()
+    _diagnostics_startup.boot()
     monitor = _settings.get("INTERPOSE_MONITOR")
     if monitor is not None:
         _monitor.start(monitor)
@@ -96,7 +96,7 @@ def boot_problem():
 
 
 def _print_statistics():
-    from . import _stats
+    from ._diagnostics import _stats
 
     sys.stderr.write(_stats.format_all())
 

@@ -10,8 +10,9 @@ import errno
 import socket
 import time
 
-from . import _errors
-from . import _sched
+from ._core import _errors
+from ._core import _sched
+from ._core import _statistics
 
 PAYLOAD = b"sarlmol\0"
 
@@ -120,7 +121,7 @@ def main(seconds=3, clients=100, out=print):
         return elapsed
 
     elapsed = _sched.run(body)
-    stats = _sched.statistics()
+    stats = _statistics.statistics()
     out(f"round trips: {counts.total_succ} in {elapsed:.2f} s"
         f" = {counts.total_succ / elapsed:,.0f} round trips/s")
     out(f"errors: {counts.total_fail}")

@@ -29,7 +29,10 @@
  * from the wrapped allocator starts on a page boundary (it maps whole pages:
  * install() checks that, and keeps the slabs off otherwise).  That is how a
  * free tells them apart, including chunks allocated before we were
- * installed.  Calls arrive with the GIL held, which serialises them. */
+ * installed.  Calls arrive with the GIL held, which serialises them.
+ * Installed by the first scheduler (ip__sched_ensure), never by binding the
+ * library: a process that only imports interpose keeps CPython's
+ * allocator. */
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>

@@ -191,12 +191,12 @@ static void *slot_get(void) {
 }
 
 
-/* 0, or -1 when this thread has no slot to write. */
+/* 0, or -ENOENT when this thread has no slot to write. */
 static int slot_set(void *tstate) {
   if (tls_modid != 0) {
     void **w = this_thread_word();
     if (w == NULL)
-      return -1;
+      return -ENOENT;
     *w = tstate;
     return 0;
   } else {

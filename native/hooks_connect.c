@@ -33,7 +33,7 @@
 #include "internal.h"
 
 #define LISTENERS 64
-#define MAX_ROOM_WAIT_NS 1000000000 /* then connect like a thread would */
+#define MAX_ROOM_WAIT_NS IP_NS_PER_SEC /* then connect like a thread would */
 
 /* Listening TCP sockets of this process by port: fd + 1 (0: free slot).
  * Entries go stale when the fd is closed; every use re-checks the fd. */

@@ -29,6 +29,14 @@
 typedef struct job job_t;
 typedef void (*job_fn)(job_t *);
 
+/* What a job's presult holds, so that a job its coroutine gave up on can
+ * free what the lookup allocated. */
+enum job_result_kind {
+  JOB_RESULT_BORROWED = 0, /* nothing to free (a caller's buffer, a hostent
+                              in glibc's static storage) */
+  JOB_RESULT_ADDRINFO,     /* a getaddrinfo list: freeaddrinfo */
+};
+
 struct job {
   job_t *next;
   job_fn run;
@@ -41,7 +49,8 @@ struct job {
   /* arguments and results */
   const void *a1, *a2, *a3;
   int i1, i2;
-  void *p1, *p2;
+  void *p1;
+  enum job_result_kind result_kind;
   size_t n1, n2;
   long result;
   void *presult;
@@ -57,7 +66,8 @@ static void job_release(job_t *j) {
   if (atomic_fetch_sub(&j->owners, 1) != 1)
     return;
   /* The coroutine gave up: free what the lookup allocated. */
-  if (j->run != NULL && j->presult != NULL && j->p2 == (void *) freeaddrinfo)
+  if (j->run != NULL && j->presult != NULL &&
+      j->result_kind == JOB_RESULT_ADDRINFO)
     freeaddrinfo(j->presult);
   free(j);
 }
@@ -191,14 +201,14 @@ int getaddrinfo(const char *node, const char *service,
   j->a1 = node;
   j->a2 = service;
   j->a3 = hints;
-  j->p2 = (void *) freeaddrinfo; /* marks presult as an addrinfo list */
+  j->result_kind = JOB_RESULT_ADDRINFO;
   int r = run_parked(s, j);
   if (r < 0) {
     if (r == -EAGAIN || r == -ENOMEM) { /* no worker: do it here */
       free(j);
       return ip__real.getaddrinfo(node, service, hints, res);
     }
-    errno = -r;
+    ip__set_errno(r);
     return EAI_SYSTEM;
   }
   int result = (int) j->result;
@@ -247,7 +257,7 @@ int getnameinfo(const struct sockaddr *addr, socklen_t addrlen, char *host,
       return ip__real.getnameinfo(addr, addrlen, host, hostlen, serv,
                                   servlen, flags);
     }
-    errno = -r;
+    ip__set_errno(r);
     return EAI_SYSTEM;
   }
   if (host && hostlen)
@@ -287,7 +297,7 @@ static struct hostent *gethostby(ip_sched_t *s, int which, const void *key,
   job_t *j = calloc(1, sizeof(*j));
   if (j == NULL) {
     h_errno = NETDB_INTERNAL;
-    errno = ENOMEM;
+    ip__set_errno(-ENOMEM);
     return NULL;
   }
   j->run = run_gethostby;
@@ -299,7 +309,7 @@ static struct hostent *gethostby(ip_sched_t *s, int which, const void *key,
   if (r < 0) {
     if (r != -EAGAIN && r != -ENOMEM) {
       h_errno = TRY_AGAIN;
-      errno = -r;
+      ip__set_errno(r);
       return NULL;
     }
     free(j);

@@ -295,7 +295,7 @@ static void interrupt_parked(pthread_t h) {
   if (slot != NULL) {
     ip_coro_t *co = slot->co;
     uint64_t w = atomic_load(&co->park_word);
-    if ((w & 3u) == IP_PARK_SLEEP)
+    if (ip__park_state(w) == IP_PARK_SLEEP)
       ip__wake(co, w >> IP_PARK_STATE_BITS, -EINTR, 0);
   }
   pthread_mutex_unlock(&ident_lock);

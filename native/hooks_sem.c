@@ -33,7 +33,7 @@
 
 #include "internal.h"
 
-#define SHARED_POLL_FIRST_NS 1000000
+#define SHARED_POLL_FIRST_NS IP_NS_PER_MS
 #define SHARED_POLL_MAX_NS 50000000
 
 typedef struct sem_waiter {
@@ -133,7 +133,7 @@ static int sem_process_shared(const sem_t *sem) {
 
 
 /* Waits for a token like sem_timedwait on the monotonic deadline (-1:
- * forever): 0, or -1 with errno EINTR or ETIMEDOUT. */
+ * forever): 0, -EINTR, -ETIMEDOUT, or sem_trywait's own -errno. */
 static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
   ip_coro_t *co = s->current;
   sem_waiter_t w = {.sem = sem, .co = co};
@@ -144,12 +144,12 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       return 0;
     }
     if (errno != EAGAIN)
-      return -1;
+      return -errno;
     int64_t timeout = -1;
     if (deadline >= 0) {
       timeout = deadline - ip__now_ns();
       if (timeout <= 0)
-        return ip__fail(-ETIMEDOUT);
+        return -ETIMEDOUT;
     }
     w.gen = ip__prepare(co);
     enlist(&w);
@@ -168,10 +168,16 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
     co->shield--;
     delist(&w);
     if (r == -EINTR)
-      return ip__fail(r);
+      return r;
     /* A timed-out park loops once more: the token may have come with the
      * deadline, and the deadline check above then reports ETIMEDOUT. */
   }
+}
+
+
+/* The sem_* hooks' boundary: sem_wait and friends report -1 + errno. */
+static int sem_result(int r) {
+  return r < 0 ? ip__fail(r) : 0;
 }
 
 
@@ -183,27 +189,26 @@ int sem_wait(sem_t *sem) {
   ip_sched_t *s = ip__hook_sched();
   if (s == NULL)
     return ip__real.sem_wait(sem);
-  return park_for_token(s, sem, -1);
+  return sem_result(park_for_token(s, sem, -1));
 }
 
 
 int sem_timedwait(sem_t *restrict sem, const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000)
+  if (s == NULL || !ip__timespec_nsec_valid(abstime))
     return ip__real.sem_timedwait(sem, abstime);
-  return park_for_token(s, sem, deadline_of(CLOCK_REALTIME, abstime));
+  return sem_result(
+      park_for_token(s, sem, deadline_of(CLOCK_REALTIME, abstime)));
 }
 
 
 int sem_clockwait(sem_t *restrict sem, clockid_t clk,
                   const struct timespec *restrict abstime) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || abstime->tv_nsec < 0 ||
-      abstime->tv_nsec >= 1000000000 ||
+  if (s == NULL || !ip__timespec_nsec_valid(abstime) ||
       (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME))
     return ip__real.sem_clockwait(sem, clk, abstime);
-  return park_for_token(s, sem, deadline_of(clk, abstime));
+  return sem_result(park_for_token(s, sem, deadline_of(clk, abstime)));
 }
 
 

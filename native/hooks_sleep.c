@@ -17,12 +17,7 @@
 #pragma GCC visibility push(default)
 
 
-static int valid_ts(const struct timespec *ts) {
-  return ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000;
-}
-
-
-/* Parks until the monotonic deadline; 0, or a positive errno value.  A
+/* Parks until the monotonic deadline; 0 or -errno.  A
  * deadline saturated at INT64_MAX (the kernel's KTIME_MAX) is never
  * reached, and the time left is then reported as the kernel reports it:
  * the distance to that saturated expiry. */
@@ -34,7 +29,7 @@ static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
     int64_t now = ip__now_ns();
     *left_ns = deadline_ns > now ? deadline_ns - now : 0;
     if (r < 0)
-      return -r;
+      return r;
     if (now >= deadline_ns)
       return 0;
   }
@@ -44,7 +39,7 @@ static int park_until(ip_sched_t *s, int64_t deadline_ns, int64_t *left_ns) {
 int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req,
                     struct timespec *rem) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || req == NULL || !valid_ts(req) ||
+  if (s == NULL || req == NULL || !ip__timespec_valid(req) ||
       (clk != CLOCK_MONOTONIC && clk != CLOCK_REALTIME &&
        clk != CLOCK_BOOTTIME && clk != CLOCK_TAI))
     return ip__real.clock_nanosleep(clk, flags, req, rem);
@@ -54,24 +49,24 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req,
     wait = wait == INT64_MAX ? wait : wait - ip__clock_ns(clk);
   int64_t left;
   int r = park_until(s, ip__ns_add_sat(now, wait > 0 ? wait : 0), &left);
-  if (r == EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
+  if (r == -EINTR && rem != NULL && !(flags & TIMER_ABSTIME))
     *rem = ip__timespec_of(left);
-  return r;
+  return -r; /* POSIX: clock_nanosleep returns the error, errno untouched */
 }
 
 
 int nanosleep(const struct timespec *req, struct timespec *rem) {
   ip_sched_t *s = ip__hook_sched();
-  if (s == NULL || req == NULL || !valid_ts(req))
+  if (s == NULL || req == NULL || !ip__timespec_valid(req))
     return ip__real.nanosleep(req, rem);
   int64_t left;
   int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_from_timespec(req)),
                      &left);
   if (r == 0)
     return 0;
-  if (r == EINTR && rem != NULL)
+  if (r == -EINTR && rem != NULL)
     *rem = ip__timespec_of(left);
-  return ip__fail(-r);
+  return ip__fail(r);
 }
 
 
@@ -80,9 +75,9 @@ int usleep(useconds_t usec) {
   if (s == NULL)
     return ip__real.usleep(usec);
   int64_t left;
-  int64_t ns = (int64_t) usec * 1000; /* at most 4.3e12: no overflow */
-  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ns), &left);
-  return r ? ip__fail(-r) : 0;
+  int r = park_until(s, ip__ns_add_sat(ip__now_ns(), ip__ns_from_us(usec)),
+                     &left);
+  return r < 0 ? ip__fail(r) : 0;
 }
 
 
@@ -95,8 +90,8 @@ unsigned int sleep(unsigned int seconds) {
                      &left);
   if (r == 0)
     return 0;
-  errno = r;
-  return (unsigned) ((left + 999999999) / 1000000000); /* seconds not slept */
+  ip__set_errno(r);
+  return (unsigned) ip__sec_ceil(left); /* seconds not slept */
 }
 
 #pragma GCC visibility pop

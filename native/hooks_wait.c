@@ -31,8 +31,7 @@
  * 0, which sends the call to the real function, when it is invalid: the
  * kernel then reports EINVAL. */
 static int64_t ts_timeout_ns(const struct timespec *ts) {
-  if (ts != NULL &&
-      (ts->tv_sec < 0 || ts->tv_nsec < 0 || ts->tv_nsec >= 1000000000))
+  if (ts != NULL && !ip__timespec_valid(ts))
     return 0;
   return ip__ns_from_timespec(ts);
 }

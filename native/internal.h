@@ -1,6 +1,27 @@
 /* Cross-file declarations of the native engine: the coroutine, the
  * per-thread scheduler, stacks, timers, the fd waiter map and the bridge to
- * CPython.  Nothing here is exported; see interpose.h for the ABI. */
+ * CPython.  Nothing here is exported; see interpose.h for the ABI.
+ *
+ * The error convention, the one place it is written down (docs/design.md,
+ * "Error convention", points here):
+ *  - Inside the engine a function that can fail returns 0, or a
+ *    non-negative value (a count, a park result, a generation), or -errno.
+ *    It never sets errno to report, never returns -1 meaning "see errno",
+ *    and never returns a positive errno.  A pointer result is not an error
+ *    channel: a function that can fail returns 0 / -errno and its pointer
+ *    through an out-parameter (ip__sched_ensure); NULL from a lookup means
+ *    "none", never "failed".  Cleanup paths keep errno (IP_SAVE_ERRNO).
+ *  - At a hook boundary (a libc name this library defines) -errno becomes
+ *    libc's convention exactly once, through ip__fail (-1 + errno) or
+ *    ip__set_errno (a call that reports failure another way: sleep's
+ *    unslept seconds, a NULL hostent, EAI_SYSTEM).  Functions whose libc
+ *    contract returns the error number (pthread_*, clock_nanosleep,
+ *    gethostbyname_r) return -r.  A real call's own errno (ip__real.*)
+ *    passes through untouched.  hookcore.c's ip__io family is part of the
+ *    boundary: it returns like the call it carries out.
+ *  - The exported ABI (interpose.h) returns 0 / a non-negative value /
+ *    -errno and never sets errno; a value that could collide with an error
+ *    goes through an out-parameter, never an in-band sentinel. */
 #ifndef IP_INTERNAL_H
 #define IP_INTERNAL_H
 
@@ -10,6 +31,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -149,13 +171,8 @@ static inline int ip__timer_armed(const ip_timer_t *t) {
   return t->index != SIZE_MAX;
 }
 
+/* The monotonic clock in nanoseconds: the engine's time (timer.c). */
 IP_HIDDEN int64_t ip__now_ns(void);
-/* The time on clk in nanoseconds (for absolute timeouts given on it). */
-static inline int64_t ip__clock_ns(clockid_t clk) {
-  struct timespec now;
-  clock_gettime(clk, &now);
-  return (int64_t) now.tv_sec * 1000000000 + now.tv_nsec;
-}
 
 /* ---- coroutines and the scheduler (sched.c) --------------------------- */
 
@@ -171,7 +188,13 @@ enum ip_coro_state {
 #define IP_PARK_ARMED 0u  /* prepared; no wake yet */
 #define IP_PARK_WOKEN 1u  /* a wake won; wake_result holds its result */
 #define IP_PARK_SLEEP 2u  /* switched away; the winner of a wake enqueues */
+#define IP_PARK_CLAIMED 3u /* a waker is writing wake_result */
 #define IP_PARK_STATE_BITS 2
+#define IP_PARK_STATE_MASK ((1u << IP_PARK_STATE_BITS) - 1)
+/* The IP_PARK_* state in a park word. */
+static inline unsigned ip__park_state(uint64_t word) {
+  return (unsigned) (word & IP_PARK_STATE_MASK);
+}
 
 /* Why a parked coroutine waits (ip_coro_t.wait_kind); the values are part
  * of the ABI (INTERPOSE_WAIT_* in interpose.h). */
@@ -244,6 +267,21 @@ typedef struct ip_coro {
 
 #define IP_LATENCY_BUCKETS 48
 
+/* Signals 1..IP_NSIG_MAX, as the kernel numbers them (glibc's NSIG is one
+ * more than the highest); a bit each in ip_signals_t.deferred. */
+#define IP_NSIG_MAX (NSIG - 1)
+_Static_assert(IP_NSIG_MAX <= 64,
+               "ip_signals_t.deferred holds a bit per signal");
+
+/* The signal state of a scheduler (signals.c). */
+typedef struct ip_signals {
+  int wakeup_fd;  /* read end of Python's signal wakeup pipe, or -1 */
+  int forward_fd; /* the program's own wakeup fd, or -1 */
+  uint64_t deferred; /* bit n-1: signal n waits for the main coroutine */
+  /* Per signal: wakeup bytes that a re-trip wrote, not to forward. */
+  unsigned retripped[IP_NSIG_MAX];
+} ip_signals_t;
+
 typedef struct ip_sched {
   /* These first four fields survive the reuse of the struct (sched.c resets
    * everything from root on).  Invariant: scheduler structs are never freed
@@ -288,13 +326,9 @@ typedef struct ip_sched {
   int epfd;
   int evfd;      /* eventfd for cross-thread wake-ups */
   /* Set in a forked child until the runtime uses the scheduler again (see
-   * sched_after_fork_child): until then every hook is the real call. */
+   * fork.c): until then every hook is the real call. */
   int fork_pending;
-  int signal_fd; /* read end of Python's signal wakeup pipe, or -1 */
-  int signal_forward_fd; /* the program's own wakeup fd, or -1 */
-  uint64_t deferred_signals; /* bit n-1: signal n waits for the main coroutine */
-  /* Per signal 1..64: wakeup bytes that a re-trip wrote, not to forward. */
-  unsigned retripped[64];
+  ip_signals_t sig; /* signals.c; used on the main thread's scheduler */
   int is_main_thread;
   ip_heap_t timers;
   ip_coro_t *dead; /* exited coroutine whose stack the hub reclaims */
@@ -339,8 +373,49 @@ static inline ip_sched_t *ip__sched_get(void) { return ip__tls_sched; }
  * Async-signal-safe: it reads the type-stable list of schedulers without a
  * lock or TLS (the SIGSEGV handler uses it). */
 IP_HIDDEN ip_sched_t *ip__sched_of_tid(pid_t tid);
-/* Creates the calling thread's scheduler if needed; the GIL must be held. */
-IP_HIDDEN ip_sched_t *ip__sched_ensure(void);
+/* The calling thread's scheduler in *out, created if needed; the GIL must
+ * be held.  0, or -errno with *out NULL (sched_life.c). */
+IP_HIDDEN int ip__sched_ensure(ip_sched_t **out);
+/* The calling thread's scheduler in *out (NULL: it has none), its epoll
+ * set reopened if a fork left it pending; 0, or -errno with *out NULL. */
+IP_HIDDEN int ip__sched_live(ip_sched_t **out);
+/* Adds fd to s's epoll set, level-triggered for reading, its events tagged
+ * with tag (IP_TAG_*); 0 or -errno. */
+IP_HIDDEN int ip__sched_add_tagged(ip_sched_t *s, int fd, uint64_t tag);
+/* Tags of the hub's own epoll registrations; an fd's registration carries
+ * its number and generation instead (fdtable.c), never these values. */
+#define IP_TAG_EVENTFD UINT64_MAX
+#define IP_TAG_SIGNAL (UINT64_MAX - 1)
+/* The hub's loop, entered on its own stack (sched.c). */
+IP_HIDDEN void ip__hub_main(void *arg);
+/* The calling thread's own context as the root coroutine of s (sched.c). */
+IP_HIDDEN void ip__coro_init_root(ip_sched_t *s);
+IP_HIDDEN void ip__coro_invalidate(ip_coro_t *co);
+/* After-fork hooks of the coroutine allocator and of the schedulers,
+ * called by fork.c in its stated order. */
+IP_HIDDEN void ip__coro_after_fork_child(ip_coro_t *survivor);
+IP_HIDDEN void ip__sched_after_fork_child(ip_sched_t *s, ip_coro_t *survivor);
+/* fork.c: registers the after-fork handler, once per process. */
+IP_HIDDEN void ip__fork_install(void);
+
+/* ---- signals (signals.c) ---------------------------------------------- */
+
+IP_HIDDEN void ip__signals_init(ip_signals_t *sig);
+IP_HIDDEN void ip__signals_after_fork_child(ip_signals_t *sig);
+IP_HIDDEN void ip__signals_retrip(ip_signals_t *sig);
+/* The main coroutine resumes: signals deferred to it trip again, before
+ * any Python code of it runs. */
+static inline void ip__signals_main_resumed(ip_signals_t *sig) {
+  if (sig->deferred != 0)
+    ip__signals_retrip(sig);
+}
+/* A signal arrived (epoll_wait was interrupted, or the wakeup pipe is
+ * readable): the main coroutine of the main thread wakes with EINTR. */
+IP_HIDDEN void ip__signals_wake_main(ip_sched_t *s);
+/* Empties the wakeup pipe, forwarding its bytes to the program's fd. */
+IP_HIDDEN void ip__signals_drain(ip_signals_t *sig);
+/* Watches the wakeup pipe in s's epoll set (a new or reopened one). */
+IP_HIDDEN void ip__signals_watch(ip_sched_t *s);
 /* Parks the running coroutine until a wake for the prepared generation. */
 IP_HIDDEN int ip__park(ip_sched_t *s, int64_t timeout_ns);
 IP_HIDDEN uint64_t ip__prepare(ip_coro_t *co);
@@ -572,9 +647,15 @@ IP_HIDDEN int ip__fd_move_internal(int fd);
 IP_HIDDEN ip_sched_t *ip__hook_sched(void);
 /* glibc's report of a fortified call's buffer overflow; never returns. */
 extern void __chk_fail(void) __attribute__((noreturn));
-/* Converts an internal result to the libc convention at the hook boundary. */
-static inline int ip__fail(int neg_errno) {
+/* The hook boundary: the one conversion of the engine's -errno into libc's
+ * errno (see the convention at the top of this file).  ip__fail for calls
+ * that report -1, ip__set_errno for those that report failure otherwise
+ * (sleep's unslept seconds, a NULL hostent). */
+static inline void ip__set_errno(int neg_errno) {
   errno = -neg_errno;
+}
+static inline int ip__fail(int neg_errno) {
+  ip__set_errno(neg_errno);
   return -1;
 }
 /* Waits for fd per the blocking rules: parks when s is non-NULL, else
@@ -626,7 +707,7 @@ IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);
 IP_HIDDEN void ip__sem_after_fork_child(void);
-/* Set in a forked child (by the atfork handler), where fds may be on their
+/* Set in a forked child (by fork.c's handler), where fds may be on their
  * way to a program that exec replaces us with. */
 IP_HIDDEN extern int ip__forked_child;
 
@@ -679,10 +760,14 @@ typedef struct ip_pyapi {
 
 IP_HIDDEN extern ip_pyapi_t ip__py;
 IP_HIDDEN int ip__py_ready(void);
+/* GIL held.  1 when tstate is one of the interpreter's thread states (not
+ * deleted), found by walking the interpreter's list: O(thread states). */
+IP_HIDDEN int ip__py_tstate_alive(void *tstate);
 /* Runs a coroutine's Python body on its own thread state, then destroys
  * that thread state.  Called on the coroutine's stack, no tstate attached. */
 IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
-/* arena.c: caches the thread states' data stack chunks. */
+/* arena.c: caches the thread states' data stack chunks.  Installed once, by
+ * the first scheduler, with the GIL held. */
 IP_HIDDEN void ip__arena_install(void);
 /* 1 once 16 KiB data stack chunks come from slabs, not a mapping each. */
 IP_HIDDEN int ip__arena_slabs_on(void);

@@ -1,5 +1,5 @@
 /* interpose.h: the one exported ABI of libinterpose.so, bound by
- * interpose/_native.py through ctypes.  Every exported name starts with
+ * interpose/_core/_native.py through ctypes.  Every exported name starts with
  * interpose_ because a preloaded library's exports shadow the same names in
  * every process it is loaded into.
  *
@@ -15,7 +15,7 @@
 
 /* Bumped whenever a signature below or a struct layout changes; the Python
  * side refuses a library built with another value. */
-#define INTERPOSE_ABI_VERSION 2
+#define INTERPOSE_ABI_VERSION 3
 
 /* Results of a park besides 0 (woken) and -errno. */
 #define INTERPOSE_PARK_TIMEOUT 1 /* the park's own timeout expired */
@@ -64,15 +64,21 @@ IP_EXPORT int interpose_py_init(unsigned long hexversion, void *interp);
 IP_EXPORT void *interpose_coro_spawn(void *body, size_t stack_size,
                                      const char *name, uint64_t *id_out,
                                      int *err_out);
+/* GIL held.  Creates the calling thread's scheduler if it has none, or
+ * reopens its epoll set if a fork left it pending (native/fork.c).  0, or
+ * -errno (-ENOMEM, -EMFILE, ...). */
+IP_EXPORT int interpose_sched_ensure(void);
 /* GIL held.  The running coroutine's handle (the root's on a thread that is
- * not inside a spawned coroutine). */
+ * not inside a spawned coroutine), or NULL when the calling thread has no
+ * scheduler (interpose_sched_ensure makes one).  Cannot fail. */
 IP_EXPORT void *interpose_coro_current(void);
 /* Any thread.  The id of the coroutine behind the handle (0 when the
  * handle's coroutine has died and the handle is not reused yet). */
 IP_EXPORT uint64_t interpose_coro_id(void *handle);
 /* GIL held.  Starts a new park generation for the running coroutine and
- * returns it; wakes for earlier generations are ignored from now on. */
-IP_EXPORT uint64_t interpose_coro_prepare(void);
+ * returns it (>= 1); wakes for earlier generations are ignored from now
+ * on.  -ESRCH when the calling thread has no scheduler. */
+IP_EXPORT int64_t interpose_coro_prepare(void);
 /* GIL released (ctypes.CDLL).  Parks the running coroutine until it is woken
  * for the prepared generation, timeout_ns passes (-1 = no timeout; then
  * INTERPOSE_PARK_TIMEOUT), its deadline passes (-ETIMEDOUT), it is cancelled
@@ -98,8 +104,11 @@ IP_EXPORT int interpose_coro_set_hooks(int on);
  * Condition's lock) runs shielded.  -EINVAL if the depth would go below 0. */
 IP_EXPORT int interpose_coro_shield(int delta);
 /* GIL held.  Sets the running coroutine's absolute deadline on the
- * interpose_clock_ns clock (-1 = none); returns the previous one. */
-IP_EXPORT int64_t interpose_coro_set_deadline(int64_t deadline_ns);
+ * interpose_clock_ns clock (negative = none) and stores the previous one
+ * (-1 = none) in *previous_out.  0, or -errno as for
+ * interpose_sched_ensure (then nothing is set). */
+IP_EXPORT int interpose_coro_set_deadline(int64_t deadline_ns,
+                                          int64_t *previous_out);
 /* GIL released.  Waits until fd is ready for events (INTERPOSE_READABLE |
  * INTERPOSE_WRITABLE); returns like interpose_coro_park, plus -EBADF for
  * a descriptor that is not open and -EPERM for one epoll cannot watch
@@ -177,12 +186,18 @@ IP_EXPORT int interpose_sched_forget_root(void);
 IP_EXPORT int interpose_fd_internal_floor(void);
 /* Any thread.  CLOCK_MONOTONIC in nanoseconds (time.monotonic_ns's clock). */
 IP_EXPORT int64_t interpose_clock_ns(void);
-/* GIL held.  Default usable stack size in bytes (INTERPOSE_STACK_SIZE, or
- * 1 MiB on CPython 3.11, 3.12, 3.14 and 3.15, 4 MiB on 3.13) and the
- * smallest accepted one (16 KiB; 96 KiB from 3.14, whose recursion checks
- * need it).  Both valid only after interpose_py_init. */
+/* GIL held.  Default usable stack size in bytes (what
+ * interpose_stack_set_default set, else 1 MiB on CPython 3.11, 3.12, 3.14
+ * and 3.15, 4 MiB on 3.13), the smallest accepted one (16 KiB; 96 KiB from
+ * 3.14, whose recursion checks need it) and the largest (1 TiB).  Valid
+ * only after interpose_py_init. */
 IP_EXPORT size_t interpose_stack_default(void);
 IP_EXPORT size_t interpose_stack_minimum(void);
+IP_EXPORT size_t interpose_stack_maximum(void);
+/* GIL held, after interpose_py_init, before the first spawn.  Sets the
+ * default usable stack size (INTERPOSE_STACK_SIZE, parsed by the Python
+ * side).  0, or -ERANGE outside [minimum, maximum]. */
+IP_EXPORT int interpose_stack_set_default(size_t usable);
 
 /* ---- Diagnostics (diag.c) ----------------------------------------------
  * What interpose.dump(), `interpose ps`, the deadlock report and the

@@ -104,7 +104,7 @@ static void futex_wake(atomic_int *word) {
 
 /* Waits while *word == val, at most timeout_ns (-1: no limit). */
 static void futex_wait(atomic_int *word, int val, int64_t timeout_ns) {
-  struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+  struct timespec ts = ip__timespec_of(timeout_ns < 0 ? 0 : timeout_ns);
   IP_SAVE_ERRNO(futex(word, FUTEX_WAIT, val, timeout_ns < 0 ? NULL : &ts));
 }
 
@@ -187,7 +187,7 @@ static int64_t sample_period_ns(void) {
     us = 200; /* waking more often than this costs more than it buys */
   if (us > 50000)
     us = 50000;
-  return us * 1000;
+  return ip__ns_from_us(us);
 }
 
 
@@ -258,11 +258,11 @@ static void contend(void *tstate) {
   if (atomic_load(&monitor_waited) && c != NULL) {
     /* A coroutine already in a real wait for the GIL re-enters the hook. */
     pthread_cond_broadcast(c);
-    int64_t limit_ns = atomic_load(&interval_us) * 1000;
-    if (limit_ns < 200000)
-      limit_ns = 200000;
-    if (limit_ns > 2000000)
-      limit_ns = 2000000;
+    int64_t limit_ns = ip__ns_from_us(atomic_load(&interval_us));
+    if (limit_ns < 200 * IP_NS_PER_US)
+      limit_ns = 200 * IP_NS_PER_US;
+    if (limit_ns > 2 * IP_NS_PER_MS)
+      limit_ns = 2 * IP_NS_PER_MS;
     int64_t deadline = ip__now_ns() + limit_ns;
     int64_t left;
     while (!atomic_load(&yield_done) && (left = deadline - ip__now_ns()) > 0)

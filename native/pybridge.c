@@ -89,13 +89,24 @@ int interpose_py_init(unsigned long hexversion, void *interp) {
   r = ip__gilstate_init();
   if (r < 0)
     return r;
-  ip__arena_install();
+  /* The arena allocator is not replaced here: binding the library (import
+   * interpose) must leave the process as it was.  The first scheduler
+   * replaces it (ip__sched_ensure). */
   ready = 1;
   return 0;
 }
 
 
 int ip__py_ready(void) { return ready; }
+
+
+int ip__py_tstate_alive(void *tstate) {
+  void *ts = ip__py.PyInterpreterState_ThreadHead(ip__py.interp);
+  for (; ts != NULL; ts = ip__py.PyThreadState_Next(ts))
+    if (ts == tstate)
+      return 1;
+  return 0;
+}
 
 
 void ip__py_run_body(ip_coro_t *co) {

@@ -6,7 +6,7 @@
  * Supported: CPython 3.11, 3.12, 3.13, 3.14 from 3.14.1, and 3.15, with the
  * GIL.  Refused here: anything older than 3.11, newer than 3.15, and 3.14.0
  * (it lacks PyUnstable_ThreadState_SetStackProtection, see below).
- * Free-threaded builds are refused on the Python side (interpose/_compat.py),
+ * Free-threaded builds are refused on the Python side (interpose/_core/_compat.py),
  * which can see Py_GIL_DISABLED; the same file words every refusal.
  *
  * Branches are ordered newest first.  When the oldest supported version

@@ -1,7 +1,13 @@
-/* sched.c: the per-thread scheduler.  Each OS thread that uses interpose
- * gets one, lazily: a root coroutine (the thread's own stack and thread
- * state), a hub on a stack of its own, a FIFO run queue, an epoll set, a
- * timer heap and an eventfd through which other threads wake coroutines.
+/* sched.c: the per-thread scheduler's running parts: the coroutine
+ * allocator, park and wake, and the hub.  Each OS thread that uses
+ * interpose gets a scheduler, lazily: a root coroutine (the thread's own
+ * stack and thread state), a hub on a stack of its own, a FIFO run queue,
+ * an epoll set, a timer heap and an eventfd through which other threads
+ * wake coroutines.  Its creation, destruction and registry live in
+ * sched_life.c, its signal state in signals.c, its recovery after fork in
+ * fork.c (which calls each room's hook in order), the stack switches as
+ * ASan sees them in asan.h, and the exported coroutine calls in
+ * coro_abi.c.
  *
  * Invariants the scheduler relies on:
  *  - A coroutine is in exactly one state: RUNNING (s->current), RUNNABLE
@@ -44,13 +50,10 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "asan.h"
 
-#define HUB_STACK_SIZE (256 * 1024)
 #define EPOLL_BATCH 256
-#define POLL_INTERVAL_NS (50 * 1000)
-#define TAG_EVENTFD UINT64_MAX
-#define TAG_SIGNAL (UINT64_MAX - 1)
-#define PARK_CLAIMED 3u /* a waker is writing wake_result */
+#define POLL_INTERVAL_NS (50 * IP_NS_PER_US)
 
 __thread ip_sched_t *ip__tls_sched;
 #define tls_sched ip__tls_sched
@@ -62,15 +65,7 @@ ip_sched_t *ip__sched_all; /* guarded by coro_lock */
 #define sched_all ip__sched_all
 static ip_coro_t *coro_free; /* guarded by coro_lock */
 static ip_coro_t *coro_all;  /* guarded by coro_lock; never shrinks */
-static ip_sched_t *sched_free; /* guarded by coro_lock */
-/* Every scheduler struct ever allocated, newest first; pushed under
- * coro_lock, read without it (the list only grows). */
-static ip_sched_t *_Atomic sched_every;
 static _Atomic uint64_t next_id = 1;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void hub_main(void *arg);
-
 
 void ip__fatal(const char *file, int line, const char *what) {
   char msg[512];
@@ -79,11 +74,6 @@ void ip__fatal(const char *file, int line, const char *what) {
                    file, line, what);
   ssize_t IP_UNUSED w = ip__real.write(2, msg, n > 0 ? (size_t) n : 0);
   abort();
-}
-
-
-int64_t interpose_clock_ns(void) {
-  return ip__now_ns();
 }
 
 
@@ -140,6 +130,53 @@ static void name_copy(ip_coro_t *co, const char *name) {
 }
 
 
+/* The calling thread's own context as the root coroutine of s, running. */
+void ip__coro_init_root(ip_sched_t *s) {
+  ip_coro_t *root = &s->root;
+  root->id = atomic_fetch_add(&next_id, 1);
+  root->sched = s;
+  root->tstate = ip__py.PyThreadState_Get();
+  root->state = IP_CORO_RUNNING;
+  root->deadline_ns = -1;
+  root->timer.index = SIZE_MAX;
+  root->wait_fd = -1;
+  root->ready_ns = s->now_ns = ip__now_ns();
+  name_copy(root, "main");
+  s->main = root;
+  s->current = root;
+}
+
+
+/* Makes a coroutine that did not survive a fork unreachable: every wake
+ * aimed at it misses (a new generation, already woken) and cancel finds no
+ * id.  Its thread state was deleted by CPython; its stack is unmapped. */
+void ip__coro_invalidate(ip_coro_t *co) {
+  uint64_t gen = ip__park_gen(co) + 1;
+  atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
+  co->id = 0;
+  co->tstate = NULL;
+  co->body = NULL; /* its reference died with the parent's objects' owner */
+  if (co->stack.base != NULL)
+    ip__stack_unmap(&co->stack);
+}
+
+
+/* In a forked child (fork.c): every coroutine struct but the survivor's
+ * is invalidated without being resumed and goes back to the free list;
+ * Python objects that still hold its handle then find it gone. */
+void ip__coro_after_fork_child(ip_coro_t *survivor) {
+  pthread_mutex_init(&coro_lock, NULL);
+  coro_free = NULL;
+  for (ip_coro_t *co = coro_all; co != NULL; co = co->all_next) {
+    if (co == survivor)
+      continue;
+    ip__coro_invalidate(co);
+    co->free_next = coro_free;
+    coro_free = co;
+  }
+}
+
+
 /* ---- wake and park ---------------------------------------------------- */
 
 static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
@@ -153,7 +190,7 @@ static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
 
 /* The time a coroutine may run before yielding at a hooked call (see
  * ip__yield_if_due), shared by a chain of run_next hand-offs. */
-#define TIME_SLICE_NS 10000000
+#define TIME_SLICE_NS (10 * IP_NS_PER_MS)
 
 /* A coroutine woken by the running one (a lock or event handed over, a
  * thread started) runs as soon as the waker parks, not after every other
@@ -204,11 +241,11 @@ static int64_t wake_time(ip_sched_t *s) {
 int ip__wake(ip_coro_t *co, uint64_t gen, int result, int front) {
   uint64_t w = atomic_load(&co->park_word);
   for (;;) {
-    unsigned st = w & 3u;
+    unsigned st = ip__park_state(w);
     if ((w >> IP_PARK_STATE_BITS) != gen || st == IP_PARK_WOKEN ||
-        st == PARK_CLAIMED)
+        st == IP_PARK_CLAIMED)
       return 0;
-    uint64_t claimed = (gen << IP_PARK_STATE_BITS) | PARK_CLAIMED;
+    uint64_t claimed = (gen << IP_PARK_STATE_BITS) | IP_PARK_CLAIMED;
     if (atomic_compare_exchange_weak(&co->park_word, &w, claimed)) {
       co->wake_result = result;
       atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
@@ -227,56 +264,6 @@ uint64_t ip__prepare(ip_coro_t *co) {
   atomic_store(&co->park_word, gen << IP_PARK_STATE_BITS);
   return gen;
 }
-
-
-/* ---- stack switches as AddressSanitizer must see them ----------------
- * ASan keeps the bounds of the stack it believes is running; interceptors
- * such as vfork's clear shadow memory up to that stack's top.  Under
- * SANITIZE=1 every switch is announced with the sanitizer fiber API;
- * otherwise these are empty. */
-#ifdef IP_SANITIZE
-#include <sanitizer/common_interface_defs.h>
-
-static void stack_bounds(ip_sched_t *s, ip_coro_t *co, const void **bottom,
-                         size_t *size) {
-  const ip_stack_t *st = co ? &co->stack : &s->hub_stack;
-  if (co == &s->root) {
-    *bottom = s->root_stack_bottom;
-    *size = s->root_stack_size;
-  } else {
-    *bottom = st->base + st->guard;
-    *size = st->size - st->guard;
-  }
-}
-
-
-static void san_leave(ip_sched_t *s, void **fake, ip_coro_t *to) {
-  const void *bottom;
-  size_t size;
-  stack_bounds(s, to, &bottom, &size);
-  __sanitizer_start_switch_fiber(fake, bottom, size);
-}
-
-
-static void san_arrive(void *fake) {
-  __sanitizer_finish_switch_fiber(fake, NULL, NULL);
-}
-
-
-static void root_stack_bounds(ip_sched_t *s) {
-  pthread_attr_t attr;
-  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-    void *addr;
-    pthread_attr_getstack(&attr, &addr, &s->root_stack_size);
-    s->root_stack_bottom = addr;
-    pthread_attr_destroy(&attr);
-  }
-}
-#else  /* !IP_SANITIZE */
-#define san_leave(s, fake, to) ((void) (fake))
-#define san_arrive(fake) ((void) (fake))
-#define root_stack_bounds(s) ((void) (s))
-#endif /* IP_SANITIZE */
 
 
 /* The blocking monitor reads the switch count, the running coroutine and
@@ -299,7 +286,7 @@ static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
 /* Waits out a waker on another thread that has claimed the park but not
  * yet published its result; the window is a few instructions. */
 static int claimed_result(ip_coro_t *co) {
-  while ((atomic_load(&co->park_word) & 3u) == PARK_CLAIMED)
+  while (ip__park_state(atomic_load(&co->park_word)) == IP_PARK_CLAIMED)
     sched_yield();
   return co->wake_result;
 }
@@ -325,22 +312,6 @@ static int arm_timer(ip_sched_t *s, ip_coro_t *co, int64_t timeout_ns,
 }
 
 
-/* Trips again, for CPython to run in the main coroutine, the signals whose
- * Python handlers first ran in another coroutine.  Runs as the main
- * coroutine resumes, before any Python code of it. */
-static void retrip_deferred(ip_sched_t *s) {
-  uint64_t mask = s->deferred_signals;
-  s->deferred_signals = 0;
-  for (int sig = 1; mask != 0; sig++, mask >>= 1) {
-    if (mask & 1u) {
-      if (s->signal_forward_fd >= 0)
-        s->retripped[sig - 1]++; /* CPython writes the wakeup byte again */
-      ip__py.PyErr_SetInterruptEx(sig);
-    }
-  }
-}
-
-
 int ip__park(ip_sched_t *s, int64_t timeout_ns) {
   ip_coro_t *co = s->current;
   IP_CHECK(co != NULL && co->state == IP_CORO_RUNNING);
@@ -353,8 +324,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     co->pending_eintr = 0;
     return -EINTR;
   }
-  if ((w & 3u) != IP_PARK_ARMED)
-    return (w & 3u) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
+  if (ip__park_state(w) != IP_PARK_ARMED)
+    return ip__park_state(w) == IP_PARK_SLEEP ? -EDEADLK : claimed_result(co);
   int r = arm_timer(s, co, timeout_ns, &co->timer_result);
   if (r < 0)
     return r;
@@ -367,8 +338,8 @@ int ip__park(ip_sched_t *s, int64_t timeout_ns) {
     switch_to_hub(s, co, 0);
     s = co->sched; /* a fork may have replaced the scheduler's insides */
     result = co->wake_result;
-    if (co == s->main && s->deferred_signals != 0)
-      retrip_deferred(s);
+    if (co == s->main)
+      ip__signals_main_resumed(&s->sig);
   }
   if (ip__timer_armed(&co->timer))
     ip__heap_remove(&s->timers, &co->timer);
@@ -521,45 +492,14 @@ void ip__yield(ip_sched_t *s) {
   ip__queue_push_back(&s->yieldq, &co->run_link);
   switch_to_hub(s, co, 0);
   s = co->sched;
-  if (co == s->main && s->deferred_signals != 0)
-    retrip_deferred(s);
-}
-
-
-static void wake_main_for_signal(ip_sched_t *s) {
-  if (s->is_main_thread)
-    ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
+  if (co == s->main)
+    ip__signals_main_resumed(&s->sig);
 }
 
 
 static void drain_fd(int fd) {
   char buf[256];
   while (ip__real.read(fd, buf, sizeof(buf)) > 0) {
-  }
-}
-
-
-/* The signal wakeup pipe carries one byte per signal (its number); the
- * program's own wakeup fd, if it set one, gets the same bytes, as if
- * CPython had written them there.  A full or broken fd loses bytes, as
- * CPython's own write would. */
-static void drain_signal_fd(ip_sched_t *s) {
-  char buf[256];
-  ssize_t n;
-  while ((n = ip__real.read(s->signal_fd, buf, sizeof(buf))) > 0) {
-    if (s->signal_forward_fd < 0)
-      continue;
-    size_t kept = 0;
-    for (ssize_t i = 0; i < n; i++) {
-      unsigned char sig = (unsigned char) buf[i];
-      if (sig >= 1 && sig <= 64 && s->retripped[sig - 1] > 0)
-        s->retripped[sig - 1]--; /* the program saw this signal already */
-      else
-        buf[kept++] = buf[i];
-    }
-    if (kept > 0) {
-      ssize_t IP_UNUSED w = ip__real.write(s->signal_forward_fd, buf, kept);
-    }
   }
 }
 
@@ -623,16 +563,16 @@ static void poll_events(ip_sched_t *s) {
     s->now_ns = s->last_poll_ns = ip__now_ns();
   if (n < 0) {
     IP_CHECK(errno == EINTR);
-    wake_main_for_signal(s);
+    ip__signals_wake_main(s);
     return;
   }
   for (int i = 0; i < n; i++) {
     uint64_t data = ev[i].data.u64;
-    if (data == TAG_EVENTFD) {
+    if (data == IP_TAG_EVENTFD) {
       drain_fd(s->evfd);
-    } else if (data == TAG_SIGNAL) {
-      drain_signal_fd(s);
-      wake_main_for_signal(s);
+    } else if (data == IP_TAG_SIGNAL) {
+      ip__signals_drain(&s->sig);
+      ip__signals_wake_main(s);
     } else {
       ip__fd_dispatch(s, data, ev[i].events);
     }
@@ -652,7 +592,7 @@ static void fire_timers(ip_sched_t *s) {
 }
 
 
-static void hub_main(void *arg) {
+void ip__hub_main(void *arg) {
   (void) arg;
   san_arrive(NULL); /* a fresh stack: nothing to restore */
   for (;;) {
@@ -667,298 +607,7 @@ static void hub_main(void *arg) {
 }
 
 
-/* ---- scheduler lifetime ----------------------------------------------- */
-
-static int add_tagged(int epfd, int fd, uint64_t tag) {
-  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = tag};
-  return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
-}
-
-
-/* Empty run queues and timers (a new scheduler's, or a forked child's). */
-static void sched_init_queues(ip_sched_t *s) {
-  ip__queue_init(&s->runq);
-  ip__queue_init(&s->round);
-  ip__queue_init(&s->yieldq);
-  ip__queue_init(&s->remote);
-  atomic_store(&s->remote_pending, 0);
-  pthread_mutex_init(&s->remote_lock, NULL);
-  ip__heap_init(&s->timers);
-}
-
-
-/* Opens the kernel objects and the hub context; 0 or -errno.
- * Invariant: every fd the runtime opens for itself (these, the signal
- * wakeup pipe of _signals.py, stack.c's read of max_map_count) is
- * close-on-exec, so that no child of the program inherits one
- * (tests/test_internal_fds.py compares what children see with plain
- * Python's), and those it keeps live above the internal floor (fdtable.c:
- * the program's fds get plain Python's numbers). */
-static int sched_open(ip_sched_t *s) {
-  s->epfd = ip__real.epoll_create1(EPOLL_CLOEXEC);
-  if (s->epfd < 0)
-    return -errno;
-  s->epfd = ip__fd_move_internal(s->epfd);
-  s->evfd = ip__real.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (s->evfd < 0)
-    goto fail_epoll;
-  s->evfd = ip__fd_move_internal(s->evfd);
-  int r = add_tagged(s->epfd, s->evfd, TAG_EVENTFD);
-  if (r < 0)
-    goto fail_eventfd;
-  if (s->signal_fd >= 0 && add_tagged(s->epfd, s->signal_fd, TAG_SIGNAL) < 0)
-    s->signal_fd = -1;
-  s->hub_sp = ip__context_init(ip__stack_top(&s->hub_stack), hub_main, s);
-  s->pid = getpid();
-  s->is_main_thread = syscall(SYS_gettid) == s->pid;
-  return 0;
-fail_eventfd:
-  ip__real.close(s->evfd);
-fail_epoll:
-  r = -errno;
-  ip__real.close(s->epfd);
-  return r;
-}
-
-
-/* ---- scheduler structs ---------------------------------------------- */
-
-/* A zeroed scheduler struct from the free list or fresh.  A reused one
- * keeps its place in sched_every and its incarnation (both in front of
- * root), and its root coroutine's park generation, which only grows. */
-static ip_sched_t *sched_struct_get(void) {
-  pthread_mutex_lock(&coro_lock);
-  ip_sched_t *s = sched_free;
-  if (s != NULL)
-    sched_free = s->free_next;
-  pthread_mutex_unlock(&coro_lock);
-  if (s != NULL) {
-    uint64_t gen = ip__park_gen(&s->root) + 1;
-    size_t keep = offsetof(ip_sched_t, root);
-    memset((char *) s + keep, 0, sizeof(*s) - keep);
-    atomic_store(&s->root.park_word, gen << IP_PARK_STATE_BITS);
-    return s;
-  }
-  s = calloc(1, sizeof(*s));
-  if (s == NULL)
-    return NULL;
-  pthread_mutex_lock(&coro_lock);
-  s->every_next = atomic_load_explicit(&sched_every, memory_order_relaxed);
-  atomic_store_explicit(&sched_every, s, memory_order_release);
-  pthread_mutex_unlock(&coro_lock);
-  return s;
-}
-
-
-static void sched_struct_put(ip_sched_t *s) {
-  pthread_mutex_lock(&coro_lock);
-  s->free_next = sched_free;
-  sched_free = s;
-  pthread_mutex_unlock(&coro_lock);
-}
-
-
-/* The scheduler is no longer what its handle named: probes of the old
- * incarnation fail from here on, and no signal handler finds it. */
-static void sched_retire(ip_sched_t *s) {
-  if (atomic_load(&s->incarnation) & 1)
-    atomic_fetch_add(&s->incarnation, 1);
-  atomic_store(&s->tid, 0);
-}
-
-
-ip_sched_t *ip__sched_of_tid(pid_t tid) {
-  ip_sched_t *s = atomic_load_explicit(&sched_every, memory_order_acquire);
-  for (; s != NULL; s = s->every_next)
-    if (atomic_load_explicit(&s->tid, memory_order_relaxed) == tid)
-      return s;
-  return NULL;
-}
-
-
-/* Makes a coroutine that did not survive a fork unreachable: every wake
- * aimed at it misses (a new generation, already woken) and cancel finds no
- * id.  Its thread state was deleted by CPython; its stack is unmapped. */
-static void invalidate(ip_coro_t *co) {
-  uint64_t gen = ip__park_gen(co) + 1;
-  atomic_store(&co->park_word, (gen << IP_PARK_STATE_BITS) | IP_PARK_WOKEN);
-  co->id = 0;
-  co->tstate = NULL;
-  co->body = NULL; /* its reference died with the parent's objects' owner */
-  if (co->stack.base != NULL)
-    ip__stack_unmap(&co->stack);
-}
-
-
-/* In a forked child only the forking thread exists, and of its coroutines
- * only the running one: CPython deletes every other thread state.  Every
- * other coroutine, of every scheduler, is invalidated without being
- * resumed, and its struct goes back to the free list; Python objects that
- * still hold its handle then find it gone.  Other threads' schedulers are
- * left allocated (their threads are gone, like a forked child's other
- * threads).  The forking thread's scheduler gets fresh queues and timers,
- * and the forking coroutine becomes the thread's main coroutine.
- *
- * Its epoll set, eventfd and hub are made later, by the runtime's first use
- * of the scheduler (sched_live), not here.  Facts: subprocess's child
- * (CPython's _posixsubprocess, also on its vfork path, which is fork here)
- * runs C code between fork and exec: dup2, chdir, closing every fd with
- * close_fds, and on a failed exec a write of the errno to the parent's
- * error pipe; no Python after-fork hook runs unless preexec_fn is given.
- * Consequence: fds opened here would be closed under us by close_fds, and a
- * hook that then parked would fail in epoll_ctl; the error pipe write was
- * lost that way and Popen returned a child exiting 255 instead of raising.
- * Solution: until the runtime asks for the scheduler again (os.fork's
- * after-fork hook does, preexec_fn's too), the child's hooks are the real
- * calls, blocking as they would without interpose. */
-int ip__forked_child;
-
-
-static void sched_after_fork_child(void) {
-  ip_sched_t *s = tls_sched;
-  ip__forked_child = 1;
-  ip_coro_t *survivor = s ? s->current : NULL;
-  pthread_mutex_init(&coro_lock, NULL);
-  coro_free = NULL;
-  for (ip_coro_t *co = coro_all; co != NULL; co = co->all_next) {
-    if (co == survivor)
-      continue;
-    invalidate(co);
-    co->free_next = coro_free;
-    coro_free = co;
-  }
-  for (ip_sched_t *other = sched_all; other != NULL; other = other->all_next)
-    if (other != s) {
-      sched_retire(other); /* its thread did not survive; its id may recur */
-      if (&other->root != survivor)
-        invalidate(&other->root);
-    }
-  sched_all = s;
-  ip__ident_after_fork_child(survivor);
-  ip__sem_after_fork_child();
-  ip__gilstate_after_fork_child();
-  if (s == NULL)
-    return;
-  s->all_next = NULL;
-  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid)); /* the child's own */
-  ip__real.close(s->epfd);
-  ip__real.close(s->evfd);
-  s->epfd = s->evfd = -1;
-  s->fork_pending = 1;
-  ip__heap_free(&s->timers);
-  sched_init_queues(s);
-  ip__fd_after_fork_child();
-  ip__names_after_fork_child();
-  s->pid = getpid();
-  s->main = survivor;
-  s->dead = NULL;
-  s->run_next = NULL;
-  s->deferred_signals = 0; /* they were the parent's to run */
-  atomic_store(&s->preempt_co, NULL);
-  s->fd_waits = s->ext_waits = 0; /* the parent's parked coroutines' */
-  atomic_store(&s->stuck, 0);
-  __atomic_store_n(&s->stats.alive, survivor != &s->root, __ATOMIC_RELAXED);
-  survivor->timer.index = SIZE_MAX;
-}
-
-
-/* The calling thread's scheduler, its epoll set reopened if a fork left it
- * pending; NULL with errno set if that fails. */
-static ip_sched_t *sched_live(void) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL || !s->fork_pending)
-    return s;
-  int r = sched_open(s);
-  if (r < 0) {
-    errno = -r;
-    return NULL;
-  }
-  s->fork_pending = 0;
-  return s;
-}
-
-
-/* A thread's scheduler is torn down by that thread as it exits.  The
- * Python side asks for it from thread-local storage, but CPython does not
- * always free a thread's locals on that thread (seen on 3.11 while another
- * thread holds references into the scheduler registry): this destructor,
- * run by the exiting thread itself after its thread state is gone, is the
- * backstop.  interpose_sched_destroy refuses (EBUSY) a scheduler with live
- * coroutines, which then stay parked as before, and is a no-op when the
- * Python side already destroyed it. */
-static pthread_key_t exit_key;
-static int exit_key_ok;
-
-
-static void sched_at_thread_exit(void *arg) {
-  (void) arg;
-  (void) interpose_sched_destroy();
-}
-
-
-static void register_atfork(void) {
-  pthread_atfork(NULL, NULL, sched_after_fork_child);
-  exit_key_ok = pthread_key_create(&exit_key, sched_at_thread_exit) == 0;
-}
-
-
-ip_sched_t *ip__sched_ensure(void) {
-  if (tls_sched != NULL)
-    return sched_live();
-  int r = ip__stack_install_guard_handler();
-  if (r < 0) {
-    errno = -r;
-    return NULL;
-  }
-  pthread_once(&atfork_once, register_atfork);
-  ip_sched_t *s = sched_struct_get();
-  if (s == NULL)
-    return NULL;
-  s->signal_fd = -1;
-  s->signal_forward_fd = -1;
-  atomic_store(&s->next_timer_ns, INT64_MAX);
-  r = ip__stack_acquire(&s->hub_stack, HUB_STACK_SIZE);
-  if (r < 0)
-    goto fail;
-  sched_init_queues(s);
-  r = sched_open(s);
-  if (r < 0) {
-    ip__stack_release(&s->hub_stack);
-    goto fail;
-  }
-  ip_coro_t *root = &s->root;
-  root->id = atomic_fetch_add(&next_id, 1);
-  root->sched = s;
-  root->tstate = ip__py.PyThreadState_Get();
-  root->state = IP_CORO_RUNNING;
-  root->deadline_ns = -1;
-  root->timer.index = SIZE_MAX;
-  root->wait_fd = -1;
-  root->ready_ns = s->now_ns = ip__now_ns();
-  name_copy(root, "main");
-  root_stack_bounds(s);
-  s->main = root;
-  s->current = root;
-  pthread_mutex_lock(&coro_lock);
-  s->all_next = sched_all;
-  sched_all = s;
-  pthread_mutex_unlock(&coro_lock);
-  tls_sched = s;
-  if (exit_key_ok && !s->is_main_thread)
-    (void) pthread_setspecific(exit_key, s);
-  atomic_store(&s->tid, (pid_t) syscall(SYS_gettid));
-  atomic_fetch_add(&s->incarnation, 1); /* odd: alive, fully set up */
-  atomic_store(&ip__armed, 1);
-  ip__preempt_wake_monitor(); /* its root runs: watch it */
-  return s;
-fail:
-  sched_struct_put(s);
-  errno = -r;
-  return NULL;
-}
-
-
-/* ---- exported API ----------------------------------------------------- */
+/* ---- spawn and death ------------------------------------------------- */
 
 void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
                            uint64_t *id_out, int *err_out) {
@@ -966,9 +615,9 @@ void *interpose_coro_spawn(void *body, size_t stack_size, const char *name,
   if (!ip__py_ready() || body == NULL ||
       (stack_size != 0 && stack_size < interpose_stack_minimum()))
     goto fail;
-  ip_sched_t *s = ip__sched_ensure();
-  r = -errno;
-  if (s == NULL)
+  ip_sched_t *s;
+  r = ip__sched_ensure(&s);
+  if (r < 0)
     goto fail;
   ip_coro_t *co = coro_alloc();
   r = -ENOMEM;
@@ -1040,134 +689,6 @@ void ip__coro_main(void *arg) {
 }
 
 
-void *interpose_coro_current(void) {
-  ip_sched_t *s = ip__sched_ensure();
-  return s ? s->current : NULL;
-}
-
-
-uint64_t interpose_coro_id(void *handle) {
-  return handle ? ((ip_coro_t *) handle)->id : 0;
-}
-
-
-uint64_t interpose_coro_prepare(void) {
-  ip_sched_t *s = ip__sched_ensure();
-  return s ? ip__prepare(s->current) : 0;
-}
-
-
-int interpose_coro_park(int64_t timeout_ns) {
-  ip_sched_t *s = sched_live();
-  if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
-    return -EDEADLK;
-  ip__wait_note(s->current, IP_WAIT_PARK, -1, 0, NULL);
-  return ip__park(s, timeout_ns);
-}
-
-
-int interpose_coro_unpark(void *handle, uint64_t gen, int result) {
-  if (handle == NULL)
-    return 0;
-  return ip__wake(handle, gen, result, 0);
-}
-
-
-int interpose_coro_cancel(void *handle, uint64_t id) {
-  ip_coro_t *co = handle;
-  if (co == NULL)
-    return 0;
-  pthread_mutex_lock(&coro_lock);
-  if (co->id != id) {
-    pthread_mutex_unlock(&coro_lock);
-    return 0;
-  }
-  atomic_store(&co->cancelled, 1);
-  uint64_t gen = ip__park_gen(co);
-  pthread_mutex_unlock(&coro_lock);
-  ip__wake(co, gen, -ECANCELED, 0);
-  return 1;
-}
-
-
-int interpose_coro_set_hooks(int on) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
-  int previous = s->current->hooks;
-  s->current->hooks = on != 0;
-  return previous;
-}
-
-
-int interpose_coro_shield(int delta) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
-  int depth = s->current->shield + delta;
-  if (depth < 0)
-    return -EINVAL;
-  s->current->shield = depth;
-  return depth;
-}
-
-
-int64_t interpose_coro_set_deadline(int64_t deadline_ns) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -1;
-  int64_t previous = s->current->deadline_ns;
-  s->current->deadline_ns = deadline_ns < 0 ? -1 : deadline_ns;
-  return previous;
-}
-
-
-int interpose_wait_fd(int fd, int events, int64_t timeout_ns) {
-  ip_sched_t *s = sched_live();
-  if (s == NULL || s->current == NULL || ip__py_tstate_attached(s))
-    return -EDEADLK;
-  if (fd < 0)
-    return -EBADF;
-  if (events & ~(INTERPOSE_READABLE | INTERPOSE_WRITABLE) || events == 0)
-    return -EINVAL;
-  return ip__fd_wait(s, fd, events, timeout_ns, 1);
-}
-
-
-int interpose_sched_stats(interpose_stats_t *out) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL)
-    return -ESRCH;
-  *out = s->stats;
-  return 0;
-}
-
-
-int interpose_sched_interrupt_main(void) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL || s->current == s->main)
-    return 0;
-  return ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
-}
-
-
-int interpose_sched_runnable(void) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL)
-    return 0;
-  return !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->round) ||
-         !ip__queue_empty(&s->yieldq) || s->run_next != NULL ||
-         atomic_load(&s->remote_pending) != 0;
-}
-
-
-void *interpose_sched_self(uint64_t *incarnation) {
-  ip_sched_t *s = tls_sched;
-  *incarnation = s ? atomic_load(&s->incarnation) : 0;
-  return s;
-}
-
-
 void ip__sched_each(void (*sched_fn)(ip_sched_t *s, void *arg),
                     void (*coro_fn)(ip_coro_t *co, void *arg), void *arg) {
   pthread_mutex_lock(&coro_lock);
@@ -1180,129 +701,4 @@ void ip__sched_each(void (*sched_fn)(ip_sched_t *s, void *arg),
     if (co->id != 0 && co->state != IP_CORO_DEAD && co->sched != NULL)
       coro_fn(co, arg);
   pthread_mutex_unlock(&coro_lock);
-}
-
-
-/* Reads like a seqlock: the incarnation before and after the fields tells
- * whether they belonged to the scheduler the caller means.  The struct is
- * type-stable, so reading it is safe even when they did not.  (Schedulers
- * are also created and destroyed only with the GIL held, which the caller
- * holds, so the second check is a second line of defence.)  The thread
- * state read is alive: a coroutine's is cleared before it is deleted and
- * the root's when its thread exits (interpose_sched_forget_root), both with
- * the GIL held, which the caller holds until PyThreadState_GetFrame is
- * done with it. */
-void *interpose_sched_probe(void *sched, uint64_t incarnation,
-                            uint64_t *switches, void **coro, uint64_t *alive) {
-  ip_sched_t *s = sched;
-  *switches = *alive = 0;
-  *coro = NULL;
-  if (s == NULL || atomic_load_explicit(&s->incarnation,
-                                        memory_order_acquire) != incarnation)
-    return NULL;
-  uint64_t sw = __atomic_load_n(&s->stats.switches, __ATOMIC_RELAXED);
-  uint64_t al = __atomic_load_n(&s->stats.alive, __ATOMIC_RELAXED);
-  ip_coro_t *co = __atomic_load_n(&s->current, __ATOMIC_RELAXED);
-  void *tstate = co ? __atomic_load_n(&co->tstate, __ATOMIC_RELAXED) : NULL;
-  atomic_thread_fence(memory_order_acquire);
-  if (atomic_load_explicit(&s->incarnation, memory_order_relaxed) !=
-      incarnation)
-    return NULL;
-  *switches = sw;
-  *alive = al;
-  *coro = co;
-  return tstate ? ip__py.PyThreadState_GetFrame(tstate) : NULL;
-}
-
-
-int interpose_sched_forget_root(void) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL)
-    return 0;
-  __atomic_store_n(&s->root.tstate, NULL, __ATOMIC_RELAXED);
-  atomic_store(&s->tid, 0);
-  return 1;
-}
-
-
-int interpose_coro_run_next(void *handle) {
-  ip_coro_t *co = handle;
-  ip_sched_t *s = tls_sched;
-  if (s == NULL || co->sched != s || co->state != IP_CORO_RUNNABLE ||
-      co == s->run_next || s->current == NULL)
-    return -EINVAL;
-  if (s->run_next != NULL)
-    return -EBUSY; /* it stays queued, FIFO */
-  ip__queue_remove(&co->run_link);
-  co->resumed_ns = s->current->resumed_ns;
-  s->run_next = co;
-  return 0;
-}
-
-
-int interpose_sched_defer_signal(int signum) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL || !s->is_main_thread || signum < 1 || signum > 64)
-    return -EINVAL;
-  s->deferred_signals |= UINT64_C(1) << (signum - 1);
-  if (s->current != s->main)
-    ip__wake(s->main, ip__park_gen(s->main), -EINTR, 1);
-  return 0;
-}
-
-
-int interpose_sched_set_signal_forward(int fd) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL || !s->is_main_thread)
-    return -EINVAL;
-  s->signal_forward_fd = fd;
-  return 0;
-}
-
-
-int interpose_sched_destroy(void) {
-  ip_sched_t *s = tls_sched;
-  if (s == NULL)
-    return 0;
-  if (s->current != &s->root || s->stats.alive != 0 ||
-      !ip__queue_empty(&s->runq) || !ip__queue_empty(&s->yieldq) ||
-      s->run_next != NULL)
-    return -EBUSY;
-  sched_retire(s);
-  pthread_mutex_lock(&coro_lock);
-  for (ip_sched_t **p = &sched_all; *p != NULL; p = &(*p)->all_next) {
-    if (*p == s) {
-      *p = s->all_next;
-      break;
-    }
-  }
-  pthread_mutex_unlock(&coro_lock);
-  ip__fd_drop_sched(s);
-  ip__real.close(s->epfd);
-  ip__real.close(s->evfd);
-  ip__heap_free(&s->timers);
-  ip__stack_release(&s->hub_stack);
-  pthread_mutex_destroy(&s->remote_lock);
-  tls_sched = NULL;
-  sched_struct_put(s);
-  ip__stack_thread_exit();
-  return 0;
-}
-
-
-int interpose_sched_set_signal_fd(int fd) {
-  ip_sched_t *s = ip__sched_ensure();
-  if (s == NULL)
-    return -errno;
-  if (!s->is_main_thread)
-    return -EINVAL;
-  if (s->signal_fd >= 0)
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->signal_fd, NULL);
-  s->signal_fd = -1;
-  if (fd < 0)
-    return 0;
-  int r = add_tagged(s->epfd, fd, TAG_SIGNAL);
-  if (r == 0)
-    s->signal_fd = fd;
-  return r;
 }

@@ -40,6 +40,9 @@
 
 #define POOL_MAX 256
 #define MIN_USABLE (16 * 1024)
+/* The largest usable size accepted: far beyond any real need, it keeps
+ * every size computation far from overflow. */
+#define MAX_USABLE ((size_t) 1 << 40)
 /* Faults this far below a guard page still count as overflows: one frame
  * can jump past a single guard page. */
 #define GUARD_SLACK (64 * 1024)
@@ -73,26 +76,15 @@ size_t ip__stack_round(size_t usable) {
 }
 
 
-/* INTERPOSE_STACK_SIZE accepts bytes with an optional K or M suffix; a
- * value that does not parse is ignored in favour of the interpreter's
- * default (pyver.c), and the Python side reports it before the library
- * ever reads it.  Read once, when the first coroutine is spawned. */
+/* The interpreter's default (pyver.c) unless the runtime set one.  The
+ * library does not read INTERPOSE_STACK_SIZE itself: the Python side
+ * parses it (interpose/_settings.py, the one parser, which reports a bad
+ * value in one line) and hands the bytes to interpose_stack_set_default,
+ * which checks them against the limits kept here. */
 size_t ip__stack_default_size(void) {
   if (default_usable)
     return default_usable;
-  size_t size = ip__pyver_default_stack();
-  const char *env = getenv("INTERPOSE_STACK_SIZE");
-  if (env && *env) {
-    char *end;
-    unsigned long long v = strtoull(env, &end, 10);
-    if (*end == 'k' || *end == 'K')
-      v *= 1024, end++;
-    else if (*end == 'm' || *end == 'M')
-      v *= 1024 * 1024, end++;
-    if (*end == '\0' && v >= interpose_stack_minimum() && v <= (1ull << 40))
-      size = (size_t) v;
-  }
-  default_usable = ip__stack_round(size);
+  default_usable = ip__stack_round(ip__pyver_default_stack());
   return default_usable;
 }
 
@@ -100,6 +92,15 @@ size_t ip__stack_default_size(void) {
 size_t interpose_stack_default(void) { return ip__stack_default_size(); }
 size_t interpose_stack_minimum(void) {
   return ip__pyver_min_stack(MIN_USABLE);
+}
+size_t interpose_stack_maximum(void) { return MAX_USABLE; }
+
+
+int interpose_stack_set_default(size_t usable) {
+  if (usable < interpose_stack_minimum() || usable > MAX_USABLE)
+    return -ERANGE;
+  default_usable = ip__stack_round(usable);
+  return 0;
 }
 
 

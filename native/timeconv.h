@@ -1,6 +1,8 @@
-/* timeconv.h: every conversion between the time units the hooked calls take
- * (ms, timeval, timespec, absolute times on other clocks) and the engine's
- * int64 nanoseconds on the monotonic clock.
+/* timeconv.h: the time room.  Every clock read and every conversion
+ * between the time units the hooked calls take (s, ms, us, timeval,
+ * timespec, absolute times on other clocks) and the engine's int64
+ * nanoseconds on the monotonic clock lives here; no other file multiplies
+ * or divides by a unit.
  *
  * Facts: an int64 of nanoseconds covers 292 years, while a timeval or
  * timespec holds 2^63 seconds and poll's int milliseconds 24 days; callers
@@ -25,7 +27,31 @@
 #include <time.h>
 
 #define IP_NS_PER_SEC INT64_C(1000000000)
+#define IP_NS_PER_MS INT64_C(1000000)
+#define IP_NS_PER_US INT64_C(1000)
+#define IP_US_PER_SEC INT64_C(1000000)
 #define IP_NO_TIMEOUT (-1)
+
+
+/* The time on clk in nanoseconds (for absolute timeouts given on it). */
+static inline int64_t ip__clock_ns(clockid_t clk) {
+  struct timespec now;
+  clock_gettime(clk, &now);
+  return (int64_t) now.tv_sec * IP_NS_PER_SEC + now.tv_nsec;
+}
+
+
+/* Whether ts has a valid nanosecond field (0 <= tv_nsec < 1e9), as every
+ * call taking a timespec requires (else EINVAL). */
+static inline int ip__timespec_nsec_valid(const struct timespec *ts) {
+  return ts->tv_nsec >= 0 && ts->tv_nsec < IP_NS_PER_SEC;
+}
+
+
+/* Whether ts is a valid relative timeout: not negative, nsec valid. */
+static inline int ip__timespec_valid(const struct timespec *ts) {
+  return ts->tv_sec >= 0 && ip__timespec_nsec_valid(ts);
+}
 
 /* a + b for a, b >= 0, saturating at INT64_MAX. */
 static inline int64_t ip__ns_add_sat(int64_t a, int64_t b) {
@@ -43,7 +69,19 @@ static inline int64_t ip__ns_of(int64_t sec, int64_t nsec) {
 
 /* poll/epoll_wait milliseconds: negative is no timeout. */
 static inline int64_t ip__ns_from_ms(int timeout_ms) {
-  return timeout_ms < 0 ? IP_NO_TIMEOUT : (int64_t) timeout_ms * 1000000;
+  return timeout_ms < 0 ? IP_NO_TIMEOUT : (int64_t) timeout_ms * IP_NS_PER_MS;
+}
+
+
+/* Microseconds (>= 0), saturating. */
+static inline int64_t ip__ns_from_us(int64_t us) {
+  return us > INT64_MAX / IP_NS_PER_US ? INT64_MAX : us * IP_NS_PER_US;
+}
+
+
+/* Whole seconds in ns (>= 0), rounded up: what sleep() reports unslept. */
+static inline int64_t ip__sec_ceil(int64_t ns) {
+  return ns / IP_NS_PER_SEC + (ns % IP_NS_PER_SEC != 0);
 }
 
 
@@ -61,9 +99,9 @@ static inline int64_t ip__ns_from_timespec(const struct timespec *ts) {
 static inline int64_t ip__ns_from_timeval(const struct timeval *tv) {
   if (tv == NULL)
     return IP_NO_TIMEOUT;
-  int64_t carry = tv->tv_usec / 1000000;
+  int64_t carry = tv->tv_usec / IP_US_PER_SEC;
   int64_t sec = tv->tv_sec > INT64_MAX - carry ? INT64_MAX : tv->tv_sec + carry;
-  return ip__ns_of(sec, (int64_t) (tv->tv_usec % 1000000) * 1000);
+  return ip__ns_of(sec, (int64_t) (tv->tv_usec % IP_US_PER_SEC) * IP_NS_PER_US);
 }
 
 
@@ -100,11 +138,12 @@ static inline int64_t ip__timeout_left(int64_t deadline_ns, int64_t now_ns) {
 static inline int ip__ms_ceil(int64_t timeout_ns) {
   if (timeout_ns < 0)
     return -1;
-  int64_t ms = timeout_ns / 1000000 + (timeout_ns % 1000000 != 0);
+  int64_t ms = timeout_ns / IP_NS_PER_MS + (timeout_ns % IP_NS_PER_MS != 0);
   return ms > INT_MAX ? INT_MAX : (int) ms;
 }
 
 
+/* A relative timespec for ns >= 0. */
 static inline struct timespec ip__timespec_of(int64_t ns) {
   struct timespec ts = {ns / IP_NS_PER_SEC, ns % IP_NS_PER_SEC};
   return ts;
@@ -130,12 +169,13 @@ static inline int64_t ip__deadline_of_abs(const struct timespec *abs,
  * reports it (its saturated expiry minus the time slept: huge). */
 static inline struct timeval ip__timeval_minus(const struct timeval *tv,
                                                int64_t elapsed_ns) {
-  int64_t carry = tv->tv_usec / 1000000;
+  int64_t carry = tv->tv_usec / IP_US_PER_SEC;
   int64_t sec = tv->tv_sec > INT64_MAX - carry ? INT64_MAX : tv->tv_sec + carry;
-  int64_t usec = tv->tv_usec % 1000000 - (elapsed_ns % IP_NS_PER_SEC) / 1000;
+  int64_t usec = tv->tv_usec % IP_US_PER_SEC -
+                 (elapsed_ns % IP_NS_PER_SEC) / IP_NS_PER_US;
   sec -= elapsed_ns / IP_NS_PER_SEC;
   if (usec < 0) {
-    usec += 1000000;
+    usec += IP_US_PER_SEC;
     sec--;
   }
   struct timeval left = {0, 0};

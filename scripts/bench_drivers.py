@@ -2,7 +2,7 @@
 vs plain OS threads vs gevent (and gevent with psycogreen for psycopg2).
 
 Starts its own PostgreSQL, MariaDB, redis and HTTP servers on 127.0.0.1
-(tests/servers.py, the test suite's code), then for every driver and
+(tests/support/servers.py, the test suite's code), then for every driver and
 every way of running it starts a fresh worker process that opens N
 connections at once, each running one query that waits SLOW seconds on the
 server (`pg_sleep`, `SELECT SLEEP`, redis `BLPOP` with a timeout, an HTTP
@@ -182,7 +182,7 @@ def _server_args():
     """Start every server; return (ExitStack, per-driver args)."""
     import contextlib
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import servers
+    from support import servers
     stack = contextlib.ExitStack()
     try:
         pg = stack.enter_context(servers.postgres())

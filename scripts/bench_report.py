@@ -3,7 +3,7 @@
 PNG per message size (round trips/s and p99 against connections, one line
 per server).
 
-    python scripts/bench_report.py [scripts/results/results.json]
+    python scripts/bench_report.py [bench-results/results.json]
 
 re-renders the markdown and plots from a saved results.json.
 """
@@ -294,7 +294,8 @@ def write(data, out):
 
 if __name__ == "__main__":
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", "results.json")
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "bench-results", "results.json")
     with open(path) as f:
         saved = json.load(f)
     print("\n".join(write(saved, os.path.dirname(os.path.abspath(path)))))

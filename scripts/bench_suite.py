@@ -8,7 +8,9 @@ One command, from the repository root:
 It installs the `bench` extra (`pip install -e '.[bench]'`) when a peer is
 missing, builds the C load generator (scripts/loadgen.c) and the hook-cost
 library (scripts/hookcost.c) into build/bench/, runs everything, and writes
-scripts/results/results.{json,md} and one PNG per message size.
+bench-results/results.{json,md} and one PNG per message size (bench-results/
+is ignored by git: raw results are never committed; docs/benchmarks.md
+holds the curated summary).
 
 Servers (scripts/bench_servers/):
   threads            threaded_echo.py, a blocking thread-per-connection
@@ -55,7 +57,7 @@ SERVERS_DIR = os.path.join(SCRIPTS, "bench_servers")
 BUILD = os.path.join(ROOT, "build", "bench")
 LOADGEN = os.path.join(BUILD, "loadgen")
 HOOKCOST = os.path.join(BUILD, "libhookcost.so")
-RESULTS = os.path.join(SCRIPTS, "results")
+RESULTS = os.path.join(ROOT, "bench-results")
 PEERS = ("gevent", "eventlet", "uvloop", "matplotlib", "psutil")
 SERVER_CPU, LOAD_CPU = 0, 1
 
@@ -430,7 +432,8 @@ def parse_args(argv):
     parser.add_argument("--skip", type=lambda s: s.split(","), default=[],
                         help="parts to leave out: grid, idle, micro")
     parser.add_argument("--out", default=RESULTS,
-                        help="results folder (default scripts/results)")
+                        help="results folder (default bench-results/, ignored by"
+                             " git)")
     args = parser.parse_args(argv)
     if args.quick:
         args.conns, args.sizes = [100, 1000], [64]

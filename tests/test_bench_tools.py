@@ -121,3 +121,25 @@ def test_bench_suite_help_runs():
                            "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--quick" in proc.stdout
+
+
+def _gitignored_dirs():
+    with open(os.path.join(os.path.dirname(SCRIPTS), ".gitignore")) as f:
+        return {line.strip().rstrip("/") for line in f
+                if line.strip() and not line.startswith("#")}
+
+
+def test_bench_suite_writes_raw_results_to_an_ignored_folder():
+    # Raw results (results.json, results.md, the PNGs) are rewritten by every
+    # run; they go to bench-results/, which git ignores, never under scripts/.
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import bench_suite;"
+         " print(bench_suite.parse_args([]).out)", SCRIPTS],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip()
+    root = os.path.dirname(SCRIPTS)
+    assert os.path.dirname(out) == root
+    assert os.path.basename(out) in _gitignored_dirs()
+    assert not os.path.exists(os.path.join(SCRIPTS, "results"))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import interpose
-from conftest import wait_all_blocked, in_epoll_wait
+from support.probes import wait_all_blocked, in_epoll_wait
 
 
 @contextlib.contextmanager

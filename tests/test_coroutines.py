@@ -4,6 +4,7 @@ threading.excepthook, SystemExit/KeyboardInterrupt forwarding to the main
 coroutine, trace/profile inheritance, and per-coroutine contextvars and
 threading.local state."""
 import contextvars
+import functools
 import math
 import sys
 import threading
@@ -13,7 +14,8 @@ import traceback
 import pytest
 
 import interpose
-from conftest import live_thread_states, run_snippet, wait_all_blocked, in_epoll_wait
+from support.snippets import run_snippet
+from support.probes import live_thread_states, wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,7 +36,7 @@ def test_join_returns_result_with_args_and_kwargs():
             interpose.sleep(0)
             return (a + b) * scale
 
-        cs = [interpose.spawn(add, i, 1, scale=10) for i in range(5)]
+        cs = [interpose.spawn(functools.partial(add, scale=10), i, 1) for i in range(5)]
         assert [c.join() for c in cs] == [10, 20, 30, 40, 50]
         assert all(c.done() for c in cs)
         assert cs[0].join() == 10  # joining again returns the same result
@@ -70,7 +72,7 @@ def test_spawn_keeps_name_and_stack_size_and_passes_other_kwargs():
         def f(*args, **kwargs):
             return args, kwargs
 
-        c = interpose.spawn(f, 1, 2, key="v", name="n", stack_size=1 << 20)
+        c = interpose.spawn(functools.partial(f, key="v"), 1, 2, name="n", stack_size=1 << 20)
         assert c.name == "n"
         assert c.join() == ((1, 2), {"key": "v"})
 

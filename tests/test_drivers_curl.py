@@ -3,13 +3,13 @@ and multi interfaces, over HTTP and HTTPS, against a local server with a
 slow handler: transfers on coroutines overlap, and the failure paths
 raise pycurl.error with libcurl's usual codes.
 
-The servers run on threads of the test process (tests/servers.py), one
+The servers run on threads of the test process (tests/support/servers.py), one
 per scheme for this module, and are stopped at its end.
 """
 import pytest
 
-import servers
-from drivers_common import check_cooperation, check_failures_same
+from support import servers
+from support.drivers import check_cooperation, check_failures_same
 
 COMMON = r'''
 import io

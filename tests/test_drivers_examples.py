@@ -2,7 +2,7 @@
 `python -m interpose run` against the test servers: every query answers,
 and N of them take well under the time of N one after another.
 
-Each server is started for this module (tests/servers.py) and stopped at
+Each server is started for this module (tests/support/servers.py) and stopped at
 its end.
 """
 import os
@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-import servers
-from conftest import _snippet_env
+from support import servers
+from support.snippets import snippet_env
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -52,7 +52,7 @@ def _run_example(name, *args):
     proc = subprocess.run(
         [sys.executable, "-m", "interpose", "run",
          os.path.join(EXAMPLES, name), *map(str, args)],
-        capture_output=True, text=True, timeout=60, env=_snippet_env(None))
+        capture_output=True, text=True, timeout=60, env=snippet_env(None))
     assert proc.returncode == 0 and proc.stderr == "", proc
     lines = proc.stdout.splitlines()
     match = TOTAL.match(lines[-1])

@@ -2,13 +2,13 @@
 mariadbd: slow queries on coroutines overlap, and the failure paths raise
 the driver's usual errors.
 
-The server is started once for this module (tests/servers.py) and
+The server is started once for this module (tests/support/servers.py) and
 stopped at its end; a missing MariaDB fails the tests.
 """
 import pytest
 
-import servers
-from drivers_common import check_cooperation, check_failures_same
+from support import servers
+from support.drivers import check_cooperation, check_failures_same
 
 DRIVER = r'''
 import MySQLdb

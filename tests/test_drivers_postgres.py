@@ -2,16 +2,16 @@
 in its C mode, against a private PostgreSQL: slow queries on coroutines
 overlap, and the failure paths raise the drivers' usual errors.
 
-The server is started once for this module (tests/servers.py) and
+The server is started once for this module (tests/support/servers.py) and
 stopped at its end; a missing PostgreSQL fails the tests.
 """
 import json
 
 import pytest
 
-import servers
-from conftest import check_ok, run_hooked
-from drivers_common import check_cooperation, check_failures_same
+from support import servers
+from support.snippets import check_ok, run_hooked
+from support.drivers import check_cooperation, check_failures_same
 
 # Each driver's connect(**params) and query(conn, sql, params) -> rows, the
 # only code that differs between the two.

@@ -4,13 +4,13 @@ failure paths raise redis-py's usual errors.
 
 redis-py does its socket I/O in Python either way; hiredis only parses
 replies, so both parsers must behave the same under the preload.  The
-server is started once for this module (tests/servers.py) and stopped at
+server is started once for this module (tests/support/servers.py) and stopped at
 its end; a missing redis-server fails the tests.
 """
 import pytest
 
-import servers
-from drivers_common import check_cooperation, check_failures_same
+from support import servers
+from support.drivers import check_cooperation, check_failures_same
 
 DRIVER = r'''
 import redis

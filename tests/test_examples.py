@@ -19,8 +19,8 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
-from processes import ProcessGroup, interpose_run as _interpose_run
+from support.snippets import ROOT
+from support.processes import ProcessGroup, interpose_run as _interpose_run
 
 # The examples of this checkout (ROOT is where the interpose package under
 # test lives, which under scripts/asan-tests is a temporary copy).

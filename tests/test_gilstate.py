@@ -18,13 +18,13 @@ import subprocess
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
-from servers import _self_signed_cert
+from support.snippets import assert_same, check_ok, run_hooked
+from support.servers import self_signed_cert
 
 
 @pytest.fixture(scope="module")
 def cert_pair(tmp_path_factory):
-    return _self_signed_cert(str(tmp_path_factory.mktemp("gilstate-cert")))
+    return self_signed_cert(str(tmp_path_factory.mktemp("gilstate-cert")))
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ def test_library_refuses_a_second_interpreter(snippet):
     # (a subinterpreter's) is refused with -EXDEV instead of replacing it.
     lines = check_ok(snippet("""
         import errno
-        import interpose._native as native
+        import interpose._core._native as native
         r = native.lib.py_init(0x030b0000, 12345)
         print("second init:", -r == errno.EXDEV)
     """))

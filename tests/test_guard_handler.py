@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from conftest import run_snippet
-from test_stress import _FN, _OVERFLOW, _SMALL_STACKS, _assert_overflow_reported, deep_c  # noqa: F401 (fixture)
+from support.snippets import run_snippet
+from support.stack_overflow import SMALL_STACKS, assert_overflow_reported, overflow_program
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,13 +46,12 @@ def _preloading(lib):
                          ids=["alone", "under_faulthandler"])
 def test_overflow_report_uses_no_interposable_write(write_spy, prelude, deep_c):
     # From CPython 3.14 Python code raises RecursionError before the guard
-    # page: _FN is then an unchecked C recursion (tests/test_stress.py).
+    # page: the overflow is then an unchecked C recursion (support/stack_overflow.py).
     name = "spied"
-    size = _SMALL_STACKS[1]
-    code = _OVERFLOW.format(fn=_FN, name=name, stack_arg=f", stack_size={size}",
-                            prelude=prelude, deep_c=deep_c)
+    size = SMALL_STACKS[1]
+    code = overflow_program(deep_c, name, size=size, prelude=prelude)
     r = run_snippet(code, env=_preloading(write_spy))
-    _assert_overflow_reported(r, name, size)
+    assert_overflow_reported(r, name, size)
     assert r.returncode == -signal.SIGABRT, r.stderr[-1500:]
     assert "write_spy" not in r.stderr, r.stderr[-1500:]
 

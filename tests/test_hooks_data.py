@@ -14,7 +14,7 @@ import select
 
 import pytest
 
-from conftest import assert_same, popen_snippet, run_both
+from support.snippets import assert_same, popen_snippet, run_both
 
 
 @pytest.mark.slow
@@ -584,12 +584,6 @@ def test_recv_and_accept_wake_on_shutdown_from_another_coroutine():
     out = assert_same("""
         import socket
 
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
-
         a, b = socket.socketpair()
         r = go(attempt, a.recv, 10)
         settle(r)
@@ -937,3 +931,44 @@ def test_foreign_socket_used_cooperatively_stays_blocking():
     assert results[True] == results[False]
     assert results[True] == ["b'from the parent' ticks during recv > 0: True",
                              "F_GETFL O_NONBLOCK: False kernel: False"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sendfile_to_a_blocking_socket_blocks_like_libc():
+    # sendfile is not among the hooked calls (DESIGN §6), but the hooks made
+    # the socket non-blocking in the kernel: the user's blocking socket must
+    # still never give EAGAIN.  Acceptable: each call blocks until it sent
+    # something (partial counts are fine).  Not acceptable: BlockingIOError.
+    out = assert_same("""
+        import socket, tempfile
+        a, b = socket.socketpair()
+        size = 4 << 20
+        f = tempfile.TemporaryFile()
+        f.write(os.urandom(size)); f.flush()
+
+        def drain():
+            n = 0
+            while data := b.recv(1 << 16):
+                n += len(data)
+            return n
+
+        def send_all():
+            offset = 0
+            try:
+                while offset < size:
+                    offset += os.sendfile(a.fileno(), f.fileno(), offset, size - offset)
+            except OSError as e:
+                return type(e).__name__ + " " + errname(e) + (
+                    " after a partial send" if offset else "")
+            finally:
+                a.shutdown(socket.SHUT_WR)
+            return offset
+
+        s = go(send_all)
+        settle(s)
+        r = go(drain)
+        print("sendfile:", s.join(), "drained:", r.join())
+        f.close(); a.close(); b.close()
+    """)
+    assert out == [f"sendfile: {4 << 20} drained: {4 << 20}"]

@@ -8,7 +8,7 @@ are looked up, so no test depends on DNS.
 """
 import pytest
 
-from conftest import assert_same
+from support.snippets import assert_same
 
 
 @pytest.mark.slow

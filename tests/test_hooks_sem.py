@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,10 +104,14 @@ def test_process_shared_semaphores_posted_by_another_process_wake_the_waiter():
         ctx = multiprocessing.get_context("fork")
         lock = ctx.Lock()
         held = ctx.Event()
+        # The child holds the lock until the parent's ticker has ticked six
+        # times (not for a fixed 0.2 s, in which an OS thread under load
+        # may tick less): the ticks prove others ran while the parent waited.
+        release = ctx.Event()
         def child():
             with lock:
                 held.set()
-                time.sleep(0.2)
+                release.wait(20)
         p = ctx.Process(target=child); p.start()
         held.wait(10)
         ticks = []
@@ -115,8 +119,10 @@ def test_process_shared_semaphores_posted_by_another_process_wake_the_waiter():
         def ticker():
             while not stop.is_set():
                 ticks.append(1); time.sleep(0.005)
+                if len(ticks) == 6:
+                    release.set()
         t = threading.Thread(target=ticker); t.start()
-        got = lock.acquire(timeout=10)
+        got = lock.acquire(timeout=30)
         stop.set(); t.join(); p.join()
         print("acquired", got, "others ran while waiting", len(ticks) > 5)
     """)

@@ -8,7 +8,7 @@ coroutines waiting on it with EBADF instead of leaving them asleep.
 """
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 # Prints the user's view of an fd's blocking mode; under the preload also
 # asserts that the kernel keeps the fd non-blocking (`ours` = made by a hook).
@@ -226,12 +226,6 @@ def test_accept_and_read_wake_with_ebadf_on_close():
     out = check_ok(run_hooked("""
         import select, socket
         l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
-
-        def attempt(fn, *args):
-            try:
-                return repr(fn(*args))
-            except OSError as e:
-                return type(e).__name__ + " " + errname(e)
 
         r = go(attempt, l.accept)
         settle(r)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same
+from support.snippets import assert_same
 
 # What the wait tests share: pairs a/b (a readable once b writes), the
 # names of fds, and a ticker.

@@ -14,7 +14,7 @@ the main thread with pthread_kill until the main thread reports that its
 wait returned, so at least one signal lands during the wait."""
 import pytest
 
-from conftest import assert_same
+from support.snippets import assert_same
 
 pytestmark = pytest.mark.timeout(120)
 

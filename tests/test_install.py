@@ -16,7 +16,7 @@ import zipfile
 
 import pytest
 
-from install_helpers import (BLOCKED_THREADS, CHECKOUT, check, copy_checkout,
+from support.install import (BLOCKED_THREADS, CHECKOUT, check, copy_checkout,
                              fresh_venv, no_make_path, os_threads, pip_install,
                              run, user_env)
 
@@ -98,14 +98,14 @@ def test_sdist_holds_the_sources_and_no_build_outputs(dists):
     for needed in ("setup.py", "pyproject.toml", "LICENSE", "README.md",
                    "MANIFEST.in", "native/Makefile", "native/interpose.h",
                    "native/switch_x86_64.S", "native/switch_aarch64.S",
-                   "interpose/_boot/sitecustomize.py", "interpose/_native.py",
-                   "tests/conftest.py"):
+                   "interpose/_boot/sitecustomize.py", "interpose/_core/_native.py",
+                   "tests/conftest.py", "tests/support/snippets.py"):
         assert needed in names, needed
     native = {n for n in os.listdir(os.path.join(CHECKOUT, "native"))
               if n.endswith((".c", ".h", ".S"))}
     assert native <= {n.split("/", 1)[1] for n in names if n.startswith("native/")}
     outputs = [n for n in names if n.endswith((".so", ".o", ".stamp", ".pyc"))
-               or n.startswith(("build/", "dist/", ".venv"))
+               or n.startswith(("build/", "dist/", ".venv", "bench-results/"))
                or "/results/" in n or "__pycache__" in n]
     assert outputs == []
 

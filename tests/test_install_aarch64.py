@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from install_helpers import (BLOCKED_THREADS, check, copy_checkout,
+from support.install import (BLOCKED_THREADS, check, copy_checkout,
                              os_threads, user_env)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

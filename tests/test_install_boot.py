@@ -16,9 +16,10 @@ import sys
 import pytest
 
 import interpose
-from interpose import _autostart, _native, _settings
+from interpose import _autostart
+from interpose._core import _native, _settings
 
-from install_helpers import BLOCKED_THREADS, CHECKOUT, os_threads, user_env
+from support.install import BLOCKED_THREADS, CHECKOUT, os_threads, user_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,9 +11,9 @@ import tomllib
 
 import pytest
 
-from install_helpers import CHECKOUT
+from support.install import CHECKOUT
 
-from interpose import _compat
+from interpose._core import _compat
 
 NATIVE = os.path.join(CHECKOUT, "native")
 
@@ -72,7 +72,7 @@ def test_werror_is_on_for_make_and_off_for_a_users_pip_install(setup_module,
 
 
 def test_setup_build_id_is_the_one_the_runtime_checks(setup_module):
-    from interpose import _native
+    from interpose._core import _native
 
     (define,) = [t for t in make_line() if t.startswith("-DIP_BUILD_ID=")]
     assert define == f'-DIP_BUILD_ID="{setup_module.build_id()}"'

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from conftest import _snippet_env, assert_same
+from support.snippets import snippet_env, assert_same
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,9 +139,9 @@ def test_ctypes_import_holds_the_same_floor_as_the_engine(soft):
         if soft is not None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        from interpose import _ctypes_import, _native
+        from interpose._core import _ctypes_import, _native
         print(_ctypes_import.internal_fd_floor() == _native.lib.fd_internal_floor())
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, timeout=60, env=_snippet_env(None))
+                       text=True, timeout=60, env=snippet_env(None))
     assert (p.returncode, p.stdout, p.stderr) == (0, "True\n", "")

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from interpose import _native
+from interpose._core import _native
 
 HEADER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "native", "interpose.h")
 
@@ -22,6 +22,7 @@ C_TYPES = {
     "uintptr_t": ctypes.c_size_t,
     "unsigned long": ctypes.c_ulong,
     "uint64_t *": ctypes.POINTER(ctypes.c_uint64),
+    "int64_t *": ctypes.POINTER(ctypes.c_int64),
     "void **": ctypes.POINTER(ctypes.c_void_p),
     "int *": ctypes.POINTER(ctypes.c_int),
     "interpose_stats_t *": ctypes.POINTER(_native.Stats),

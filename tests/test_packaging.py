@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import interpose
-from interpose import _native
+from interpose._core import _native
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +75,7 @@ def test_build_id_matches_sources():
 
 
 def test_unsupported_interpreter_is_refused_with_a_reason(monkeypatch):
-    from interpose import _compat
+    from interpose._core import _compat
 
     monkeypatch.setattr(sys, "version_info", (3, 16, 0, "final", 0))
     reason = _compat.unsupported_reason()

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from conftest import run_both, check_ok
-from interpose import _native
+from support.snippets import run_both, check_ok
+from interpose._core import _native
 
 pytestmark = pytest.mark.timeout(120)
 

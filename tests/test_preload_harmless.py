@@ -10,7 +10,9 @@ import threading
 
 import pytest
 
-from interpose import _native
+import interpose
+from interpose._core import _native
+from support.snippets import check_ok, run_plain
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,8 +62,24 @@ def http_server(tmp_path):
         thread.join()
 
 
+@pytest.fixture
+def still_tree(tmp_path):
+    """A directory nobody else changes, with every timestamp fixed: `ls -la
+    /` differed between the plain and the preloaded run whenever another
+    process started or exited (the link count of /proc is the number of
+    processes) or wrote to /tmp (its link count and mtime), which on a
+    shared machine happened between the two runs now and then."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "file.txt").write_text("twelve bytes")
+    (tree / "link").symlink_to("file.txt")
+    for path in (tree / "link", tree / "file.txt", tree / "sub", tree, tmp_path):
+        os.utime(path, (0, 0), follow_symlinks=False)
+    return tree
+
+
 @pytest.mark.parametrize("argv", [
-    ["ls", "-la", "/"],
+    ["ls", "-la", "{still_tree}"],
     ["ls", "/no/such/dir"],
     ["sh", "-c", "echo out; echo err >&2; exit 3"],
     ["sh", "-c", "printf 'a\\nb\\n' | sort -r | cat -n"],
@@ -74,7 +92,8 @@ def http_server(tmp_path):
                  " env -i printenv; cp /no/such /tmp/x; mkdir -p /; stat -c %F /"],
     ["cat", "/proc/self/cmdline"],
 ], ids=lambda a: " ".join(a)[:40])
-def test_command_is_unchanged_by_the_preload(argv):
+def test_command_is_unchanged_by_the_preload(argv, still_tree):
+    argv = [a.format(still_tree=still_tree) for a in argv]
     if shutil.which(argv[0]) is None:
         pytest.fail(f"{argv[0]} is needed by this test and is not installed")
     if argv[0] == "cat":  # the command line differs by nothing, but check it ran
@@ -121,3 +140,36 @@ def test_python_with_preload_but_no_autostart_runs_without_hooks(tmp_path):
     env_path = os.path.dirname(os.path.dirname(_native.__file__))
     r = _same([sys.executable, "-c", code], cwd=env_path)
     assert b"timeout" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_preloaded_process_without_the_runtime_behaves_like_libc():
+    # LD_PRELOAD alone (no INTERPOSE_AUTOSTART): every hook must pass
+    # straight through, so the output equals the plain run's.
+    code = """
+        import fcntl, select, socket, struct
+        a, b = socket.socketpair()
+        print("view:", os.get_blocking(a.fileno()), kernel_nonblocking(a.fileno()))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 100000))
+        try:
+            a.recv(10)
+        except OSError as e:
+            print("timeout:", errname(e))
+        r = go(a.recv, 10)
+        settle(r)
+        b.send(b"to a thread")
+        print(r.join())
+        po = select.poll(); po.register(a, select.POLLIN)
+        t0 = time.monotonic()
+        print("poll:", po.poll(100), time.monotonic() - t0 >= 0.1)
+        print(socket.getaddrinfo("localhost", 80, socket.AF_INET, socket.SOCK_STREAM))
+        print("maps:", "libinterpose" in open("/proc/self/maps").read())
+        a.close(); b.close()
+    """
+    preloaded = run_plain(code, env={"LD_PRELOAD": interpose._core._native.LIBRARY_PATH})
+    plain = run_plain(code)
+    pre_lines, plain_lines = check_ok(preloaded, "preloaded"), check_ok(plain, "plain")
+    assert pre_lines[-1] == "maps: True" and plain_lines[-1] == "maps: False"
+    assert pre_lines[:-1] == plain_lines[:-1]
+    assert pre_lines[0] == "view: True False"

@@ -3,18 +3,21 @@ what each supported CPython must give coroutines.  The suite runs on every
 supported version (scripts/interpreters), so each test here checks its
 contract on the interpreter running it; where versions differ, the
 expected outcome is chosen from _compat, never skipped."""
+import os
 import pathlib
 import re
+import subprocess
 import sys
 import textwrap
 
 import pytest
 
 import interpose
-from interpose import _compat, _native
+from interpose._core import _compat, _native
 
-from conftest import (ROOT, assert_same, check_ok, live_thread_states, run_hooked,
-                      run_snippet)
+from support.snippets import ROOT, assert_same, check_ok, run_hooked, run_snippet
+from support.probes import live_thread_states
+from support.stack_overflow import CATCH_RECURSION, DEEP_BODIES
 
 
 # ---- refusals: one line each, no traceback ---------------------------------
@@ -115,6 +118,12 @@ def test_stack_minimum_is_what_cpython_needs():
     assert _native.lib.stack_minimum() == expected == _compat.STACK_MINIMUM
 
 
+def test_stack_limits_are_the_librarys():
+    from interpose._core import _settings
+    assert _settings.STACK_MIN == _native.lib.stack_minimum()
+    assert _settings.STACK_MAX == _native.lib.stack_maximum()
+
+
 def test_spawn_below_minimum_says_why():
     minimum = _native.lib.stack_minimum()
     with pytest.raises(ValueError) as e:
@@ -135,26 +144,18 @@ def test_smallest_stack_runs_deep_c_recursion_to_recursionerror_on_314():
     # 3.14+: told its stack, CPython raises RecursionError before the guard
     # page at the smallest stack it accepts.  Before 3.14 CPython counts C
     # recursion and knows no stack: a stack that small overflows, which
-    # tests/test_stress.py checks (the guard page reports it).
+    # tests/test_stack_overflow.py checks (the guard page reports it).
     if not _compat.PY314:
         assert _native.lib.stack_minimum() == 16 * 1024
         return
-    r = run_snippet("""
+    r = run_snippet(textwrap.dedent(DEEP_BODIES["nested_list_repr"]) + CATCH_RECURSION
+                    + textwrap.dedent("""
         import interpose
-        def deep():
-            x = []
-            for _ in range(100_000):
-                x = [x]
-            try:
-                repr(x)
-            except RecursionError:
-                return "RecursionError"
-            return "no error"
         def main():
-            size = interpose._native.lib.stack_minimum()
-            return interpose.spawn(deep, stack_size=size).join()
+            size = interpose._core._native.lib.stack_minimum()
+            return interpose.spawn(catch_recursion, stack_size=size).join()
         print(interpose.run(main))
-    """)
+    """))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "RecursionError"
 
@@ -189,23 +190,10 @@ def test_socket_dropped_in_coroutine_is_closed_before_the_coroutine_ends():
     assert lines == ["EBADF ['del']"]
 
 
-@pytest.mark.parametrize("kind", ["python", "c_repr", "c_json"])
+@pytest.mark.parametrize("kind", ["python", "nested_list_repr", "json_loads"])
 def test_deep_recursion_in_coroutine_raises_recursionerror(kind):
-    body = {
-        "python": "def deep(n=0):\n    return deep(n + 1)",
-        "c_repr": "def deep():\n    x = []\n    for _ in range(100_000):\n"
-                  "        x = [x]\n    return repr(x)",
-        "c_json": "def deep():\n    return json.loads('[' * 100_000 + ']' * 100_000)",
-    }[kind]
-    lines = assert_same("import json\n" + body + textwrap.dedent("""
-        def body():
-            try:
-                deep()
-            except RecursionError:
-                return "RecursionError"
-            return "no error"
-        print(go(body).join())
-    """))
+    lines = assert_same("import json\n" + textwrap.dedent(DEEP_BODIES[kind])
+                        + CATCH_RECURSION + "print(go(catch_recursion).join())\n")
     assert lines == ["RecursionError"]
 
 
@@ -335,3 +323,14 @@ def test_thread_names_reported_by_current_thread_in_coroutines():
         print(sorted(seen))
     """)
     assert check_ok(r, "hooked") == ["['t0', 't1', 't2']"]
+
+
+def test_interpose_stack_size_env_sets_the_librarys_default():
+    # The library no longer parses the variable: Python parses it and hands
+    # the bytes over at load time (interpose_stack_set_default).
+    code = "from interpose._core import _native; print(_native.lib.stack_default())"
+    env = dict(os.environ, INTERPOSE_STACK_SIZE="256K")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 256 * 1024

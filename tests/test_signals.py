@@ -4,6 +4,9 @@ while every coroutine is parked in the hub's epoll_wait (DESIGN §8).
 Each test runs a child interpreter that prints "ready <pid>" once it is
 about to park; the test then waits until the child really sleeps in
 epoll_wait (from /proc) before signalling it, so no test orders with sleeps.
+The differential tests at the end run one snippet hooked and plain (OS
+threads): Ctrl-C reaches the main thread wherever it waits, an uncaught one
+exits as SIGINT, and handlers and the wakeup fd work as in plain Python.
 """
 import json
 import os
@@ -17,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from support.snippets import ROOT, assert_same, run_hooked, run_plain
 
 READY_TIMEOUT = 30  # seconds; generous for a loaded machine
 
@@ -371,3 +374,78 @@ def test_signal_handler_exception_raises_from_main_coroutine_wait():
     assert proc.returncode == 0, (out, err)
     assert out.strip() == "stopped True 0", (out, err)
     assert err == ""
+
+
+# ---- differential: the same snippet hooked and plain (OS threads) ----------
+
+def _signal_snippet(wait):
+    return f"""
+        import os, queue, signal, threading, time
+        waiting = threading.Event()
+        def killer():
+            # Not before the main thread is inside the try (a fixed delay
+            # alone raced a slow start under load); the sleep lets it block.
+            waiting.wait()
+            time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=killer, daemon=True).start()
+        busy = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+        busy.start()
+        try:
+            waiting.set()
+            {wait}
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt in", threading.current_thread().name)
+    """
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wait", [
+    "busy.join()",
+    "threading.Event().wait()",
+    "queue.Queue().get()",
+    "(lk := threading.Lock()).acquire() and lk.acquire()",
+    "threading.Semaphore(0).acquire()",
+])
+def test_ctrl_c_interrupts_the_main_thread_wherever_it_waits(wait):
+    assert assert_same(_signal_snippet(wait)) == ["KeyboardInterrupt in MainThread"]
+
+
+@pytest.mark.timeout(120)
+def test_uncaught_ctrl_c_exits_130():
+    code = """
+        import os, signal, threading, time
+        threading.Thread(target=lambda: (time.sleep(0.1), os.kill(os.getpid(), signal.SIGINT)),
+                         daemon=True).start()
+        threading.Event().wait()
+    """
+    for proc in (run_hooked(code), run_plain(code)):
+        # Death by SIGINT, as plain python re-raises it: the shell shows 130.
+        assert proc.returncode == -signal.SIGINT, proc
+        assert proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc
+
+
+@pytest.mark.timeout(120)
+def test_signal_handlers_run_in_the_main_thread_and_wakeup_fd_works():
+    assert_same("""
+        import os, signal, socket, threading, time
+        got = []
+        def handler(signum, frame):
+            got.append((signal.Signals(signum).name, threading.current_thread().name))
+        print(signal.signal(signal.SIGUSR1, handler) is signal.SIG_DFL,
+              signal.getsignal(signal.SIGUSR1) is handler)
+        r, w = socket.socketpair()
+        r.setblocking(False); w.setblocking(False)
+        print("previous wakeup fd", signal.set_wakeup_fd(w.fileno()))
+        def spin():
+            t0 = time.monotonic()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while time.monotonic() - t0 < 0.1:
+                pass
+        t = threading.Thread(target=spin); t.start(); t.join()
+        time.sleep(0.02)
+        print(got)
+        r.settimeout(5)
+        print("wakeup bytes", list(r.recv(16)))
+        print(signal.set_wakeup_fd(-1) == w.fileno())
+    """)

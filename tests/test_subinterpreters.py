@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked
+from support.snippets import assert_same, check_ok, run_hooked
 
 # The Python-level ways to make a subinterpreter, per version: the legacy
 # one (shared GIL, threads allowed) from _testcapi, and the module of
@@ -180,6 +180,19 @@ print(os.read(r, 1000).decode())
 NO_PREEMPTION = {"INTERPOSE_PREEMPT": "off"}
 
 
+def _ticks_around(legacy_code):
+    """Snippet lines: a ticker coroutine ticking, then legacy_code run in a
+    subinterpreter on this OS thread; leaves t, before, status and during
+    (the ticks counted while the subinterpreter ran)."""
+    return f"""
+t = Ticker(0.001)
+t.wait_ticks(2)
+before = t.ticks
+status = run_legacy({legacy_code!r})
+during = t.ticks - before
+"""
+
+
 @needs_testcapi
 @pytest.mark.timeout(120)
 def test_hook_in_subinterpreter_code_does_not_switch_on_312_and_later():
@@ -197,12 +210,8 @@ def test_hook_in_subinterpreter_code_does_not_switch_on_312_and_later():
     # on its own thread state just before the subinterpreter exists or
     # just after it ended (native/preempt.c never preempts while one
     # exists), which would count as a tick "during" the call.
-    lines = check_ok(run_hooked(SUBINTERPRETERS + """
-t = Ticker(0.001)
-t.wait_ticks(2)
-before = t.ticks
-status = run_legacy("import time\\nfor _ in range(20): time.sleep(0.005)")
-during = t.ticks - before
+    lines = check_ok(run_hooked(SUBINTERPRETERS + _ticks_around(
+        "import time\nfor _ in range(20): time.sleep(0.005)") + """
 t.wait_ticks(2)
 print("status:", status, "ticked during:", during > 0, "ticked after:", t.stop() > before)
 """, env=NO_PREEMPTION))
@@ -219,12 +228,8 @@ def test_gil_held_hook_in_subinterpreter_code_blocks_the_thread():
     # OS thread, a deadlock.  The hook must see the subinterpreter's thread
     # state as attached on this thread (3.11 keeps it in a process-wide
     # variable) and block the thread instead.  Preemption is off, as above.
-    lines = check_ok(run_hooked(SUBINTERPRETERS + """
-t = Ticker(0.001)
-t.wait_ticks(2)
-before = t.ticks
-status = run_legacy("import ctypes\\nfor _ in range(5): ctypes.PyDLL(None).usleep(10000)")
-during = t.ticks - before
+    lines = check_ok(run_hooked(SUBINTERPRETERS + _ticks_around(
+        "import ctypes\nfor _ in range(5): ctypes.PyDLL(None).usleep(10000)") + """
 # 3.11 may switch during the subinterpreter's other calls (GIL released).
 quiet = during == 0 if sys.version_info >= (3, 12) else True
 print("status:", status, "quiet on 3.12+:", quiet, "ticked after:", t.stop() > before)

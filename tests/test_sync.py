@@ -9,7 +9,7 @@ import time
 import pytest
 
 import interpose
-from conftest import wait_all_blocked, in_epoll_wait
+from support.probes import wait_all_blocked, in_epoll_wait
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -198,7 +198,7 @@ def test_lock_acquire_with_timeout_succeeds_when_released_in_time():
     def main():
         lock = interpose.Lock()
         lock.acquire()
-        c = interpose.spawn(lock.acquire, timeout=60)
+        c = interpose.spawn(lambda: lock.acquire(timeout=60))
         wait_all_blocked([c])
         lock.release()
         assert c.join() is True
@@ -476,7 +476,7 @@ def test_condition_wait_timeout_returns_false_with_lock_reacquired(make_lock):
             assert cond.wait(SHORT) is False
             assert _elapsed_since(t0) >= SHORT
             # Back in the with block: the lock is ours again.
-            assert interpose.spawn(lock.acquire, blocking=False).join() is False
+            assert interpose.spawn(lambda: lock.acquire(blocking=False)).join() is False
         c.join()
         assert observed == [True]
         assert lock.acquire(blocking=False) is True
@@ -501,8 +501,8 @@ def test_condition_wait_releases_recursive_rlock_fully_and_restores_it():
                 assert cond.wait(LONG_ENOUGH) is True
                 assert n.join() == "notified"
             # One level released: still owned, another coroutine cannot enter.
-            assert interpose.spawn(rlock.acquire, blocking=False).join() is False
-        assert interpose.spawn(rlock.acquire, blocking=False).join() is True
+            assert interpose.spawn(lambda: rlock.acquire(blocking=False)).join() is False
+        assert interpose.spawn(lambda: rlock.acquire(blocking=False)).join() is True
 
     _run(main)
 

@@ -8,7 +8,7 @@ Every test runs the same snippet under plain python (OS threads) and under
 differ between runs by nature, so snippets print facts about them."""
 import pytest
 
-from conftest import assert_same, check_ok, run_both, run_hooked
+from support.snippets import assert_same, check_ok, run_both, run_hooked
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,14 +1,13 @@
 """threading on coroutines under `python -m interpose run`: each snippet runs
 there and under plain python (OS threads) and must print the same lines.
 Idents differ between the two by nature, so snippets print facts about
-them (distinct, stable), never their values."""
-import signal
-import subprocess
-import sys
-
+them (distinct, stable), never their values.  Exit, signals and fork with
+threads are in test_exit.py, test_signals.py and test_fork.py; the
+blocking monitor in test_blocking_monitor.py."""
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -193,7 +192,12 @@ def test_condition_semaphore_event():
         ts = [threading.Thread(target=limited) for _ in range(6)]
         for t in ts: t.start()
         for t in ts: t.join()
-        print("peak", peak[0], "semaphore timeout:", threading.Semaphore(0).acquire(timeout=0.01))
+        # Two holders at once is the bound, not a promise: OS threads under
+        # load may run one after the other.
+        print("peak within 2:", 1 <= peak[0] <= 2,
+              "semaphore timeout:", threading.Semaphore(0).acquire(timeout=0.01))
+        two = threading.Semaphore(2)
+        print("two at once:", two.acquire(False), two.acquire(False), two.acquire(False))
         bs = threading.BoundedSemaphore(1)
         try:
             bs.release()
@@ -224,7 +228,11 @@ def test_queues_and_thread_pool_executor():
             c = threading.Thread(target=consumer); c.start()
             for i in (3, 1, 2):
                 q.put(i)
-            time.sleep(0.01)
+            # The end marker only after all three are taken: a LIFO or
+            # priority queue would hand it out first (a head start by sleep
+            # is no guarantee for an OS thread under load).
+            while len(done) < 3:
+                time.sleep(0.001)
             q.put(None); c.join()
             print(kind.__name__, sorted(done))
         try:
@@ -283,7 +291,10 @@ def test_locks_created_as_c_objects_stay_exclusive():
         ts = [threading.Thread(target=lambda: s.value) for _ in range(3)]
         for t in ts: t.start()
         for t in ts: t.join()
-        print("cached_property computed", Slow.calls, "time(s)" if Slow.calls == 1 else "(racing)")
+        # 3.11's cached_property locks: one computation.  3.12 dropped the
+        # lock: how many of the three race depends on OS timing.
+        print("cached_property computed",
+              Slow.calls if sys.version_info < (3, 12) else 1 <= Slow.calls <= 3)
 
         # A logging handler whose stream blocks mid-write while holding the
         # handler's lock: other threads logging must wait, not interleave.
@@ -305,30 +316,6 @@ def test_locks_created_as_c_objects_stay_exclusive():
         lines = received.decode().splitlines()
         print(len(lines), all(len(set(line)) == 1 and len(line) == 200 for line in lines))
     """)
-
-
-def test_exit_waits_for_non_daemon_threads_and_keeps_status():
-    code = """
-        import atexit, sys, threading, time
-        atexit.register(lambda: print("atexit", flush=True))
-        def late():
-            time.sleep(0.1)
-            print("non-daemon finished", flush=True)
-        def forever():
-            try:
-                time.sleep(60)
-            finally:
-                print("daemon cleanup must not run", flush=True)
-        threading.Thread(target=late).start()
-        threading.Thread(target=forever, daemon=True).start()
-        print("main done", flush=True)
-        sys.exit(3)
-    """
-    hooked, plain = run_hooked(code), run_plain(code)
-    for proc in (hooked, plain):
-        assert proc.returncode == 3, proc
-        assert proc.stdout.splitlines() == ["main done", "non-daemon finished", "atexit"], proc
-    assert hooked.stderr == plain.stderr == ""
 
 
 def test_runs_every_thread_in_one_os_thread():
@@ -355,114 +342,6 @@ def test_runs_every_thread_in_one_os_thread():
         print(peak, max(counts), os_threads())
     """))
     assert lines == ["301 1 1"]
-
-
-def _signal_snippet(wait):
-    return f"""
-        import os, queue, signal, threading, time
-        def killer():
-            time.sleep(0.1)
-            os.kill(os.getpid(), signal.SIGINT)
-        threading.Thread(target=killer, daemon=True).start()
-        busy = threading.Thread(target=time.sleep, args=(30,), daemon=True)
-        busy.start()
-        try:
-            {wait}
-        except KeyboardInterrupt:
-            print("KeyboardInterrupt in", threading.current_thread().name)
-    """
-
-
-@pytest.mark.parametrize("wait", [
-    "busy.join()",
-    "threading.Event().wait()",
-    "queue.Queue().get()",
-    "(lk := threading.Lock()).acquire() and lk.acquire()",
-    "threading.Semaphore(0).acquire()",
-])
-def test_ctrl_c_interrupts_the_main_thread_wherever_it_waits(wait):
-    assert assert_same(_signal_snippet(wait)) == ["KeyboardInterrupt in MainThread"]
-
-
-def test_uncaught_ctrl_c_exits_130():
-    code = """
-        import os, signal, threading, time
-        threading.Thread(target=lambda: (time.sleep(0.1), os.kill(os.getpid(), signal.SIGINT)),
-                         daemon=True).start()
-        threading.Event().wait()
-    """
-    for proc in (run_hooked(code), run_plain(code)):
-        # Death by SIGINT, as plain python re-raises it: the shell shows 130.
-        assert proc.returncode == -signal.SIGINT, proc
-        assert proc.stderr.rstrip().endswith("KeyboardInterrupt"), proc
-
-
-def test_signal_handlers_run_in_the_main_thread_and_wakeup_fd_works():
-    assert_same("""
-        import os, signal, socket, threading, time
-        got = []
-        def handler(signum, frame):
-            got.append((signal.Signals(signum).name, threading.current_thread().name))
-        print(signal.signal(signal.SIGUSR1, handler) is signal.SIG_DFL,
-              signal.getsignal(signal.SIGUSR1) is handler)
-        r, w = socket.socketpair()
-        r.setblocking(False); w.setblocking(False)
-        print("previous wakeup fd", signal.set_wakeup_fd(w.fileno()))
-        def spin():
-            t0 = time.monotonic()
-            os.kill(os.getpid(), signal.SIGUSR1)
-            while time.monotonic() - t0 < 0.1:
-                pass
-        t = threading.Thread(target=spin); t.start(); t.join()
-        time.sleep(0.02)
-        print(got)
-        r.settimeout(5)
-        print("wakeup bytes", list(r.recv(16)))
-        print(signal.set_wakeup_fd(-1) == w.fileno())
-    """)
-
-
-def test_fork_from_a_thread_and_multiprocessing_and_subprocess():
-    assert_same("""
-        import multiprocessing, os, subprocess, sys, threading, time, warnings
-        # 3.12+ warns when a process with several OS threads forks (plain
-        # python here; under interpose the process has one).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ticks = []
-        stop = threading.Event()
-        def ticker():
-            while not stop.is_set():
-                ticks.append(1); time.sleep(0.002)
-        threading.Thread(target=ticker).start()
-
-        def forker():
-            pid = os.fork()
-            if pid == 0:
-                me = threading.current_thread()
-                results = []
-                ts = [threading.Thread(target=results.append, args=(i,)) for i in range(3)]
-                for t in ts: t.start()
-                for t in ts: t.join()
-                print("child", me.name, threading.active_count(), sorted(results), flush=True)
-                os._exit(7)
-            _, status = os.waitpid(pid, 0)
-            print("parent saw", os.waitstatus_to_exitcode(status), flush=True)
-        t = threading.Thread(target=forker, name="forker"); t.start(); t.join()
-
-        def square(x):
-            return x * x
-        def pooled():
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(2) as pool:
-                print("pool", pool.map(square, range(5)), flush=True)
-            out = subprocess.run([sys.executable, "-c", "print('sub')"],
-                                 capture_output=True, text=True).stdout
-            print("subprocess", out.strip(), flush=True)
-        t = threading.Thread(target=pooled); t.start(); t.join()
-        n = len(ticks); time.sleep(0.02)
-        print("parent still ticking", len(ticks) > n)
-        stop.set()
-    """)
 
 
 def test_native_threads_keep_os_threads_with_a_scheduler_each():
@@ -501,37 +380,3 @@ def test_native_threads_keep_os_threads_with_a_scheduler_each():
     """, env={"INTERPOSE_THREADS": "native"})
     assert out == ["4 [('ticks', 5), ('ticks', 5), ('ticks', 5), ('ticks', 5), "
                    "(0, True), (1, True), (2, True), (3, True)]"]
-
-
-def test_blocking_monitor_reports_the_coroutine_and_its_stack():
-    code = """
-        import threading, time
-        def spin_for_a_while():
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < 0.4:
-                pass
-        t = threading.Thread(target=spin_for_a_while, name="spinner")
-        t.start(); t.join()
-        print("done")
-    """
-    quiet = run_hooked(code)
-    assert check_ok(quiet) == ["done"]
-    loud = run_hooked(code, env={"INTERPOSE_MONITOR": "0.1"})
-    assert loud.returncode == 0 and loud.stdout == "done\n", loud
-    assert "'spinner'" in loud.stderr and "without reaching a hooked call" in loud.stderr
-    assert "in spin_for_a_while" in loud.stderr
-    assert loud.stderr.count("interpose: ") == 1  # once per incident
-
-
-def test_monitor_and_threads_settings_are_checked():
-    proc = subprocess.run(
-        [sys.executable, "-m", "interpose", "run", "--monitor", "soon", "-c", "pass"],
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "positive number of seconds" in proc.stderr
-    # `interpose run` refuses a bad setting before the program runs
-    # (issue #13 item 7): one line, no traceback.
-    bad = run_hooked("print('ran')", env={"INTERPOSE_THREADS": "green"})
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.startswith("interpose: INTERPOSE_THREADS='green'")
-    assert len(bad.stderr.splitlines()) == 1

@@ -28,8 +28,8 @@ import textwrap
 import psutil
 import pytest
 
-from conftest import _snippet_env
-from processes import ProcessGroup, interpose_run as _interpose_run
+from support.snippets import snippet_env
+from support.processes import ProcessGroup, interpose_run as _interpose_run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(os.path.dirname(HERE), "examples", "threaded_http_server.py")
@@ -48,7 +48,7 @@ class Processes(ProcessGroup):
     never stall them); proc.err_path names it."""
 
     def __init__(self, directory):
-        super().__init__(env=_snippet_env(None), cwd=directory)
+        super().__init__(env=snippet_env(None), cwd=directory)
         self.directory = directory
 
     def start(self, argv, *, name, stdin=subprocess.DEVNULL):
@@ -434,7 +434,7 @@ def test_producer_consumer_1000_threads_same_output_as_os_threads(tmp_path):
     for mode, argv in (("interpose", _interpose_run(path)),
                        ("threads", [sys.executable, path])):
         threads_file = tmp_path / f"{mode}.threads"
-        env = _snippet_env({"THREADS_FILE": str(threads_file)})
+        env = snippet_env({"THREADS_FILE": str(threads_file)})
         proc = subprocess.run(argv, capture_output=True, text=True, env=env,
                               timeout=180, cwd=str(tmp_path),
                               stdin=subprocess.DEVNULL)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, run_hooked, check_ok
+from support.snippets import assert_same, run_hooked, check_ok
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,7 +151,7 @@ def test_wait_readable_refuses_fd_truncated_by_c_int():
 def test_wait_readable_huge_timeout_is_not_truncated():
     # 18446744074 s is 2**64 + 0.29 s in ns: ctypes would pass 0.29 s.
     lines = check_ok(run_hooked("""
-        from interpose import _waitqueue
+        from interpose._core import _time
         r, w = os.pipe()
         def writer():
             interpose.sleep(0.5)
@@ -162,9 +162,9 @@ def test_wait_readable_huge_timeout_is_not_truncated():
         # A timeout past FOREVER_NS is no deadline at all (issue #13 item 5:
         # inf means forever), which the engine gets as -1; a deadline too
         # far for int64 that does reach remaining_ns is clamped.
-        print(_waitqueue.deadline_ns(1e30) is None,
-              _waitqueue.remaining_ns(None) == -1)
-        print(_waitqueue.remaining_ns(2**70) == 2**63 - 1)
+        print(_time.deadline_ns(1e30) is None,
+              _time.remaining_ns(None) == -1)
+        print(_time.remaining_ns(2**70) == 2**63 - 1)
         with interpose.deadline(18446744074):
             interpose.sleep(0.3)
         print("deadline ok")

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import assert_same, check_ok, run_hooked, run_plain
+from support.snippets import assert_same, check_ok, run_hooked, run_plain
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -152,12 +152,22 @@ def test_keyboard_interrupt_stops_a_tight_loop_in_main():
     assert assert_same(code) == ["KeyboardInterrupt in MainThread"]
 
 
+# Two spinners that log their tag every 500,000 iterations and never reach
+# a hooked call: one after the other when cooperative (6 tags each at the
+# default length), interleaved when preempted (40 each at 20,000,000).
+SPINNERS = """
+def spin(log, tag, n=3_000_000):
+    for i in range(n):
+        if i % 500_000 == 0:
+            log.append(tag)
+
+def interleaved(log):
+    return "".join(log) not in ("a" * 40 + "b" * 40, "b" * 40 + "a" * 40)
+"""
+
+
 def test_spawned_coroutines_are_cooperative_unless_they_opt_in():
-    lines = check_ok(run_hooked("""
-        def spin(log, tag, n=3_000_000):
-            for i in range(n):
-                if i % 500_000 == 0:
-                    log.append(tag)
+    lines = check_ok(run_hooked(SPINNERS + textwrap.dedent("""
         log = []
         a = interpose.spawn(spin, log, "a")
         b = interpose.spawn(spin, log, "b")
@@ -167,37 +177,30 @@ def test_spawned_coroutines_are_cooperative_unless_they_opt_in():
         a = interpose.spawn(spin, log, "a", 20_000_000, preemptible=True)
         b = interpose.spawn(spin, log, "b", 20_000_000, preemptible=True)
         a.join(); b.join()
-        print("interleaved", "".join(log) not in ("a" * 40 + "b" * 40, "b" * 40 + "a" * 40))
-    """))
+        print("interleaved", interleaved(log))
+    """)))
     assert lines == ["cooperative aaaaaabbbbbb", "interleaved True"]
 
 
 def test_interpose_preempt_all_makes_spawned_coroutines_preemptible():
-    lines = check_ok(run_hooked("""
+    lines = check_ok(run_hooked(SPINNERS + textwrap.dedent("""
         log = []
-        def spin(tag):
-            for i in range(20_000_000):
-                if i % 500_000 == 0:
-                    log.append(tag)
-        a = interpose.spawn(spin, "a"); b = interpose.spawn(spin, "b")
+        a = interpose.spawn(spin, log, "a", 20_000_000)
+        b = interpose.spawn(spin, log, "b", 20_000_000)
         a.join(); b.join()
-        print("interleaved", "".join(log) not in ("a" * 40 + "b" * 40, "b" * 40 + "a" * 40))
-    """, env={"INTERPOSE_PREEMPT": "all"}))
+        print("interleaved", interleaved(log))
+    """), env={"INTERPOSE_PREEMPT": "all"}))
     assert lines == ["interleaved True"]
 
 
 def test_interpose_preempt_off_keeps_threads_cooperative():
-    lines = check_ok(run_hooked("""
+    lines = check_ok(run_hooked(SPINNERS + textwrap.dedent("""
         log = []
-        def spin(tag):
-            for i in range(3_000_000):
-                if i % 500_000 == 0:
-                    log.append(tag)
-        ts = [threading.Thread(target=spin, args=(t,)) for t in "ab"]
+        ts = [threading.Thread(target=spin, args=(log, t)) for t in "ab"]
         for t in ts: t.start()
         for t in ts: t.join()
         print("".join(log), interpose.statistics().preemptions)
-    """, env={"INTERPOSE_PREEMPT": "off"}))
+    """), env={"INTERPOSE_PREEMPT": "off"}))
     assert lines == ["aaaaaabbbbbb 0"]
 
 

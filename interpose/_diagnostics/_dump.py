@@ -1,0 +1,382 @@
+"""Coroutine dumps: every coroutine of every scheduler in the process, with
+its name, id, state, Python stack and what it waits for, in one text format
+shared by interpose.dump(), `interpose ps PID`, the SIGQUIT dump, the
+deadlock report and the blocking monitor.
+
+A dump runs with the GIL held and never parks: it may be taken from a
+helper OS thread while every coroutine is parked, or from a signal handler
+in the main coroutine.  It reads the engine's snapshot (diag.c) and adds
+what only Python knows: thread names, the wait that a Python-level park
+stands for (read off its stack), socket addresses, and which lock object a
+coroutine waits for and which coroutine holds it.
+"""
+import _thread
+import dataclasses
+import os
+import sys
+import threading
+import time
+import traceback
+
+from .._core import _compat
+from .._core import _native
+from .._core import _sched
+from .._integrations import _sync
+
+_lib = _native.lib
+
+STATES = {_native.RUNNABLE: "runnable", _native.RUNNING: "running",
+          _native.PARKED: "parked"}
+# The runtime's own source directories: the interpose package and its
+# subpackages (this module lives in _diagnostics/); not _boot/.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUNTIME_DIRS = frozenset([_PACKAGE_DIR] + [
+    os.path.join(_PACKAGE_DIR, sub)
+    for sub in ("_core", "_integrations", "_diagnostics")])
+
+
+def _in_package(path):
+    return os.path.dirname(os.path.abspath(path)) in _RUNTIME_DIRS
+_LOCK_TYPE = _thread.LockType
+
+
+@dataclasses.dataclass
+class CoroutineView:
+    """One coroutine as a dump shows it."""
+
+    id: int
+    name: str
+    state: str
+    tid: int  # the OS thread its scheduler runs on
+    sched: int  # the engine's scheduler handle
+    is_main: bool
+    waits_for: str  # empty unless parked
+    timeout_ns: int  # when its park times out (clock_ns), or -1
+    deadline_ns: int
+    cancelled: bool
+    run_ns: int
+    max_turn_ns: int
+    turns: int
+    wait_kind: int
+    wait_sem: int  # the semaphore of a lock wait, or 0
+    held: tuple  # semaphores it took
+    frame: object  # innermost frame or None
+    owner: "CoroutineView | None" = None  # holder of the lock it waits for
+
+
+# ---- names ------------------------------------------------------------------
+
+def _os_thread_names():
+    """native id -> Thread.name for OS threads that one Thread stands for
+    (converted threads share their OS thread's native id: left out)."""
+    names, seen = {}, set()
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid in seen:
+            names.pop(tid, None)
+        elif tid is not None:
+            names[tid] = thread.name
+        seen.add(tid)
+    return names
+
+
+def _names():
+    """handle -> name from the Python runtime, and sched handle -> the OS
+    thread's name.  A thread's main coroutine is named after the OS thread
+    (its Thread's current name with native threads), else 'main'."""
+    by_handle, by_sched = {}, {}
+    by_tid = _os_thread_names()
+    active = dict(threading._active)
+    for ident, sched in list(_sched._schedulers.items()):
+        thread = threading._active.get(ident)
+        name = sched.name
+        if thread is not None and by_tid.get(thread.native_id) == thread.name:
+            name = thread.name
+        if sched.native:
+            by_sched[sched.native] = name
+        for handle, coro in list(sched.live.items()):
+            # A converted thread's ident is its coroutine's pthread_self()
+            # (native/hooks_pthread.c): its Thread has the current name.
+            thread = None
+            if coro._thread:
+                thread = active.get(_lib.coro_thread_ident(handle) or -1)
+            by_handle[handle] = thread.name if thread is not None else coro.name
+        if sched.main is not None:
+            by_handle.setdefault(sched.main._handle,
+                                 "main" if name == "MainThread" else name)
+    return by_handle, by_sched
+
+
+# ---- wait reasons -----------------------------------------------------------
+
+def _fd_kind(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+def _pidfd_pid(fd):
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return "?"
+
+
+def describe_fd(fd, events):
+    """'recv fd 7 from 127.0.0.1:5000' and the like."""
+    kind = _fd_kind(fd)
+    reading = events & _native.READABLE
+    if kind.startswith("socket:"):
+        peer = _native.fd_address(fd, True)
+        if peer is not None:
+            return (f"recv fd {fd} from {peer}" if reading
+                    else f"send fd {fd} to {peer}")
+        own = _native.fd_address(fd, False) or "?"
+        return (f"accept fd {fd} on {own}" if reading
+                else f"connect fd {fd} from {own}")
+    if kind == "anon_inode:[pidfd]":
+        return f"waitpid for child {_pidfd_pid(fd)} (pidfd {fd})"
+    verb = "read" if reading else "write"
+    if events == _native.READABLE | _native.WRITABLE:
+        verb = "read/write"
+    return f"{verb} fd {fd} ({kind or 'closed'})"
+
+
+def _lock_sem(obj):
+    """The semaphore of a _thread.lock, or None (see _compat)."""
+    if _compat.LOCK_SEM_OFFSET is None or type(obj) is not _LOCK_TYPE:
+        return None
+    return _native.address_at(id(obj) + _compat.LOCK_SEM_OFFSET)
+
+
+def _find_lock(frame, sem):
+    """(where, name) of the lock object whose semaphore is sem, searched in
+    the innermost frame's locals, their attributes and its globals."""
+    if sem is None or frame is None:
+        return None
+    candidates = []
+    try:
+        for name, value in list(frame.f_locals.items()):
+            candidates.append((name, value))
+            attrs = getattr(value, "__dict__", None)
+            if isinstance(attrs, dict):
+                for attr, inner in list(attrs.items()):
+                    candidates.append((f"{name}.{attr}", inner))
+        candidates.extend(list(frame.f_globals.items()))
+    except Exception:  # a dump never fails on what it inspects
+        return None
+    for name, value in candidates:
+        if type(value) is _LOCK_TYPE and _lock_sem(value) == sem:
+            return name
+    return None
+
+
+def _runtime_frame(frame):
+    """The innermost frame of the Python runtime's own wait (interpose's own
+    sources, the wait queue skipped), or None."""
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if (_in_package(path)
+                and getattr(frame.f_code, "co_qualname", None) != "WaitQueue.wait"):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _describe_park(frame):
+    f = _runtime_frame(frame)
+    if f is None:
+        return "a park of the runtime"
+    qualname = getattr(f.f_code, "co_qualname", f.f_code.co_name)
+    local = f.f_locals
+    me = local.get("self")
+    if qualname == "Coroutine.join" and me is not None:
+        return f"join coroutine {me.id} {me.name!r}"
+    if qualname == "_Handle.join" and me is not None:
+        return f"join thread {me.ident}"
+    if qualname == "sleep":
+        return "sleep"
+    if qualname == "_wait_fd" and isinstance(local.get("fd"), int):
+        return describe_fd(local["fd"], local.get("events", 1))
+    if me is not None and type(me).__module__ == _sync.__name__:
+        return f"{qualname} on interpose.{type(me).__name__} at {id(me):#x}"
+    return qualname
+
+
+def _describe(info, frame):
+    kind = info.wait_kind
+    if kind == _native.WAIT_FD:
+        return describe_fd(info.wait_fd, info.wait_events)
+    if kind == _native.WAIT_POLL:  # the caller's events are unknown: say reading
+        first = describe_fd(info.wait_fd, _native.READABLE)
+        if info.wait_events == 1:
+            return f"poll: {first}"
+        return f"poll on {info.wait_events} fds, the first: {first}"
+    if kind == _native.WAIT_LOCK:
+        name = _find_lock(frame, info.wait_obj)
+        code = frame.f_code.co_name if frame is not None else "?"
+        label = f"lock {name!r}" if name else "lock"
+        text = f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
+        # threading.Thread.join: 3.11/3.12 wait for its tstate lock, 3.13
+        # in Thread.join itself (its _ThreadHandle).
+        if code in ("_wait_for_tstate_lock", "join"):
+            target = frame.f_locals.get("self")
+            if isinstance(target, threading.Thread):
+                text = f"join thread {target.name!r}: {text}"
+        return text
+    if kind == _native.WAIT_SLEEP:
+        return "sleep"
+    if kind == _native.WAIT_RESOLVE:
+        return "name lookup (resolver thread)"
+    if kind == _native.WAIT_YIELD:
+        return "its turn (time slice used up)"
+    if kind == _native.WAIT_PARK:
+        return _describe_park(frame)
+    return "?"
+
+
+# ---- snapshot ---------------------------------------------------------------
+
+def snapshot():
+    """(coroutines, schedulers): CoroutineViews grouped by scheduler order,
+    and the engine's SchedInfo list."""
+    scheds = _native.diag_scheds()
+    raw = _native.diag_coros()
+    by_handle, _ = _names()
+    views = []
+    for info, frame in raw:
+        state = STATES.get(info.state, f"state {info.state}")
+        name = by_handle.get(info.handle) or info.name.decode("utf-8", "replace")
+        parked = info.state == _native.PARKED
+        views.append(CoroutineView(
+            id=info.id, name=name, state=state, tid=info.tid,
+            sched=info.sched, is_main=bool(info.is_main),
+            waits_for=_describe(info, frame) if parked else "",
+            timeout_ns=info.timer_ns, deadline_ns=info.deadline_ns,
+            cancelled=bool(info.cancelled), run_ns=info.run_ns,
+            max_turn_ns=info.max_turn_ns, turns=info.turns,
+            wait_kind=info.wait_kind if parked else 0,
+            wait_sem=((info.wait_obj or 0)
+                      if parked and info.wait_kind == _native.WAIT_LOCK else 0),
+            held=tuple(h for h in info.held if h), frame=frame,
+        ))
+    _link_owners(views)
+    order = {s.sched: i for i, s in enumerate(scheds)}
+    views.sort(key=lambda v: (order.get(v.sched, 1 << 30), not v.is_main, v.id))
+    return views, scheds
+
+
+def _link_owners(views):
+    """Sets owner on each lock waiter whose lock one coroutine holds: it
+    took the semaphore last, has not posted it, and the semaphore's value
+    is 0 (taken).  Two claimants (a lock released by another coroutine than
+    its taker leaves a stale claim) give no owner rather than a wrong one.
+    On 3.13 a lock waiter waits on a semaphore of its own, which names
+    neither the lock nor an owner: no owners there (see _compat)."""
+    if _compat.LOCK_SEM_OFFSET is None:
+        return
+    for v in views:
+        if not v.wait_sem:
+            continue
+        holders = [o for o in views if o is not v and v.wait_sem in o.held]
+        if len(holders) == 1 and _native.sem_value(v.wait_sem) == 0:
+            v.owner = holders[0]
+            v.waits_for += f", held by coroutine {holders[0].id} {holders[0].name!r}"
+
+
+# ---- formatting -------------------------------------------------------------
+
+def _seconds(ns):
+    return f"{ns / 1e9:.3f} s"
+
+
+def _ms(ns):
+    return f"{ns / 1e6:.3f} ms"
+
+
+def _user_stack(frame):
+    """The stack of frame without the runtime's own frames (interpose/*.py:
+    a coroutine's bootstrap, the dump itself), oldest first."""
+    if frame is None:
+        return []
+    entries = traceback.extract_stack(frame)
+    return [e for e in entries
+            if not _in_package(e.filename)]
+
+
+def format_coroutine(v, now_ns=None):
+    """The dump's lines for one coroutine (ends with a newline)."""
+    now_ns = _lib.clock_ns() if now_ns is None else now_ns
+    head = f"coroutine {v.id} {v.name!r}{' (main)' if v.is_main else ''} {v.state}"
+    if v.waits_for:
+        head += f": {v.waits_for}"
+    extras = [f"ran {_ms(v.run_ns)} in {v.turns} turns,"
+              f" longest {_ms(v.max_turn_ns)}"]
+    if v.state == "running":  # a turn is counted when it ends
+        extras[0] += ", besides the current turn"
+    if v.timeout_ns >= 0:
+        extras.append(f"times out in {_seconds(max(0, v.timeout_ns - now_ns))}")
+    if v.deadline_ns >= 0:
+        extras.append(f"deadline in {_seconds(v.deadline_ns - now_ns)}")
+    if v.cancelled:
+        extras.append("cancelled")
+    lines = [head, "  " + "; ".join(extras)]
+    stack = _user_stack(v.frame)
+    if stack:
+        lines.append("  Traceback (most recent call last):")
+        for entry in traceback.format_list(stack):
+            lines.extend("  " + line for line in entry.rstrip("\n").split("\n"))
+    elif v.state == "runnable":
+        lines.append("  (not started yet)")
+    return "\n".join(lines) + "\n"
+
+
+def _thread_title(tid, sched_name, sched_info):
+    kind = "main thread" if sched_info is not None and sched_info.is_main_thread else "thread"
+    return f"OS {kind} {tid} ({sched_name or '?'})"
+
+
+def format_dump(views, scheds, title="interpose dump"):
+    """The whole dump as text."""
+    _, by_sched = _names()
+    now_ns = _lib.clock_ns()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    out = [f"{title}: pid {os.getpid()}, {len(scheds)} scheduler(s),"
+           f" {len(views)} coroutine(s), {stamp} UTC\n"]
+    info_of = {s.sched: s for s in scheds}
+    current = None
+    for v in views:
+        if v.sched != current:
+            current = v.sched
+            s = info_of.get(v.sched)
+            count = sum(1 for w in views if w.sched == v.sched)
+            stuck = ", stuck" if s is not None and s.stuck else ""
+            out.append(f"\n=== scheduler on {_thread_title(v.tid, by_sched.get(v.sched), s)}:"
+                       f" {count} coroutine(s), {s.switches if s else '?'} switches{stuck} ===\n")
+        out.append("\n" + format_coroutine(v, now_ns))
+    return "".join(out)
+
+
+def dump_text(title="interpose dump"):
+    views, scheds = snapshot()
+    try:
+        return format_dump(views, scheds, title)
+    finally:
+        for v in views:  # frames keep whole stacks alive: let them go now
+            v.frame = None
+
+
+def dump(file=None):
+    """Write every coroutine of every scheduler in this process, with its
+    Python stack and what it waits for, to file (default sys.stderr)."""
+    text = dump_text()
+    file = sys.stderr if file is None else file
+    file.write(text)
+    flush = getattr(file, "flush", None)
+    if flush is not None:
+        flush()

@@ -1,0 +1,62 @@
+"""What the test process can see of its own threads and coroutines: live
+thread states, a hub blocked in epoll_wait, coroutines that have all
+parked.  Read from the C-API, /proc and the scheduler's counters, never
+ordered by sleeps."""
+import ctypes
+import platform
+
+import interpose
+
+
+def live_thread_states():
+    """Thread states of this interpreter, counted through the C-API."""
+    api = ctypes.pythonapi
+    api.PyInterpreterState_Get.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+    api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+    api.PyThreadState_Next.restype = ctypes.c_void_p
+    api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+    n = 0
+    ts = api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
+    while ts:
+        n += 1
+        ts = api.PyThreadState_Next(ts)
+    return n
+
+
+# epoll_wait, epoll_pwait and epoll_pwait2, by system call number.
+_EPOLL_SYSCALLS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
+
+
+def in_epoll_wait(native_id):
+    """True when the OS thread is blocked in epoll_wait: the hub of a thread
+    whose coroutines are all parked (read from /proc, not ordered by
+    sleeps)."""
+    base = f"/proc/self/task/{native_id}/"
+    try:
+        with open(base + "wchan") as f:
+            if "epoll" in f.read():
+                return True
+    except OSError:
+        pass
+    try:
+        with open(base + "syscall") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    numbers = _EPOLL_SYSCALLS.get(platform.machine(), set())
+    return first.isdigit() and int(first) in numbers
+
+
+def wait_all_blocked(coroutines):
+    """Yield until every coroutine in the list has parked or finished.
+
+    A coroutine that parks hands control back, so after enough sleep(0)
+    rounds every one has run up to its first real wait."""
+    for _ in range(1000):
+        before = interpose.statistics().parks
+        interpose.sleep(0)
+        interpose.sleep(0)
+        if all(c.done() for c in coroutines) or interpose.statistics().parks == before + 2:
+            return
+    raise AssertionError("coroutines never settled")
