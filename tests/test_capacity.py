@@ -9,18 +9,11 @@ with 1,024 mappings left to the rest of the process (native/stack.c): the
 says how), and is skipped, saying so, on a machine whose limit is lower.
 """
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-import interpose
+from support.snippets import run_snippet
 
-# Where the interpose under test lives (the checkout, or site-packages when
-# scripts/test-installed runs the suite against the wheel).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(interpose.__file__)))
 CAPACITY = 100_000
 # Two mappings per coroutine, one per slab of 64 data stacks, the engine's
 # headroom (1,024) and the interpreter's own few hundred.
@@ -40,12 +33,8 @@ MAX_MAP_COUNT = _max_map_count()
 
 def _run(code, timeout):
     """code under `python -m interpose run` in a fresh interpreter."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "interpose", "run", "-c",
-         textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=timeout, env=env)
+    return run_snippet(code, timeout=timeout,
+                       python_args=["-m", "interpose", "run"])
 
 
 @pytest.mark.slow
