@@ -4,9 +4,11 @@
  * size go back to a per-thread pool instead of being unmapped.
  *
  * Facts: a stack costs two memory mappings (the guard splits the mapping),
- * CPython usually adds one for each coroutine that has run, and Linux caps a process at vm.max_map_count mappings (65530 by default),
- * after which mmap and mprotect fail with ENOMEM.  A stack overflow is a
- * SIGSEGV on the guard page, delivered while the faulting stack is unusable.
+ * a coroutine that has run costs no more as long as CPython's frame data
+ * stacks come from arena.c's slabs, and Linux caps a process at
+ * vm.max_map_count mappings (65530 by default), after which mmap and
+ * mprotect fail with ENOMEM.  A stack overflow is a SIGSEGV on the guard
+ * page, delivered while the faulting stack is unusable.
  * Consequences: running out of mappings must surface as an error from spawn,
  * and the overflow report must run on an alternate signal stack and use
  * only async-signal-safe calls.  Solution: ip__stack_acquire returns -ENOMEM
@@ -149,12 +151,14 @@ static long max_map_count(void) {
 }
 
 
-/* The process's mappings now (one line of /proc/self/maps each), or -1. */
+/* The process's mappings now (one line of /proc/self/maps each), or -1.
+ * The buffer is small: spawn may run on a coroutine whose whole stack is
+ * the 16 KiB minimum. */
 static long count_mappings(void) {
   int fd = ip__real.open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return -1;
-  char buf[16384];
+  char buf[2048];
   long lines = 0;
   ssize_t n;
   while ((n = ip__real.read(fd, buf, sizeof(buf))) > 0)
