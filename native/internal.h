@@ -146,6 +146,9 @@ IP_HIDDEN int ip__stack_install_guard_handler(void);
 /* Unmaps the calling thread's pooled stacks and its alternate signal stack;
  * called when the thread's scheduler is destroyed. */
 IP_HIDDEN void ip__stack_thread_exit(void);
+/* Unmaps the calling thread's released stacks that wait to be unmapped
+ * together (stack.c); the hub calls it after each round. */
+IP_HIDDEN void ip__stack_unmap_released(void);
 
 /* ---- timers (timer.c): a binary min-heap on deadline ------------------ */
 

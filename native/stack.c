@@ -256,9 +256,10 @@ int ip__stack_acquire(ip_stack_t *st, size_t usable) {
  * one after another are adjacent (the kernel maps top-down).
  * Consequence: unmapping stacks one by one pays the shootdown per stack.
  * Solution: a stack the pool cannot take waits on a per-thread list of
- * DOOMED_MAX; a full list is sorted by address and unmapped in runs of
- * adjacent stacks, one munmap (and one shootdown) per run.  At most
- * DOOMED_MAX dead stacks' touched pages stay resident meanwhile. */
+ * DOOMED_MAX; the list is sorted by address and unmapped in runs of
+ * adjacent stacks, one munmap (and one shootdown) per run, when it is
+ * full and when the hub ends a round, so that dead stacks' pages never
+ * outlive the round that freed them. */
 #define DOOMED_MAX 256
 static __thread ip_stack_t *doomed;
 static __thread size_t doomed_len;
@@ -271,7 +272,7 @@ static int by_base(const void *a, const void *b) {
 }
 
 
-static void unmap_doomed(void) {
+void ip__stack_unmap_released(void) {
   if (doomed_len == 0)
     return;
   qsort(doomed, doomed_len, sizeof(*doomed), by_base);
@@ -315,7 +316,7 @@ void ip__stack_release(ip_stack_t *st) {
   doomed[doomed_len++] = *st;
   st->base = NULL;
   if (doomed_len == DOOMED_MAX)
-    IP_SAVE_ERRNO(unmap_doomed());
+    IP_SAVE_ERRNO(ip__stack_unmap_released());
 }
 
 
@@ -462,7 +463,7 @@ void ip__stack_thread_exit(void) {
   }
   free(pool);
   pool = NULL;
-  unmap_doomed();
+  ip__stack_unmap_released();
   free(doomed);
   doomed = NULL;
   if (altstack_ours != NULL) {
