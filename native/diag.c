@@ -169,6 +169,7 @@ static void fill_coro(interpose_coro_info_t *o, ip_coro_t *co) {
   o->wait_fd = LOAD(co->wait_fd);
   o->wait_events = LOAD(co->wait_events);
   o->wait_obj = LOAD(co->wait_obj);
+  o->wait_key = LOAD(co->wait_key);
   o->cancelled = atomic_load(&co->cancelled);
   o->shield = LOAD(co->shield);
   o->is_main = co == LOAD(s->main);

@@ -132,6 +132,54 @@ static int sem_process_shared(const sem_t *sem) {
 }
 
 
+/* The bounds of the stack the running coroutine is on, in [*bottom, *top);
+ * 0, or -1 when unknown.  A root coroutine runs on its thread's own stack,
+ * asked of pthread_getattr_np once per scheduler (on the main thread glibc
+ * reads /proc/self/maps for it: only at the root's first lock wait, and
+ * only where the lock key needs it). */
+static int running_stack(ip_sched_t *s, ip_coro_t *co, const char **bottom,
+                         const char **top) {
+  if (co->stack.base != NULL) {
+    *bottom = co->stack.base + co->stack.guard;
+    *top = ip__stack_top(&co->stack);
+    return 0;
+  }
+  if (s->root_stack_size == 0) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+      return -1;
+    void *low;
+    size_t size;
+    if (pthread_attr_getstack(&attr, &low, &size) == 0) {
+      s->root_stack_bottom = low;
+      s->root_stack_size = size;
+    }
+    pthread_attr_destroy(&attr);
+  }
+  if (s->root_stack_size == 0)
+    return -1;
+  *bottom = s->root_stack_bottom;
+  *top = *bottom + s->root_stack_size;
+  return 0;
+}
+
+
+/* Notes a lock wait for the diagnostics: the semaphore and what names its
+ * lock.  When this frame is on the coroutine's own stack (not, say, on a
+ * signal stack), everything between it and the stack's top is live: the
+ * callers' frames, where ip__pyver_lock_key may read. */
+static void note_lock_wait(ip_sched_t *s, ip_coro_t *co, sem_t *sem) {
+  ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+  co->wait_key = sem;
+  if (!ip__pyver_lock_key_reads_stack())
+    return;
+  const char *bottom, *top, *here = __builtin_frame_address(0);
+  if (running_stack(s, co, &bottom, &top) == 0 && here >= bottom &&
+      here < top)
+    co->wait_key = ip__pyver_lock_key(sem, here, top);
+}
+
+
 /* Waits for a token like sem_timedwait on the monotonic deadline (-1:
  * forever): 0, -EINTR, -ETIMEDOUT, or sem_trywait's own -errno. */
 static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
@@ -163,7 +211,7 @@ static int park_for_token(ip_sched_t *s, sem_t *sem, int64_t deadline) {
       poll_ns = poll_ns * 2 < SHARED_POLL_MAX_NS ? poll_ns * 2 : SHARED_POLL_MAX_NS;
     }
     co->shield++;
-    ip__wait_note(co, IP_WAIT_LOCK, -1, 0, sem);
+    note_lock_wait(s, co, sem);
     int r = ip__park(s, timeout);
     co->shield--;
     delist(&w);

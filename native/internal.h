@@ -252,6 +252,9 @@ typedef struct ip_coro {
   int wait_events;      /* IP_WAIT_FD: INTERPOSE_READABLE | _WRITABLE;
                            IP_WAIT_POLL: the number of fds */
   const void *wait_obj; /* IP_WAIT_LOCK: the sem_t */
+  /* IP_WAIT_LOCK: what names the lock (ip__pyver_lock_key): the sem_t, or
+   * on 3.13+ the address a parking-lot waiter parked on. */
+  const void *wait_key;
   /* Statistics, written by the owning thread's hub: when it last became
    * runnable, its time on the thread, its longest single turn, turns. */
   int64_t ready_ns;
@@ -780,6 +783,13 @@ IP_HIDDEN int ip__pyver_needs_stack_protection(void);
 IP_HIDDEN size_t ip__pyver_default_stack(void);
 /* The smallest usable stack CPython accepts, never below engine_min. */
 IP_HIDDEN size_t ip__pyver_min_stack(size_t engine_min);
+/* What names the lock a semaphore wait is for: sem itself, or on 3.13+,
+ * when sem lies in a parking-lot wait entry inside [live_lo, live_hi) (the
+ * live part of the waiter's own stack), the address it parked on. */
+IP_HIDDEN const void *ip__pyver_lock_key(const void *sem, const void *live_lo,
+                                         const void *live_hi);
+/* Whether ip__pyver_lock_key may read the stack (else it returns sem). */
+IP_HIDDEN int ip__pyver_lock_key_reads_stack(void);
 /* Tells CPython a new coroutine's stack, before its tstate is first
  * attached; GIL held.  0, or -EINVAL with a Python exception set. */
 IP_HIDDEN int ip__pyver_new_coroutine(ip_coro_t *co);

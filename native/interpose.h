@@ -231,6 +231,9 @@ typedef struct interpose_coro_info {
   int32_t is_main;     /* the thread's main coroutine */
   int32_t shield;
   const void *wait_obj;
+  /* INTERPOSE_WAIT_LOCK: the semaphore, or on CPython 3.13+ the address a
+   * parking-lot waiter parked on (a PyMutex: inside the lock object). */
+  const void *wait_key;
   int64_t timer_ns;    /* when its park times out (interpose_clock_ns), or -1 */
   int64_t deadline_ns; /* its deadline, or -1 */
   uint64_t run_ns;     /* time on its thread, all turns */

@@ -11,6 +11,8 @@
  *
  * Branches are ordered newest first.  When the oldest supported version
  * moves up, delete its predicate and the branches labelled with it. */
+#include <semaphore.h>
+#include <string.h>
 #include <sys/syscall.h>
 
 #include "internal.h"
@@ -145,6 +147,54 @@ int ip__pyver_new_coroutine(ip_coro_t *co) {
     return r < 0 ? -EINVAL : 0;
   } else { /* 3.11 to 3.13: C recursion is counted, not measured */
     return 0;
+  }
+}
+
+
+/* 3.13 made threading.Lock a PyMutex (and, from 3.14, RLock a
+ * _PyRecursiveMutex around one), whose contended acquire parks through
+ * Python/parking_lot.c.
+ * Facts: _PyParkingLot_Park keeps, on the waiter's own stack, a
+ *   struct wait_entry { void *park_arg; uintptr_t addr; _PySemaphore sema;
+ *                       struct llist_node node; bool is_unparking; };
+ * (the same in 3.13, 3.14 and 3.15), where addr is the parked-on address
+ * (the PyMutex, inside the lock object), and on Linux _PySemaphore is
+ * { sem_t platform_sem; } (Include/internal/pycore_semaphore.h,
+ * _Py_USE_SEMAPHORES), the semaphore the waiter sleeps on with sem_wait
+ * or sem_clockwait.  PyMutex waits pass park_arg = a struct of
+ * _PyMutex_LockTimed's, on the same stack.
+ * Consequence: the semaphore a lock waiter sleeps on is a fresh one per
+ * wait and names nothing; the word 8 bytes before it names the lock.
+ * Solution: read that word only when the whole entry lies in the live part
+ * of the waiter's own stack (memory that is surely mapped) and its
+ * park_arg points into that same stack; otherwise the semaphore is the key
+ * (3.11/3.12 locks, 3.13's RLock and other semaphores own theirs).  The
+ * key is only compared, never followed: a wrong guess names a lock only
+ * if the word read happens to be the exact address of a visible lock's
+ * mutex, so in practice it shows no name rather than a wrong one
+ * (interpose/_compat.py lock_key_field is the object side).  When 3.12
+ * support goes, only its else branch goes. */
+#define PARKING_ENTRY_SEMA 16 /* offsetof(struct wait_entry, sema) */
+#define PARKING_ENTRY_ADDR 8  /* offsetof(struct wait_entry, addr) */
+int ip__pyver_lock_key_reads_stack(void) { return ip_py313; }
+
+
+const void *ip__pyver_lock_key(const void *sem, const void *live_lo,
+                               const void *live_hi) {
+  if (ip_py313) { /* 3.13 to 3.15 */
+    uintptr_t s = (uintptr_t) sem, lo = (uintptr_t) live_lo;
+    uintptr_t hi = (uintptr_t) live_hi;
+    if (s < lo + PARKING_ENTRY_SEMA || s + sizeof(sem_t) > hi)
+      return sem;
+    const char *entry = (const char *) sem - PARKING_ENTRY_SEMA;
+    uintptr_t park_arg, addr;
+    memcpy(&park_arg, entry, sizeof(park_arg));
+    memcpy(&addr, entry + PARKING_ENTRY_ADDR, sizeof(addr));
+    if (park_arg < lo || park_arg >= hi)
+      return sem;
+    return (const void *) addr;
+  } else { /* 3.11, 3.12: each lock owns its semaphore */
+    return sem;
   }
 }
 

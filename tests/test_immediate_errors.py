@@ -11,8 +11,6 @@ from support.snippets import assert_script_same
 pytestmark = pytest.mark.slow
 
 
-# ---- 2. a call the kernel refuses at once fails at once ------------------
-
 REFUSED_AT_ONCE = """
     import errno, os, select, socket, time
     def t(name, fn):

@@ -20,8 +20,6 @@ def _map_count():
         return sum(1 for _ in f)
 
 
-# ---- out of memory / memory mappings --------------------------------------
-
 def _assert_clear_spawn_error(exc):
     assert exc.errno == errno.ENOMEM
     message = str(exc)

@@ -16,8 +16,6 @@ from support.snippets import assert_script_same, snippet_env
 pytestmark = pytest.mark.slow
 
 
-# ---- 5. timeouts at the edges -------------------------------------------
-
 TWIN_TIMEOUTS = """
     import math, sys
     if sys.argv[1] == "interpose":

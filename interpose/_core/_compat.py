@@ -101,10 +101,43 @@ def unsupported_reason(version_info=None, implementation=None,
         )
     return None
 
-# Where a _thread.lock keeps its semaphore: on 3.11 and 3.12 the object
-# (lockobject in Modules/_threadmodule.c) holds a PyThread_type_lock, on
-# Linux a malloc'ed sem_t, right after its header; 3.13 made the lock a
-# PyMutex, which waits on a per-waiter semaphore, so no semaphore names the
-# lock.  The deadlock report matches lock objects with the semaphore a
-# coroutine waits on, where there is one.  Delete with 3.12 support.
-LOCK_SEM_OFFSET = None if PY313 else 2 * 8
+# Which lock a coroutine waits for (interpose/_dump.py): the engine records
+# a key per lock wait (native/pyver.c ip__pyver_lock_key), and
+# lock_key_field gives the same key for a lock object, so the dump finds
+# the waited-for lock among the objects the waiting frame can see.
+# Objects (lockobject and rlockobject in Modules/_threadmodule.c;
+# PyObject_HEAD is 16 bytes):
+#   3.11, 3.12  Lock and RLock hold a PyThread_type_lock (on Linux a
+#               malloc'ed sem_t) right after the header: the key is that
+#               pointer, the semaphore the waiter sleeps on.
+#   3.13        Lock is { PyObject_HEAD; PyMutex lock; }: waiters park on
+#               the PyMutex, the key is its address.  RLock still holds a
+#               sem_t pointer (as 3.12).
+#   3.14, 3.15  RLock is { PyObject_HEAD; _PyRecursiveMutex lock; }, whose
+#               first field is a PyMutex: the key is its address, as Lock's.
+# A wrong layout gives keys that match no wait: no name, never a wrong one.
+_LOCK_FIELD = 2 * 8
+_KEY_IS_FIELD_ADDRESS = {  # type name -> key = field's address (else: its value)
+    "lock": PY313,
+    "RLock": PY314,
+}
+# Whether the engine knows the holder of a threading.Lock: 3.11 and 3.12
+# take an uncontended lock with sem_trywait, which the library hooks; from
+# 3.13 PyMutex takes it with one atomic compare-and-swap in CPython and
+# stores no owner, so nothing outside the interpreter can tell who holds it
+# (docs/diagnostics.md).  RLock records its owner on every version.
+LOCK_OWNERS_KNOWN = not PY313
+
+
+def lock_key_field(obj):
+    """(address, is_key) for lock object obj: the address of the field its
+    key comes from and whether that address is the key (else the pointer
+    stored there is); None for anything but a _thread.lock or RLock."""
+    import _thread
+
+    kind = type(obj)
+    if kind is _thread.LockType:
+        return id(obj) + _LOCK_FIELD, _KEY_IS_FIELD_ADDRESS["lock"]
+    if kind is _thread.RLock:
+        return id(obj) + _LOCK_FIELD, _KEY_IS_FIELD_ADDRESS["RLock"]
+    return None

@@ -66,6 +66,7 @@ class CoroInfo(ctypes.Structure):
         ("is_main", ctypes.c_int32),
         ("shield", ctypes.c_int32),
         ("wait_obj", ctypes.c_void_p),
+        ("wait_key", ctypes.c_void_p),
         ("timer_ns", ctypes.c_int64),
         ("deadline_ns", ctypes.c_int64),
         ("run_ns", ctypes.c_uint64),

@@ -25,6 +25,7 @@ the process with a thread blocked in a C call gets no report.
 import os
 import signal
 
+from .._core import _compat
 from . import _dump
 from .._integrations import _forkwarn
 from .._core import _native
@@ -101,6 +102,16 @@ def format_cycle(cycle):
     return "\n".join(lines) + "\n"
 
 
+def _no_cycle_note(views):
+    """Why no cycle is shown when some lock waiter has no known holder and
+    the version records none for threading.Lock; else ''."""
+    if _compat.LOCK_OWNERS_KNOWN or not any(
+            v.wait_kind == _native.WAIT_LOCK and v.owner is None for v in views):
+        return ""
+    return ("no lock cycle shown: from CPython 3.13 a threading.Lock records"
+            " no holder (RLock and Thread.join do; docs/diagnostics.md).\n")
+
+
 def report(stuck, exiting):
     """The report's text for the stuck schedulers."""
     views, scheds = _dump.snapshot()
@@ -113,7 +124,7 @@ def report(stuck, exiting):
                 f" can wake them (no fd wait, no timer, no other thread, no"
                 f" signal handler).\n")
         cycle = lock_cycle(mine)
-        body = format_cycle(cycle) if cycle else ""
+        body = format_cycle(cycle) if cycle else _no_cycle_note(mine)
         body += "\n"
         body += _dump.format_dump(mine, [s for s in scheds if s.sched in keys],
                                   title="interpose deadlock dump")
@@ -125,5 +136,5 @@ def report(stuck, exiting):
         return head + body + tail
     finally:
         for v in views:
-            v.frame = None
+            v.frame = v.wait_lock = None
             v.owner = None

@@ -13,6 +13,7 @@ coroutine waits for and which coroutine holds it.
 import _thread
 import dataclasses
 import os
+import re
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ _RUNTIME_DIRS = frozenset([_PACKAGE_DIR] + [
 
 def _in_package(path):
     return os.path.dirname(os.path.abspath(path)) in _RUNTIME_DIRS
-_LOCK_TYPE = _thread.LockType
+_LOCK_TYPES = (_thread.LockType, _thread.RLock)
 
 
 @dataclasses.dataclass
@@ -61,6 +62,9 @@ class CoroutineView:
     wait_sem: int  # the semaphore of a lock wait, or 0
     held: tuple  # semaphores it took
     frame: object  # innermost frame or None
+    ident: int = 0  # its threading ident (a thread's main coroutine: the thread's)
+    wait_lock: object = None  # the lock object it waits for, where found
+    join_ident: int = 0  # the ident of the thread it joins, or 0
     owner: "CoroutineView | None" = None  # holder of the lock it waits for
 
 
@@ -80,11 +84,13 @@ def _os_thread_names():
     return names
 
 
-def _names():
+def _names(idents=None):
     """handle -> name from the Python runtime, and sched handle -> the OS
     thread's name.  A thread's main coroutine is named after the OS thread
-    (its Thread's current name with native threads), else 'main'."""
+    (its Thread's current name with native threads), else 'main'.  idents,
+    if given, gets handle -> threading ident."""
     by_handle, by_sched = {}, {}
+    idents = {} if idents is None else idents
     by_tid = _os_thread_names()
     active = dict(threading._active)
     for ident, sched in list(_sched._schedulers.items()):
@@ -99,11 +105,13 @@ def _names():
             # (native/hooks_pthread.c): its Thread has the current name.
             thread = None
             if coro._thread:
-                thread = active.get(_lib.coro_thread_ident(handle) or -1)
+                idents[handle] = _lib.coro_thread_ident(handle) or 0
+                thread = active.get(idents[handle] or -1)
             by_handle[handle] = thread.name if thread is not None else coro.name
         if sched.main is not None:
             by_handle.setdefault(sched.main._handle,
                                  "main" if name == "MainThread" else name)
+            idents.setdefault(sched.main._handle, ident)
     return by_handle, by_sched
 
 
@@ -147,17 +155,19 @@ def describe_fd(fd, events):
     return f"{verb} fd {fd} ({kind or 'closed'})"
 
 
-def _lock_sem(obj):
-    """The semaphore of a _thread.lock, or None (see _compat)."""
-    if _compat.LOCK_SEM_OFFSET is None or type(obj) is not _LOCK_TYPE:
+def _lock_key(obj):
+    """The key a wait for lock object obj records, or None (see _compat)."""
+    field = _compat.lock_key_field(obj)
+    if field is None:
         return None
-    return _native.address_at(id(obj) + _compat.LOCK_SEM_OFFSET)
+    address, is_key = field
+    return address if is_key else _native.address_at(address)
 
 
-def _find_lock(frame, sem):
-    """(where, name) of the lock object whose semaphore is sem, searched in
-    the innermost frame's locals, their attributes and its globals."""
-    if sem is None or frame is None:
+def _find_lock(frame, key):
+    """(name, lock) of the lock object whose key is key, searched in the
+    innermost frame's locals, their attributes and its globals, or None."""
+    if not key or frame is None:
         return None
     candidates = []
     try:
@@ -171,8 +181,26 @@ def _find_lock(frame, sem):
     except Exception:  # a dump never fails on what it inspects
         return None
     for name, value in candidates:
-        if type(value) is _LOCK_TYPE and _lock_sem(value) == sem:
-            return name
+        if type(value) in _LOCK_TYPES and _lock_key(value) == key:
+            return name, value
+    return None
+
+
+def _join_target(frame):
+    """(name, ident) of the thread a join waits for, or None: Thread.join
+    (3.13+) and Thread._wait_for_tstate_lock (3.11, 3.12) of a native
+    thread, interpose's _Handle.join (3.13+) of a converted one."""
+    if frame is None or frame.f_code.co_name not in (
+            "_wait_for_tstate_lock", "join"):
+        return None
+    target = frame.f_locals.get("self")
+    if isinstance(target, threading.Thread):
+        return target.name, target.ident or 0
+    if type(target).__name__ == "_Handle" and isinstance(
+            getattr(target, "ident", None), int):
+        thread = threading._active.get(target.ident)
+        name = thread.name if thread is not None else str(target.ident)
+        return name, target.ident
     return None
 
 
@@ -208,6 +236,19 @@ def _describe_park(frame):
     return qualname
 
 
+def _describe_lock(info, frame):
+    """(text, lock object or None, joined ident or 0) of a lock wait."""
+    found = _find_lock(frame, info.wait_key)
+    name, lock = found if found is not None else (None, None)
+    code = frame.f_code.co_name if frame is not None else "?"
+    label = f"lock {name!r}" if name else "lock"
+    text = f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
+    target = _join_target(frame)
+    if target is None:
+        return text, lock, 0
+    return f"join thread {target[0]!r}: {text}", lock, target[1]
+
+
 def _describe(info, frame):
     kind = info.wait_kind
     if kind == _native.WAIT_FD:
@@ -218,17 +259,7 @@ def _describe(info, frame):
             return f"poll: {first}"
         return f"poll on {info.wait_events} fds, the first: {first}"
     if kind == _native.WAIT_LOCK:
-        name = _find_lock(frame, info.wait_obj)
-        code = frame.f_code.co_name if frame is not None else "?"
-        label = f"lock {name!r}" if name else "lock"
-        text = f"{label} (semaphore {info.wait_obj or 0:#x}) in {code}()"
-        # threading.Thread.join: 3.11/3.12 wait for its tstate lock, 3.13
-        # in Thread.join itself (its _ThreadHandle).
-        if code in ("_wait_for_tstate_lock", "join"):
-            target = frame.f_locals.get("self")
-            if isinstance(target, threading.Thread):
-                text = f"join thread {target.name!r}: {text}"
-        return text
+        return _describe_lock(info, frame)[0]
     if kind == _native.WAIT_SLEEP:
         return "sleep"
     if kind == _native.WAIT_RESOLVE:
@@ -247,23 +278,30 @@ def snapshot():
     and the engine's SchedInfo list."""
     scheds = _native.diag_scheds()
     raw = _native.diag_coros()
-    by_handle, _ = _names()
+    idents = {}
+    by_handle, _ = _names(idents)
     views = []
     for info, frame in raw:
         state = STATES.get(info.state, f"state {info.state}")
         name = by_handle.get(info.handle) or info.name.decode("utf-8", "replace")
         parked = info.state == _native.PARKED
+        lock_wait = parked and info.wait_kind == _native.WAIT_LOCK
+        lock, joins = None, 0
+        if lock_wait:
+            waits_for, lock, joins = _describe_lock(info, frame)
+        else:
+            waits_for = _describe(info, frame) if parked else ""
         views.append(CoroutineView(
             id=info.id, name=name, state=state, tid=info.tid,
             sched=info.sched, is_main=bool(info.is_main),
-            waits_for=_describe(info, frame) if parked else "",
+            waits_for=waits_for,
             timeout_ns=info.timer_ns, deadline_ns=info.deadline_ns,
             cancelled=bool(info.cancelled), run_ns=info.run_ns,
             max_turn_ns=info.max_turn_ns, turns=info.turns,
             wait_kind=info.wait_kind if parked else 0,
-            wait_sem=((info.wait_obj or 0)
-                      if parked and info.wait_kind == _native.WAIT_LOCK else 0),
+            wait_sem=(info.wait_obj or 0) if lock_wait else 0,
             held=tuple(h for h in info.held if h), frame=frame,
+            ident=idents.get(info.handle, 0), wait_lock=lock, join_ident=joins,
         ))
     _link_owners(views)
     order = {s.sched: i for i, s in enumerate(scheds)}
@@ -271,22 +309,48 @@ def snapshot():
     return views, scheds
 
 
+_RLOCK_OWNER = re.compile(r"^<locked \S+ object owner=(\d+) ")
+
+
+def _rlock_owner(lock):
+    """The ident of the thread holding RLock lock, or 0.  RLock records its
+    owner on every version; its repr shows it (no memory is read)."""
+    match = _RLOCK_OWNER.match(repr(lock))
+    return int(match.group(1)) if match else 0
+
+
+def _semaphore_holder(v, views):
+    """The one coroutine that took v's semaphore last and has not posted it
+    since, when the semaphore's value is 0 (taken); else None.  Two
+    claimants (a lock released by another coroutine than its taker leaves a
+    stale claim) give no owner rather than a wrong one."""
+    holders = [o for o in views if o is not v and v.wait_sem in o.held]
+    if len(holders) == 1 and _native.sem_value(v.wait_sem) == 0:
+        return holders[0]
+    return None
+
+
 def _link_owners(views):
-    """Sets owner on each lock waiter whose lock one coroutine holds: it
-    took the semaphore last, has not posted it, and the semaphore's value
-    is 0 (taken).  Two claimants (a lock released by another coroutine than
-    its taker leaves a stale claim) give no owner rather than a wrong one.
-    On 3.13 a lock waiter waits on a semaphore of its own, which names
-    neither the lock nor an owner: no owners there (see _compat)."""
-    if _compat.LOCK_SEM_OFFSET is None:
-        return
+    """Sets owner on each lock waiter whose holder is known for sure:
+    * a join waits for the joined thread's coroutine;
+    * an RLock is held by the thread its owner field names;
+    * a Lock, on 3.11 and 3.12 only, by the coroutine that took its
+      semaphore (sem_trywait/sem_wait hooks, diag.c).  From 3.13 a Lock
+      records no holder anywhere (see _compat.LOCK_OWNERS_KNOWN): none."""
+    by_ident = {v.ident: v for v in views if v.ident}
     for v in views:
-        if not v.wait_sem:
+        if v.wait_kind != _native.WAIT_LOCK:
             continue
-        holders = [o for o in views if o is not v and v.wait_sem in o.held]
-        if len(holders) == 1 and _native.sem_value(v.wait_sem) == 0:
-            v.owner = holders[0]
-            v.waits_for += f", held by coroutine {holders[0].id} {holders[0].name!r}"
+        owner = None
+        if v.join_ident:
+            owner = by_ident.get(v.join_ident)
+        elif type(v.wait_lock) is _thread.RLock:
+            owner = by_ident.get(_rlock_owner(v.wait_lock))
+        elif _compat.LOCK_OWNERS_KNOWN and v.wait_sem:
+            owner = _semaphore_holder(v, views)
+        if owner is not None and owner is not v:
+            v.owner = owner
+            v.waits_for += f", held by coroutine {owner.id} {owner.name!r}"
 
 
 # ---- formatting -------------------------------------------------------------
@@ -368,7 +432,7 @@ def dump_text(title="interpose dump"):
         return format_dump(views, scheds, title)
     finally:
         for v in views:  # frames keep whole stacks alive: let them go now
-            v.frame = None
+            v.frame = v.wait_lock = None
 
 
 def dump(file=None):

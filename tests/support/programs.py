@@ -14,10 +14,10 @@ from interpose._diagnostics import _watch
 from support.processes import interpose_run
 from support.snippets import snippet_env
 
-# Lock names and owners (the lock cycle) are known where a lock has a
-# semaphore of its own: CPython 3.11 and 3.12 (interpose/_compat.py).
-OWNERS = _compat.LOCK_SEM_OFFSET is not None
-WAITER = "lock 'waiter'" if OWNERS else "lock"
+# Lock names are known on every version; the holder of a plain Lock (so a
+# cycle of Locks) only on 3.11 and 3.12 (interpose/_core/_compat.py).
+OWNERS = _compat.LOCK_OWNERS_KNOWN
+WAITER = "lock 'waiter'"
 
 WAIT = 30  # seconds: a bound for states to appear, never a measurement
 
