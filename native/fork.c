@@ -36,13 +36,19 @@ static pthread_once_t install_once = PTHREAD_ONCE_INIT;
  *     forking thread's reset around the survivor.  It needs step 1: it
  *     counts the survivor as the only live coroutine.
  *  3. Thread identities (hooks_pthread.c), the semaphore waiters
- *     (hooks_sem.c) and the gilstate slot (gilstate.c) forget what the
- *     other threads and coroutines held; they read nothing of steps 1-2
- *     but the survivor's pointer.
+ *     (hooks_sem.c), the gilstate slot (gilstate.c), the fd table's
+ *     registrations and waiters (fdtable.c) and the resolver pool
+ *     (hooks_names.c) forget what the parent's threads, hubs and
+ *     coroutines held; they read nothing of steps 1-2 but the survivor's
+ *     pointer.  In every child, also one forked from a thread with no
+ *     scheduler: a registration left naming a parent's scheduler would
+ *     make the child's first wait on that fd remove it from the epoll set
+ *     the child shares with the parent (EPOLL_CTL_DEL on an inherited epoll
+ *     fd), so that the parent's waiter never wakes, and would wake the
+ *     parent's waiters, whose structs lay on stacks step 1 unmapped
+ *     (tests/test_fork_recovery.py).
  *  4. Only when the forking thread had a scheduler: its signal state
- *     (signals.c), the fd table's registrations and waiters (fdtable.c)
- *     and the resolver pool (hooks_names.c), which belonged to the
- *     parent's hubs and worker threads. */
+ *     (signals.c). */
 static void after_fork_child(void) {
   ip_sched_t *s = ip__sched_get();
   ip_coro_t *survivor = s ? s->current : NULL;
@@ -52,11 +58,10 @@ static void after_fork_child(void) {
   ip__ident_after_fork_child(survivor);
   ip__sem_after_fork_child();
   ip__gilstate_after_fork_child();
-  if (s == NULL)
-    return;
-  ip__signals_after_fork_child(&s->sig);
   ip__fd_after_fork_child();
   ip__names_after_fork_child();
+  if (s != NULL)
+    ip__signals_after_fork_child(&s->sig);
 }
 
 

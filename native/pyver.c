@@ -172,7 +172,7 @@ int ip__pyver_new_coroutine(ip_coro_t *co) {
  * key is only compared, never followed: a wrong guess names a lock only
  * if the word read happens to be the exact address of a visible lock's
  * mutex, so in practice it shows no name rather than a wrong one
- * (interpose/_compat.py lock_key_field is the object side).  When 3.12
+ * (interpose/_core/_compat.py lock_key_field is the object side).  When 3.12
  * support goes, only its else branch goes. */
 #define PARKING_ENTRY_SEMA 16 /* offsetof(struct wait_entry, sema) */
 #define PARKING_ENTRY_ADDR 8  /* offsetof(struct wait_entry, addr) */

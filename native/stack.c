@@ -80,7 +80,7 @@ size_t ip__stack_round(size_t usable) {
 
 /* The interpreter's default (pyver.c) unless the runtime set one.  The
  * library does not read INTERPOSE_STACK_SIZE itself: the Python side
- * parses it (interpose/_settings.py, the one parser, which reports a bad
+ * parses it (interpose/_core/_settings.py, the one parser, which reports a bad
  * value in one line) and hands the bytes to interpose_stack_set_default,
  * which checks them against the limits kept here. */
 size_t ip__stack_default_size(void) {

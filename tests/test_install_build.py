@@ -1,7 +1,7 @@
 """The build a user's pip install runs (setup.py, the C compiler alone) and
 the developers' build (native/Makefile) compile the same thing; -Werror is
 on for development and CI, off for users; the metadata states what
-interpose/_compat.py really supports."""
+interpose/_core/_compat.py really supports."""
 import importlib.util
 import os
 import re

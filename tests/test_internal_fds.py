@@ -130,7 +130,7 @@ def test_dup2_onto_a_low_fd_leaves_the_runtime_working():
 
 @pytest.mark.parametrize("soft", [None, 200, 40])
 def test_ctypes_import_holds_the_same_floor_as_the_engine(soft):
-    # interpose/_ctypes_import.py holds the fds below the engine's floor
+    # interpose/_core/_ctypes_import.py holds the fds below the engine's floor
     # while ctypes is imported (libffi 3.5 keeps an fd from that import);
     # it must compute the floor the engine uses, under any RLIMIT_NOFILE.
     code = textwrap.dedent(f"""

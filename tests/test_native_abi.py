@@ -1,6 +1,7 @@
-"""Every ctypes declaration in interpose/_native.py matches native/interpose.h
-(the idea behind trio's gen_exports --test): a signature changed on one side
-only fails here instead of corrupting memory at run time."""
+"""Every ctypes declaration in interpose/_core/_native.py matches
+native/interpose.h (the idea behind trio's gen_exports --test): a signature
+changed on one side only fails here instead of corrupting memory at run
+time."""
 import ctypes
 import os
 import re

@@ -1,8 +1,8 @@
-"""Version support (native/pyver.c, interpose/_compat.py): the refusals, and
-what each supported CPython must give coroutines.  The suite runs on every
-supported version (scripts/interpreters), so each test here checks its
-contract on the interpreter running it; where versions differ, the
-expected outcome is chosen from _compat, never skipped."""
+"""Version support (native/pyver.c, interpose/_core/_compat.py): the refusals,
+and what each supported CPython must give coroutines.  The suite runs on
+every supported version (scripts/interpreters), so each test here checks its
+contract on the interpreter running it; where versions differ, the expected
+outcome is chosen from _compat, never skipped."""
 import os
 import pathlib
 import re

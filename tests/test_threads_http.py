@@ -37,8 +37,8 @@ READY_TIMEOUT = 30
 # POOL_MAX in native/hooks_names.c: the resolver pool's worker threads.
 RESOLVER_POOL_MAX = 4
 # interpose's helpers: the preemption monitor (native/preempt.c) and the
-# diagnostics thread (interpose/_watch.py: `interpose ps`, the deadlock
-# watcher), idle unless asked.
+# diagnostics thread (interpose/_diagnostics/_watch.py: `interpose ps`, the
+# deadlock watcher), idle unless asked.
 HELPER_THREADS = 2
 ONE_OS_THREAD = 1 + RESOLVER_POOL_MAX + HELPER_THREADS
 

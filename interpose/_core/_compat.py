@@ -101,8 +101,8 @@ def unsupported_reason(version_info=None, implementation=None,
         )
     return None
 
-# Which lock a coroutine waits for (interpose/_dump.py): the engine records
-# a key per lock wait (native/pyver.c ip__pyver_lock_key), and
+# Which lock a coroutine waits for (interpose/_diagnostics/_dump.py): the
+# engine records a key per lock wait (native/pyver.c ip__pyver_lock_key), and
 # lock_key_field gives the same key for a lock object, so the dump finds
 # the waited-for lock among the objects the waiting frame can see.
 # Objects (lockobject and rlockobject in Modules/_threadmodule.c;

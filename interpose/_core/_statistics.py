@@ -5,6 +5,7 @@ import math
 
 from . import _native
 from . import _sched
+from ._time import ns_to_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ def latency_percentiles(hist):
         for b, n in enumerate(hist):
             seen += n
             if seen >= need:
-                out.append((1 << b) / 1e9)
+                out.append(ns_to_seconds(1 << b))
                 break
     return tuple(out)
 
@@ -76,7 +77,8 @@ def coroutine_statistics(sched_handle):
         out.append(CoroutineStatistics(
             id=info.id,
             name=names.get(info.handle) or info.name.decode("utf-8", "replace"),
-            cpu_time=info.run_ns / 1e9, longest_turn=info.max_turn_ns / 1e9,
+            cpu_time=ns_to_seconds(info.run_ns),
+            longest_turn=ns_to_seconds(info.max_turn_ns),
             turns=info.turns))
     return tuple(out)
 
@@ -93,7 +95,7 @@ def statistics():
     longest = 0.0
     if info is not None:
         p50, p90, p99, pmax = latency_percentiles(list(info.latency))
-        longest = info.max_turn_ns / 1e9
+        longest = ns_to_seconds(info.max_turn_ns)
     return Statistics(
         coroutines_alive=raw.alive,
         coroutines_created=raw.created,

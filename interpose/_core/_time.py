@@ -12,6 +12,32 @@ _now_ns = _native.lib.clock_ns
 INT64_MAX = 2**63 - 1
 
 
+# The one place Python converts between the engine's nanoseconds and
+# seconds (the native side's is native/timeconv.h).
+NS_PER_S = 1_000_000_000
+US_PER_S = 1_000_000
+
+
+def ns_to_seconds(ns):
+    """Float seconds for nanoseconds."""
+    return ns / NS_PER_S
+
+
+def seconds_to_us(secs):
+    """Whole microseconds for float seconds, rounded to nearest."""
+    return round(secs * US_PER_S)
+
+
+def format_seconds(secs):
+    """'1.234 s', the diagnostics' format for a duration."""
+    return f"{secs:.3f} s"
+
+
+def format_ms(secs):
+    """'1.234 ms', the diagnostics' format for a short duration."""
+    return f"{secs * 1000:.3f} ms"
+
+
 # Timeouts longer than this (about 146 years), and infinity, mean forever:
 # a deadline in nanoseconds must fit the engine's int64 with room to spare.
 FOREVER_NS = 1 << 62
@@ -25,9 +51,9 @@ def timeout_ns(seconds):
         raise ValueError("Invalid value NaN (not a number)")
     if seconds <= 0:
         return 0
-    if seconds * 1e9 >= FOREVER_NS:
+    if seconds * NS_PER_S >= FOREVER_NS:
         return None
-    return math.ceil(seconds * 1e9)
+    return math.ceil(seconds * NS_PER_S)
 
 
 def deadline_ns(timeout):

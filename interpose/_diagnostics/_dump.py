@@ -22,6 +22,7 @@ import traceback
 from .._core import _compat
 from .._core import _native
 from .._core import _sched
+from .._core._time import format_ms, format_seconds, ns_to_seconds
 from .._integrations import _sync
 
 _lib = _native.lib
@@ -355,14 +356,6 @@ def _link_owners(views):
 
 # ---- formatting -------------------------------------------------------------
 
-def _seconds(ns):
-    return f"{ns / 1e9:.3f} s"
-
-
-def _ms(ns):
-    return f"{ns / 1e6:.3f} ms"
-
-
 def _user_stack(frame):
     """The stack of frame without the runtime's own frames (interpose/*.py:
     a coroutine's bootstrap, the dump itself), oldest first."""
@@ -379,14 +372,14 @@ def format_coroutine(v, now_ns=None):
     head = f"coroutine {v.id} {v.name!r}{' (main)' if v.is_main else ''} {v.state}"
     if v.waits_for:
         head += f": {v.waits_for}"
-    extras = [f"ran {_ms(v.run_ns)} in {v.turns} turns,"
-              f" longest {_ms(v.max_turn_ns)}"]
+    extras = [f"ran {format_ms(ns_to_seconds(v.run_ns))} in {v.turns} turns,"
+              f" longest {format_ms(ns_to_seconds(v.max_turn_ns))}"]
     if v.state == "running":  # a turn is counted when it ends
         extras[0] += ", besides the current turn"
     if v.timeout_ns >= 0:
-        extras.append(f"times out in {_seconds(max(0, v.timeout_ns - now_ns))}")
+        extras.append(f"times out in {format_seconds(ns_to_seconds(max(0, v.timeout_ns - now_ns)))}")
     if v.deadline_ns >= 0:
-        extras.append(f"deadline in {_seconds(v.deadline_ns - now_ns)}")
+        extras.append(f"deadline in {format_seconds(ns_to_seconds(v.deadline_ns - now_ns))}")
     if v.cancelled:
         extras.append("cancelled")
     lines = [head, "  " + "; ".join(extras)]

@@ -6,12 +6,9 @@ import os
 from . import _dump
 from .._core import _native
 from .._core import _statistics
+from .._core._time import format_ms, ns_to_seconds
 
 TOP = 10  # coroutines listed per scheduler, by time on the thread
-
-
-def _ms(seconds):
-    return f"{seconds * 1e3:.3f} ms"
 
 
 def format_sched(info, names, own=None):
@@ -24,16 +21,16 @@ def format_sched(info, names, own=None):
     if own is not None:
         lines.append(f"  created {own.coroutines_created}, parks {own.parks},"
                      f" timeouts {own.timeouts}, epoll waits {own.epoll_waits}")
-    lines.append(f"  longest turn {_ms(info.max_turn_ns / 1e9)}; run-queue"
-                 f" latency p50 <= {_ms(p50)}, p90 <= {_ms(p90)},"
-                 f" p99 <= {_ms(p99)}, max <= {_ms(pmax)}")
+    lines.append(f"  longest turn {format_ms(ns_to_seconds(info.max_turn_ns))}; run-queue"
+                 f" latency p50 <= {format_ms(p50)}, p90 <= {format_ms(p90)},"
+                 f" p99 <= {format_ms(p99)}, max <= {format_ms(pmax)}")
     coros = _statistics.coroutine_statistics(info.sched)
     busiest = sorted(coros, key=lambda c: c.cpu_time, reverse=True)[:TOP]
     if busiest:
         lines.append(f"  busiest coroutines (of {len(coros)}):")
         for c in busiest:
-            lines.append(f"    {c.id:>6} {c.name!r}: {_ms(c.cpu_time)} in"
-                         f" {c.turns} turns, longest {_ms(c.longest_turn)}")
+            lines.append(f"    {c.id:>6} {c.name!r}: {format_ms(c.cpu_time)} in"
+                         f" {c.turns} turns, longest {format_ms(c.longest_turn)}")
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,7 @@ from . import _deadlock
 from . import _dump
 from .._integrations import _forkwarn
 from .._core import _native
+from .._core._time import ns_to_seconds
 from .._integrations import _signals
 
 _lib = _native.lib
@@ -223,7 +224,7 @@ def _append_log(text):
 
 
 def _now():
-    return _lib.clock_ns() / 1e9
+    return ns_to_seconds(_lib.clock_ns())
 
 
 def _write_stderr(text):

@@ -19,6 +19,7 @@ import sys
 from . import _forkwarn
 from .._core import _hooks
 from .._core import _native
+from .._core._time import seconds_to_us
 
 _lib = _native.lib
 _real_setswitchinterval = sys.setswitchinterval
@@ -40,7 +41,7 @@ def threads_preemptible():
 
 
 def _interval_us():
-    return max(1, round(sys.getswitchinterval() * 1e6))
+    return max(1, seconds_to_us(sys.getswitchinterval()))
 
 
 def setswitchinterval(interval):

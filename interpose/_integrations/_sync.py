@@ -8,7 +8,7 @@ import queue as _queue
 
 from .._core import _compat, _sched
 from .._core._sched import WaitQueue
-from .._core._time import deadline_ns, remaining_ns
+from .._core._time import deadline_ns, ns_to_seconds, remaining_ns
 
 
 # Each primitive takes (blocking, timeout) exactly as its standard twin
@@ -260,7 +260,7 @@ class Condition:
                 left = remaining_ns(deadline)
                 if left <= 0:
                     break
-                self.wait(left / 1e9)
+                self.wait(ns_to_seconds(left))
             else:
                 self.wait()
             result = predicate()
