@@ -29,10 +29,14 @@
  * from the wrapped allocator starts on a page boundary (it maps whole pages:
  * install() checks that, and keeps the slabs off otherwise).  That is how a
  * free tells them apart, including chunks allocated before we were
- * installed.  Calls arrive with the GIL held, which serialises them.
+ * installed.  The lists are guarded by arena_lock, not by the GIL: from
+ * 3.12 a subinterpreter may have a GIL of its own, and CPython calls the
+ * process-wide arena allocator from each interpreter under its own GIL.
+ * The wrapped allocator is called outside the lock (it is thread-safe).
  * Installed by the first scheduler (ip__sched_ensure), never by binding the
  * library: a process that only imports interpose keeps CPython's
  * allocator. */
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -68,6 +72,7 @@ static size_t cache_len[MAX_SHIFT - MIN_SHIFT + 1];
 static free_block_t *clean;
 static size_t page_size;
 static int slabs_on; /* 1: 16 KiB chunks come from slabs (see the top) */
+static pthread_mutex_t arena_lock = PTHREAD_MUTEX_INITIALIZER;
 
 
 /* The cache slot for size, or -1 when the size is not cached. */
@@ -102,9 +107,8 @@ static void *slab_alloc(void) {
 }
 
 
-static void *cached_alloc(void *ctx, size_t size) {
-  (void) ctx;
-  int slot = slot_of(size);
+/* A cached or slab block of size, or NULL; called with arena_lock held. */
+static void *take_locked(int slot, size_t size) {
   if (slot >= 0 && cache[slot] != NULL) {
     free_block_t *b = cache[slot];
     cache[slot] = b->next;
@@ -117,9 +121,21 @@ static void *cached_alloc(void *ctx, size_t size) {
       clean = b->next;
       return b;
     }
-    void *chunk = slab_alloc();
-    if (chunk != NULL)
-      return chunk;
+    return slab_alloc();
+  }
+  return NULL;
+}
+
+
+static void *cached_alloc(void *ctx, size_t size) {
+  (void) ctx;
+  int slot = slot_of(size);
+  if (slot >= 0) {
+    pthread_mutex_lock(&arena_lock);
+    void *b = take_locked(slot, size);
+    pthread_mutex_unlock(&arena_lock);
+    if (b != NULL)
+      return b;
   }
   return previous.alloc(previous.ctx, size);
 }
@@ -128,22 +144,39 @@ static void *cached_alloc(void *ctx, size_t size) {
 static void cached_free(void *ctx, void *ptr, size_t size) {
   (void) ctx;
   int slot = slot_of(size);
-  if (ptr != NULL && slot >= 0 && cache_len[slot] < CACHE_MAX) {
+  if (ptr != NULL && slot >= 0) {
     free_block_t *b = ptr;
-    b->next = cache[slot];
-    cache[slot] = b;
-    cache_len[slot]++;
-    return;
-  }
-  if (ptr != NULL && size == CHUNK_SIZE && from_slab(ptr)) {
-    IP_SAVE_ERRNO(madvise((char *) ptr - SLAB_OFFSET, SLAB_STRIDE,
-                          MADV_DONTNEED));
-    free_block_t *b = ptr;
-    b->next = clean;
-    clean = b;
-    return;
+    pthread_mutex_lock(&arena_lock);
+    if (cache_len[slot] < CACHE_MAX) {
+      b->next = cache[slot];
+      cache[slot] = b;
+      cache_len[slot]++;
+      pthread_mutex_unlock(&arena_lock);
+      return;
+    }
+    pthread_mutex_unlock(&arena_lock);
+    if (size == CHUNK_SIZE && from_slab(ptr)) {
+      /* Pages go back before the chunk is listed: once listed, another
+       * interpreter's thread may take it and write to it. */
+      IP_SAVE_ERRNO(madvise((char *) ptr - SLAB_OFFSET, SLAB_STRIDE,
+                            MADV_DONTNEED));
+      pthread_mutex_lock(&arena_lock);
+      b->next = clean;
+      clean = b;
+      pthread_mutex_unlock(&arena_lock);
+      return;
+    }
   }
   previous.free(previous.ctx, ptr, size);
+}
+
+
+/* In a forked child the lock may have been held by a thread that does not
+ * exist there.  A list update it was making is at worst a block lost to
+ * the child or a count off by one (each list update is one pointer store
+ * after the block is no longer in use), never a block handed out twice. */
+void ip__arena_after_fork_child(void) {
+  pthread_mutex_init(&arena_lock, NULL);
 }
 
 

@@ -777,6 +777,7 @@ IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
 IP_HIDDEN void ip__arena_install(void);
 /* 1 once 16 KiB data stack chunks come from slabs, not a mapping each. */
 IP_HIDDEN int ip__arena_slabs_on(void);
+IP_HIDDEN void ip__arena_after_fork_child(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN int ip__pyver_needs_stack_protection(void);
