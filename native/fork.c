@@ -48,11 +48,14 @@ static pthread_once_t install_once = PTHREAD_ONCE_INIT;
  *     parent's waiters, whose structs lay on stacks step 1 unmapped
  *     (tests/test_fork_recovery.py).
  *  4. Only when the forking thread had a scheduler: its signal state
- *     (signals.c). */
+ *     (signals.c).
+ * The frame-chunk cache's lock (arena.c) is reset first of all: it guards
+ * memory only, and CPython's own after-fork code may allocate. */
 static void after_fork_child(void) {
   ip_sched_t *s = ip__sched_get();
   ip_coro_t *survivor = s ? s->current : NULL;
   ip__forked_child = 1;
+  ip__arena_after_fork_child();
   ip__coro_after_fork_child(survivor);
   ip__sched_after_fork_child(s, survivor);
   ip__ident_after_fork_child(survivor);

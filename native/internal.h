@@ -146,6 +146,9 @@ IP_HIDDEN int ip__stack_install_guard_handler(void);
 /* Unmaps the calling thread's pooled stacks and its alternate signal stack;
  * called when the thread's scheduler is destroyed. */
 IP_HIDDEN void ip__stack_thread_exit(void);
+/* Unmaps the calling thread's released stacks that wait to be unmapped
+ * together (stack.c); the hub calls it after each round. */
+IP_HIDDEN void ip__stack_unmap_released(void);
 
 /* ---- timers (timer.c): a binary min-heap on deadline ------------------ */
 
@@ -782,6 +785,9 @@ IP_HIDDEN void ip__py_run_body(ip_coro_t *co);
 /* arena.c: caches the thread states' data stack chunks.  Installed once, by
  * the first scheduler, with the GIL held. */
 IP_HIDDEN void ip__arena_install(void);
+/* 1 once 16 KiB data stack chunks come from slabs, not a mapping each. */
+IP_HIDDEN int ip__arena_slabs_on(void);
+IP_HIDDEN void ip__arena_after_fork_child(void);
 /* pyver.c: the only code that knows CPython versions. */
 IP_HIDDEN int ip__pyver_select(unsigned long hexversion);
 IP_HIDDEN int ip__pyver_needs_stack_protection(void);

@@ -611,6 +611,7 @@ void ip__hub_main(void *arg) {
     ip_sched_t *s = tls_sched;
     take_remote(s);
     run_round(s);
+    ip__stack_unmap_released(); /* the round's dead, in one go */
     s = tls_sched;
     take_remote(s);
     poll_events(s);

@@ -4,9 +4,11 @@
  * size go back to a per-thread pool instead of being unmapped.
  *
  * Facts: a stack costs two memory mappings (the guard splits the mapping),
- * and Linux caps a process at vm.max_map_count mappings (65530 by default),
- * after which mmap and mprotect fail with ENOMEM.  A stack overflow is a
- * SIGSEGV on the guard page, delivered while the faulting stack is unusable.
+ * a coroutine that has run costs no more as long as CPython's frame data
+ * stacks come from arena.c's slabs, and Linux caps a process at
+ * vm.max_map_count mappings (65530 by default), after which mmap and
+ * mprotect fail with ENOMEM.  A stack overflow is a SIGSEGV on the guard
+ * page, delivered while the faulting stack is unusable.
  * Consequences: running out of mappings must surface as an error from spawn,
  * and the overflow report must run on an alternate signal stack and use
  * only async-signal-safe calls.  Solution: ip__stack_acquire returns -ENOMEM
@@ -110,6 +112,21 @@ static atomic_long stacks_mapped;
  * once the limit is reached, Python's own allocator fails too, and the
  * program could not even handle spawn's error. */
 #define MAPPING_HEADROOM 1024
+/* Facts (measured on 3.11, docs/performance.md): a coroutine costs two
+ * mappings for its stack (the guard page splits it) and, once it has run,
+ * CPython's 16 KiB frame data stack for its thread state: a mapping of its
+ * own, which merges with a neighbour only when it happens to be mapped
+ * right next to another chunk, unless arena.c serves it from a slab.
+ * Counting two per stack while chunks had mappings of their own let a
+ * server that spawns and runs one coroutine per connection use up every
+ * mapping at about 21,800 coroutines, headroom included, so that the next
+ * mmap anywhere in the process failed.
+ * Consequence: the estimate (two per stack with slabs, three without)
+ * only decides when counting is needed; past half the limit the real count
+ * is read from /proc/self/maps (a handful of times, see below), so the
+ * headroom holds whatever the chunks and the rest of the process did, and
+ * a program gets all the coroutines the limit allows. */
+#define MAPPINGS_PER_STACK (ip__arena_slabs_on() ? 2 : 3)
 
 static long max_map_count(void) {
   static atomic_long cached;
@@ -134,8 +151,51 @@ static long max_map_count(void) {
 }
 
 
+/* The process's mappings now (one line of /proc/self/maps each), or -1.
+ * The buffer is small: spawn may run on a coroutine whose whole stack is
+ * the 16 KiB minimum. */
+static long count_mappings(void) {
+  int fd = ip__real.open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  char buf[2048];
+  long lines = 0;
+  ssize_t n;
+  while ((n = ip__real.read(fd, buf, sizeof(buf))) > 0)
+    for (ssize_t i = 0; i < n; i++)
+      lines += buf[i] == '\n';
+  ip__real.close(fd);
+  return n < 0 ? -1 : lines;
+}
+
+
+/* Whether one more stack leaves MAPPING_HEADROOM mappings to the rest of
+ * the process.  After a count, the stacks that fit even at three mappings
+ * each (the worst case) are allowed without counting again, so the counts
+ * near the limit are a handful (each leaves a third of the gap), not one
+ * per spawn.  The state is shared by every thread; a race between two
+ * counts only makes one of them count again. */
+static int mappings_left_for_stack(void) {
+  static atomic_long allowed_until; /* stacks_mapped allowed without a count */
+  long limit = max_map_count();
+  long stacks = atomic_load(&stacks_mapped) + 1;
+  /* While stacks take at most half the limit, the rest of the process
+   * (libraries, heaps, arenas: a few hundred mappings) would need the
+   * other half to reach it: nothing to read. */
+  if (MAPPINGS_PER_STACK * stacks <= limit / 2 ||
+      stacks <= atomic_load(&allowed_until))
+    return 1;
+  long counted = count_mappings();
+  if (counted < 0)
+    return 0;
+  long fit = (limit - MAPPING_HEADROOM - counted) / 3;
+  atomic_store(&allowed_until, stacks - 1 + (fit > 0 ? fit : 0));
+  return fit > 0;
+}
+
+
 static int map_stack(ip_stack_t *st, size_t usable) {
-  if (2 * (atomic_load(&stacks_mapped) + 1) + MAPPING_HEADROOM > max_map_count())
+  if (!mappings_left_for_stack())
     return -ENOMEM;
   size_t guard = page();
   size_t size = usable + guard;
@@ -187,6 +247,54 @@ int ip__stack_acquire(ip_stack_t *st, size_t usable) {
 }
 
 
+/* Facts (measured on a 2-core VM, docs/performance.md): unmapping a stack
+ * cost about 7 µs of CPU, half of a spawn+join when 20,000 coroutines end
+ * together and the pool keeps only POOL_MAX of them; most of it is the TLB
+ * shootdown every munmap of touched pages pays (an inter-processor
+ * interrupt, dear under virtualisation, once the process has a second
+ * thread such as the preemption monitor), not the freeing.  Stacks mapped
+ * one after another are adjacent (the kernel maps top-down).
+ * Consequence: unmapping stacks one by one pays the shootdown per stack.
+ * Solution: a stack the pool cannot take waits on a per-thread list of
+ * DOOMED_MAX; the list is sorted by address and unmapped in runs of
+ * adjacent stacks, one munmap (and one shootdown) per run, when it is
+ * full and when the hub ends a round, so that dead stacks' pages never
+ * outlive the round that freed them. */
+#define DOOMED_MAX 256
+static __thread ip_stack_t *doomed;
+static __thread size_t doomed_len;
+
+
+static int by_base(const void *a, const void *b) {
+  const char *x = ((const ip_stack_t *) a)->base;
+  const char *y = ((const ip_stack_t *) b)->base;
+  return (x > y) - (x < y);
+}
+
+
+void ip__stack_unmap_released(void) {
+  if (doomed_len == 0)
+    return;
+  qsort(doomed, doomed_len, sizeof(*doomed), by_base);
+  size_t run = 0;
+  for (size_t i = 0; i < doomed_len; i++) {
+#ifdef IP_SANITIZE
+    ip_stack_t *st = &doomed[i];
+    __asan_unpoison_memory_region(st->base + st->guard, st->size - st->guard);
+#endif
+    int last = i + 1 == doomed_len ||
+               doomed[i].base + doomed[i].size != doomed[i + 1].base;
+    if (last) {
+      char *start = doomed[run].base;
+      munmap(start, (size_t) (doomed[i].base + doomed[i].size - start));
+      atomic_fetch_sub(&stacks_mapped, (long) (i + 1 - run));
+      run = i + 1;
+    }
+  }
+  doomed_len = 0;
+}
+
+
 void ip__stack_release(ip_stack_t *st) {
   if (st->base == NULL)
     return;
@@ -199,7 +307,16 @@ void ip__stack_release(ip_stack_t *st) {
       return;
     }
   }
-  IP_SAVE_ERRNO(ip__stack_unmap(st));
+  if (doomed == NULL)
+    doomed = malloc(DOOMED_MAX * sizeof(*doomed));
+  if (doomed == NULL) {
+    IP_SAVE_ERRNO(ip__stack_unmap(st));
+    return;
+  }
+  doomed[doomed_len++] = *st;
+  st->base = NULL;
+  if (doomed_len == DOOMED_MAX)
+    IP_SAVE_ERRNO(ip__stack_unmap_released());
 }
 
 
@@ -346,6 +463,9 @@ void ip__stack_thread_exit(void) {
   }
   free(pool);
   pool = NULL;
+  ip__stack_unmap_released();
+  free(doomed);
+  doomed = NULL;
   if (altstack_ours != NULL) {
     stack_t off = {.ss_flags = SS_DISABLE};
     if (sigaltstack(&off, NULL) == 0)

@@ -16,27 +16,11 @@ import subprocess
 import textwrap
 
 from support.snippets import check_ok, run_hooked
-from support.programs import (OWNERS, WAIT, WAITER, assert_exits_cleanly, interpose_ps,
+from support.programs import (lock_order_program, OWNERS, WAIT, WAITER, assert_exits_cleanly, interpose_ps,
                               poll_until, read_ready, start_program, watcher_examined)
 
 
-LOCK_ORDER = """
-    import threading
-    a = threading.Lock(); b = threading.Lock()
-    got_a = threading.Event(); got_b = threading.Event()
-    def first():
-        with a:
-            got_a.set(); got_b.wait()
-            with b: pass
-    def second():
-        with b:
-            got_b.set(); got_a.wait()
-            with a: pass
-    ts = [threading.Thread(target=first, name="first"),
-          threading.Thread(target=second, name="second")]
-    for t in ts: t.start()
-    for t in ts: t.join()
-"""
+LOCK_ORDER = lock_order_program("Lock")
 
 
 def test_lock_order_deadlock_is_reported_with_its_cycle_and_exits():

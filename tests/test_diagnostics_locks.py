@@ -10,28 +10,9 @@ stored nowhere).
 """
 import re
 
+from support.programs import WAIT, lock_order_program
 from support.snippets import check_ok, run_hooked
 from interpose._core import _compat
-
-WAIT = 30  # seconds: a bound for a program to finish, never a measurement
-
-LOCK_ORDER = """
-    import threading
-    a = threading.{kind}(); b = threading.{kind}()
-    got_a = threading.Event(); got_b = threading.Event()
-    def first():
-        with a:
-            got_a.set(); got_b.wait()
-            with b: pass
-    def second():
-        with b:
-            got_b.set(); got_a.wait()
-            with a: pass
-    ts = [threading.Thread(target=first, name="first"),
-          threading.Thread(target=second, name="second")]
-    for t in ts: t.start()
-    for t in ts: t.join()
-"""
 
 CYCLE = (r"lock cycle:\n"
          r"  coroutine \d+ 'first' waits for lock 'b' .* in first\(\),"
@@ -41,7 +22,7 @@ CYCLE = (r"lock cycle:\n"
 
 
 def _deadlock(kind):
-    proc = run_hooked(LOCK_ORDER.format(kind=kind),
+    proc = run_hooked(lock_order_program(kind),
                       env={"INTERPOSE_DEADLOCK": "exit"}, timeout=WAIT)
     assert proc.returncode == 70, proc
     return proc.stderr

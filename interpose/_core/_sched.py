@@ -342,20 +342,27 @@ class Coroutine:
         if self._sched is None:
             raise RuntimeError("the main coroutine of a thread cannot be joined")
         deadline = deadline_ns(timeout)
-        with _join_guard:
-            self._joiners += 1
-            if self._join_waiters is None:
-                self._join_waiters = WaitQueue()
-            try:
-                while not self._done:
-                    if not self._join_waiters.wait(_join_guard, deadline):
-                        if not self._done:
-                            raise TimeoutError(
-                                errno.ETIMEDOUT,
-                                f"interpose: {self!r} did not finish in {timeout} s",
-                            )
-            finally:
-                self._joiners -= 1
+        # Joining a finished coroutine (most joins after a batch of spawns)
+        # needs no wait queue: _finish stores the outcome before _done,
+        # under the guard, so a reader that sees _done sees the outcome.
+        # (The wait stays in this frame: interpose.dump() names a park in
+        # Coroutine.join as a join.)
+        if not self._done:
+            with _join_guard:
+                self._joiners += 1
+                if self._join_waiters is None:
+                    self._join_waiters = WaitQueue()
+                try:
+                    while not self._done:
+                        if not self._join_waiters.wait(_join_guard, deadline):
+                            if not self._done:
+                                raise TimeoutError(
+                                    errno.ETIMEDOUT,
+                                    f"interpose: {self!r} did not finish in"
+                                    f" {timeout} s",
+                                )
+                finally:
+                    self._joiners -= 1
         if self._exception is not None:
             raise self._exception
         return self._result

@@ -85,7 +85,14 @@ def _run_as_thread(function, args, kwargs, handle=None, token=None):
     anything else uncaught goes to sys.unraisablehook (threading.Thread
     catches its own exceptions first and reports them to excepthook)."""
     try:
-        function(*args, **kwargs)
+        if args or kwargs:
+            function(*args, **kwargs)
+        else:
+            # threading.Thread's case (its _bootstrap, no arguments): a plain
+            # call of a Python function runs in the caller's C frame of the
+            # interpreter, where f(*a, **k) nests another one, about 500
+            # bytes of every parked thread's C stack (docs/performance.md).
+            function()
     except SystemExit:
         pass
     except BaseException as exc:

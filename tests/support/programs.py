@@ -68,3 +68,26 @@ def assert_exits_cleanly(proc, stdout):
     assert proc.wait(WAIT) == 0
     assert proc.stdout.read() == stdout
     assert proc.stderr.read() == ""
+
+
+def lock_order_program(kind):
+    """Two threads taking two threading.<kind>s in opposite orders: the
+    lock-order deadlock, every time (each holds its first lock before
+    either asks for its second)."""
+    return """
+    import threading
+    a = threading.{kind}(); b = threading.{kind}()
+    got_a = threading.Event(); got_b = threading.Event()
+    def first():
+        with a:
+            got_a.set(); got_b.wait()
+            with b: pass
+    def second():
+        with b:
+            got_b.set(); got_a.wait()
+            with a: pass
+    ts = [threading.Thread(target=first, name="first"),
+          threading.Thread(target=second, name="second")]
+    for t in ts: t.start()
+    for t in ts: t.join()
+""".format(kind=kind)

@@ -1,0 +1,382 @@
+"""Memory per idle connection, against plain threads, gevent
+(monkey-patched) and uvloop's Protocol server measured in the same run,
+and where interpose's share of it goes.
+
+    python scripts/bench_memory.py [--conns 10000] [--reps 3]
+                                   [--servers a,b,...] [--no-breakdown]
+
+Idle memory (the same method as scripts/bench_suite.py, whose Server and
+run_idle it uses): each server gets --conns connections that do one round
+trip and then stay silent; (RSS then - RSS before the first connection) /
+connections.  Repetitions are interleaved (A B C ... A B C ...) and the
+table gives medians with min-max, and each server's ratio to the others.
+
+Breakdown (interpose running the unmodified threaded_echo.py): with the
+connections idle, the server's /proc/PID/smaps is sorted into coroutine C
+stacks (a read-write mapping right above a one-page PROT_NONE guard),
+CPython data-stack chunks (16 KiB mappings of their own), pymalloc arenas
+(1 MiB mappings), the malloc heap and the rest; /proc/PID/mem then tells
+how many bytes of each stack and chunk were written (the distance from the
+stack's top to the lowest non-zero byte, from a chunk's start to its last
+non-zero byte: fresh mappings are zero, so this is a lower bound).  A
+second, in-process run (the same handler on --conns connections, under
+`python -m interpose run`) counts the Python objects each connection adds,
+by type, with sys.getsizeof, and the malloc bytes in use (mallinfo2).
+
+Raw output goes to bench-results/ (ignored by git).
+"""
+import argparse
+import collections
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_suite  # noqa: E402
+from _benchutil import ROOT  # noqa: E402
+
+OUT = os.path.join(ROOT, "bench-results")
+SERVERS = ("interpose", "interpose-spawn", "threads", "gevent-patched",
+           "uvloop-protocol")
+PAGE = os.sysconf("SC_PAGESIZE")
+CHUNK = 16 * 1024  # CPython's DATA_STACK_CHUNK_SIZE (3.11 to 3.15)
+# native/arena.c's slabs: 64 chunks, each at offset 64 of a stride of
+# CHUNK + a page; neighbouring slabs merge into one mapping.
+SLAB_STRIDE = CHUNK + PAGE
+SLAB = 64 * SLAB_STRIDE
+SLAB_OFFSET = 64
+ARENA = 1 << 20  # pymalloc's arena size from 3.10
+
+
+# ---- /proc/PID/smaps --------------------------------------------------------
+
+def read_vmas(pid):
+    """[(start, end, perms, name, rss_bytes)] of pid's mappings."""
+    vmas, cur = [], None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if not head.endswith(":"):
+                parts = line.split()
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                cur = [lo, hi, parts[1], parts[5] if len(parts) > 5 else "", 0]
+                vmas.append(cur)
+            elif head == "Rss:":
+                cur[4] = int(line.split()[1]) * 1024
+    return [tuple(v) for v in vmas]
+
+
+def classify(vmas):
+    """{category: [vma, ...]}: 'stack' (read-write above a one-page guard),
+    'chunk' (a 16 KiB data-stack chunk of its own), 'slab' (arena.c's
+    slabs of chunks), 'arena' (1 MiB), 'heap', 'files', 'anon' (the rest,
+    guard pages included)."""
+    out = collections.defaultdict(list)
+    prev = None
+    for v in vmas:
+        lo, hi, perms, name, _ = v
+        anon_rw = name == "" and perms == "rw-p"
+        if anon_rw and prev is not None and prev[1] == lo and \
+                prev[2] == "---p" and prev[1] - prev[0] == PAGE:
+            out["stack"].append(v)
+        elif anon_rw and hi - lo == CHUNK:
+            out["chunk"].append(v)
+        elif anon_rw and (hi - lo) % SLAB == 0:
+            out["slab"].append(v)
+        elif anon_rw and hi - lo == ARENA:
+            out["arena"].append(v)
+        elif name == "[heap]":
+            out["heap"].append(v)
+        elif name.startswith("/"):
+            out["files"].append(v)
+        else:
+            out["anon"].append(v)
+        prev = v
+    return out
+
+
+def _touched_top(mem, hi, max_pages=8):
+    """Bytes between hi and the lowest non-zero byte below it, reading at
+    most max_pages pages (a C stack grows down from hi)."""
+    lowest = hi
+    for i in range(1, max_pages + 1):
+        mem.seek(hi - i * PAGE)
+        page = mem.read(PAGE)
+        stripped = page.lstrip(b"\0")
+        if not stripped:
+            break
+        lowest = hi - i * PAGE + (PAGE - len(stripped))
+        if len(stripped) != PAGE:
+            break
+    return hi - lowest
+
+
+def _touched_bottom(mem, lo, size):
+    """Bytes from lo to the last non-zero byte (a data-stack chunk grows
+    up from lo)."""
+    mem.seek(lo)
+    return len(mem.read(size).rstrip(b"\0"))
+
+
+def stack_usage(pid, stacks, chunks, slabs):
+    """Medians of the bytes written at the top of each stack and at the
+    start of each data-stack chunk (chunks in slabs: those in use or
+    cached, i.e. with anything written)."""
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        used = [_touched_top(mem, hi) for _, hi, *_ in stacks]
+        chunk_used = [_touched_bottom(mem, lo, hi - lo)
+                      for lo, hi, *_ in chunks]
+        for lo, hi, *_ in slabs:
+            for start in range(lo + SLAB_OFFSET, hi, SLAB_STRIDE):
+                n = _touched_bottom(mem, start, PAGE - SLAB_OFFSET)
+                if n > 0:
+                    chunk_used.append(n)
+    med = (lambda xs: statistics.median(xs) if xs else None)
+    return {"stack_bytes_written_median": med(used),
+            "stack_bytes_written_max": max(used, default=None),
+            "chunk_bytes_written_median": med(chunk_used)}
+
+
+def smaps_breakdown(before, after, conns):
+    """KiB per connection by category, after minus before."""
+    cats0, cats1 = classify(before), classify(after)
+    rows = {}
+    for cat in sorted(set(cats0) | set(cats1)):
+        rss = sum(v[4] for v in cats1.get(cat, ())) - \
+            sum(v[4] for v in cats0.get(cat, ()))
+        count = len(cats1.get(cat, ())) - len(cats0.get(cat, ()))
+        rows[cat] = {"kib_per_conn": rss / 1024 / conns,
+                     "mappings_per_conn": count / conns}
+    rows["total"] = {
+        "kib_per_conn": (sum(v[4] for v in after) - sum(v[4] for v in before))
+        / 1024 / conns,
+        "mappings_per_conn": (len(after) - len(before)) / conns}
+    return rows, cats1
+
+
+def run_breakdown(name, conns, args):
+    """The smaps and stack-usage breakdown of one idle run of name."""
+    server = bench_suite.Server(name)
+    try:
+        time.sleep(0.5)
+        before = read_vmas(server.proc.pid)
+        argv = [bench_suite.LOADGEN, "--port", str(server.port), "--conns",
+                str(conns), "--size", "64", "--idle",
+                "--connect-timeout", str(args.connect_timeout)]
+        gen = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True,
+                               preexec_fn=bench_suite._raise_nofile)
+        try:
+            msg = json.loads(gen.stdout.readline())
+            time.sleep(1.0)
+            after = read_vmas(server.proc.pid)
+            rows, cats = smaps_breakdown(before, after, msg["connected"])
+            usage = stack_usage(server.proc.pid, cats.get("stack", []),
+                                cats.get("chunk", []), cats.get("slab", []))
+        finally:
+            gen.kill()
+            gen.wait()
+            gen.stdout.close()
+    finally:
+        server.stop()
+    return {"server": name, "connected": msg["connected"],
+            "smaps": rows, "usage": usage}
+
+
+# ---- in-process: Python objects and malloc ---------------------------------
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+        "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _malloc_in_use():
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _object_census():
+    gc.collect()
+    counts = collections.Counter()
+    sizes = collections.Counter()
+    for obj in gc.get_objects():
+        t = type(obj).__qualname__
+        counts[t] += 1
+        sizes[t] += sys.getsizeof(obj)
+    return counts, sizes
+
+
+def child_objects(conns):
+    """Runs under `python -m interpose run`: threaded_echo's handler on
+    conns connections from the load generator; prints the census delta."""
+    import socket
+    import threading
+
+    def handle(conn):
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    accepted = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4096)
+
+    def acceptor():
+        while len(accepted) < conns:
+            conn, _ = server.accept()
+            accepted.append(1)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=acceptor, daemon=True).start()
+    time.sleep(0.2)
+    counts0, sizes0 = _object_census()
+    malloc0 = _malloc_in_use()
+    gen = subprocess.Popen(
+        [bench_suite.LOADGEN, "--port", str(server.getsockname()[1]),
+         "--conns", str(conns), "--size", "64", "--idle"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    msg = json.loads(gen.stdout.readline())
+    time.sleep(0.5)
+    counts1, sizes1 = _object_census()
+    malloc1 = _malloc_in_use()
+    gen.stdin.close()
+    gen.wait()
+    n = msg["connected"]
+    per_type = []
+    for t in set(counts1) | set(counts0):
+        dc = counts1[t] - counts0[t]
+        ds = sizes1[t] - sizes0[t]
+        if ds / n >= 8:
+            per_type.append((t, dc / n, ds / n))
+    per_type.sort(key=lambda r: -r[2])
+    print(json.dumps({"connected": n,
+                      "malloc_bytes_per_conn": (malloc1 - malloc0) / n,
+                      "objects": per_type}))
+
+
+def run_objects(conns):
+    proc = subprocess.run(
+        [sys.executable, "-m", "interpose", "run", os.path.abspath(__file__),
+         "--child-objects", str(conns)],
+        capture_output=True, text=True, env=bench_suite._env(), cwd=ROOT,
+        timeout=600, preexec_fn=bench_suite._raise_nofile)
+    if proc.returncode != 0:
+        raise RuntimeError(f"objects child failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+# ---- the comparison ----------------------------------------------------------
+
+def run_idle_table(args, log):
+    samples = collections.defaultdict(list)
+    for rep in range(args.reps):
+        for name in args.servers:
+            r = bench_suite.run_idle(name, args.conns, args)
+            samples[name].append(r["kib_per_conn"])
+            log(f"idle rep {rep + 1} {name:17} {r['kib_per_conn']:6.2f} KiB/conn"
+                f" ({r['connected']} connected)")
+    return dict(samples)
+
+
+def render(samples, breakdown, objects, args):
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    lines = [f"RSS per idle connection, {args.conns} connections,"
+             f" {args.reps} interleaved repetitions (median, min-max)", ""]
+    peers = [p for p in ("threads", "gevent-patched", "uvloop-protocol")
+             if p in med]
+    lines.append("| server | KiB/conn | min-max | "
+                 + " | ".join(f"÷ {p}" for p in peers) + " |")
+    lines.append("|---|---|---|" + "---|" * len(peers))
+    for name in args.servers:
+        cells = [f"{med[name] / med[p]:.2f}" for p in peers]
+        lines.append(f"| {name} | {med[name]:.2f} | {min(samples[name]):.2f}-"
+                     f"{max(samples[name]):.2f} | " + " | ".join(cells) + " |")
+    if breakdown:
+        lines += ["", f"interpose (threaded_echo.py) by mapping kind,"
+                  f" {breakdown['connected']} connections:", "",
+                  "| kind | KiB/conn | mappings/conn |", "|---|---|---|"]
+        for cat, row in breakdown["smaps"].items():
+            lines.append(f"| {cat} | {row['kib_per_conn']:.2f} |"
+                         f" {row['mappings_per_conn']:.2f} |")
+        u = breakdown["usage"]
+        lines += ["", f"C stack bytes written per coroutine: median"
+                  f" {u['stack_bytes_written_median']}, max"
+                  f" {u['stack_bytes_written_max']}; data-stack chunk bytes"
+                  f" written: median {u['chunk_bytes_written_median']}"]
+    if objects:
+        lines += ["", f"Python objects per connection (in-process,"
+                  f" {objects['connected']} connections; malloc bytes in use"
+                  f" per connection {objects['malloc_bytes_per_conn']:.0f},"
+                  " of which 65,569 is the recv(65536) buffer, mostly never"
+                  " touched):", "", "| type | count/conn | bytes/conn |",
+                  "|---|---|---|"]
+        for t, count, size in objects["objects"][:15]:
+            lines.append(f"| {t} | {count:.2f} | {size:.0f} |")
+    return "\n".join(lines)
+
+
+def _need_peers(servers):
+    """Installs gevent or uvloop with pip when a chosen server needs it."""
+    import importlib.util
+
+    missing = [p for p in ("gevent", "uvloop", "psutil")
+               if any(p in s for s in servers + ["psutil"])
+               and importlib.util.find_spec(p) is None]
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                        *missing], check=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conns", type=int, default=10000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--servers", type=lambda s: s.split(","),
+                        default=list(SERVERS))
+    parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--connect-timeout", type=float, default=120.0)
+    parser.add_argument("--child-objects", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_objects:
+        child_objects(args.child_objects)
+        return 0
+    bad = set(args.servers) - set(bench_suite.ALL_SERVERS)
+    if bad:
+        parser.error(f"unknown servers: {', '.join(sorted(bad))}")
+    _need_peers(args.servers)
+    bench_suite.build_tools()
+    problems = bench_suite.check_limits(args.conns)
+    if problems:
+        sys.exit("bench_memory: " + "; ".join(problems))
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    samples = run_idle_table(args, log)
+    breakdown = objects = None
+    if not args.no_breakdown:
+        breakdown = run_breakdown("interpose", args.conns, args)
+        objects = run_objects(args.conns)
+    os.makedirs(OUT, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(OUT, f"memory-{stamp}.json"), "w") as f:
+        json.dump({"samples": samples, "breakdown": breakdown,
+                   "objects": objects}, f, indent=2)
+    print(render(samples, breakdown, objects, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
