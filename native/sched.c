@@ -196,6 +196,11 @@ static void make_runnable(ip_sched_t *s, ip_coro_t *co, int front) {
 /* The time a coroutine may run before yielding at a hooked call (see
  * ip__yield_if_due), shared by a chain of run_next hand-offs. */
 #define TIME_SLICE_NS (10 * IP_NS_PER_MS)
+/* ip__yield_if_due reads the clock only every YIELD_CHECK_EVERY-th hooked
+ * call of a turn: a power of two, so the test is a mask. */
+#define YIELD_CHECK_EVERY 64u
+_Static_assert((YIELD_CHECK_EVERY & (YIELD_CHECK_EVERY - 1)) == 0,
+               "YIELD_CHECK_EVERY must be a power of two");
 
 /* A coroutine woken by the running one (a lock or event handed over, a
  * thread started) runs as soon as the waker parks, not after every other
@@ -480,10 +485,11 @@ static void run_round(ip_sched_t *s) {
  * multiprocessing.Pool's worker handler, whose wait() returns at once while
  * results it leaves to another thread are pending.  Threads would be
  * preempted there; a coroutine yields at a hooked call once it has run
- * for TIME_SLICE_NS (the clock is read every 64th hooked call). */
+ * for TIME_SLICE_NS (the clock is read every YIELD_CHECK_EVERY-th hooked
+ * call). */
 void ip__yield_if_due(ip_sched_t *s) {
   ip_coro_t *co = s->current;
-  if ((++co->hook_calls & 63u) != 0)
+  if ((++co->hook_calls & (YIELD_CHECK_EVERY - 1)) != 0)
     return;
   if (ip__now_ns() - co->resumed_ns < TIME_SLICE_NS)
     return;
