@@ -7,8 +7,6 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.mark.timeout(90)
 def test_fork_from_plain_thread_keeps_parents_fd_registration():
@@ -52,10 +50,8 @@ def test_fork_from_plain_thread_keeps_parents_fd_registration():
 
         interpose.run(main)
     """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=80, env=env)
+                          text=True, timeout=80)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child exit status 0",
                                         "parent waiter woke True"], proc
