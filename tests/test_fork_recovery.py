@@ -1,6 +1,5 @@
 """Recovery in a forked child (native/fork.c): what the child forgets of
 the parent's schedulers must not reach back into the parent."""
-import os
 import subprocess
 import sys
 import textwrap
