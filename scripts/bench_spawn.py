@@ -94,6 +94,22 @@ def run_child(variant, pattern, n):
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+def run_interleaved(variants, n, serial_n, reps):
+    """{(variant, pattern): [child result, ...]}: reps repetitions, each
+    running every variant in turn (A B C ... A B C ...) for the batch and
+    the serial pattern; progress on stderr."""
+    results = collections.defaultdict(list)
+    for rep in range(reps):
+        for pattern, count in (("batch", n), ("serial", serial_n)):
+            for variant in variants:
+                r = run_child(variant, pattern, count)
+                results[(variant, pattern)].append(r)
+                print(f"rep {rep + 1} {pattern:6} {variant:17}"
+                      f" {r['cpu_us']:6.1f} CPU µs {r['wall_us']:6.1f} wall µs",
+                      file=sys.stderr, flush=True)
+    return results
+
+
 def render(results, args):
     lines = [f"Spawn+join, CPU µs per coroutine or thread (user + system),"
              f" {args.reps} interleaved repetitions, median (min-max);"
@@ -136,15 +152,8 @@ def main():
     bad = set(args.variants) - set(VARIANTS)
     if bad:
         parser.error(f"unknown variants: {', '.join(sorted(bad))}")
-    results = collections.defaultdict(list)
-    for rep in range(args.reps):
-        for pattern, n in (("batch", args.n), ("serial", args.serial_n)):
-            for variant in args.variants:
-                r = run_child(variant, pattern, n)
-                results[(variant, pattern)].append(r)
-                print(f"rep {rep + 1} {pattern:6} {variant:17}"
-                      f" {r['cpu_us']:6.1f} CPU µs {r['wall_us']:6.1f} wall µs",
-                      file=sys.stderr, flush=True)
+    results = run_interleaved(args.variants, args.n, args.serial_n,
+                              args.reps)
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, time.strftime("spawn-%Y%m%d-%H%M%S.json")),
               "w") as f:

@@ -173,3 +173,87 @@ def test_rt_table_gives_ratios_and_the_miss():
     assert "1.25× | 0.80× |" in table  # interpose's CPU and rt/s ÷ uvloop's
     assert "5.00 vs 4.00; missed by 1.00 µs (25%) | **no** |" in table
     assert "6.00 vs 8.00 | yes |" in table
+
+
+def test_targets_table_gives_each_target_its_peers_and_the_miss():
+    sys.path.insert(0, SCRIPTS)
+    import bench_targets
+
+    def stat(v):
+        return {"median": v, "min": v - 0.5, "max": v + 0.5}
+
+    def rt_row(server, conns, cpu, failed=0):
+        return {"server": server, "conns": conns, "size": 64, "runs": 3,
+                "failed_runs": failed, "cpu_us_per_rt": stat(cpu)}
+
+    def spawn(variant, pattern, *cpus):
+        return {"variant": variant, "pattern": pattern,
+                "runs": [{"cpu_us": c, "wall_us": c} for c in cpus]}
+
+    servers = ["interpose", "uvloop-protocol", "gevent-patched", "threads"]
+    data = {"machine": {"cpu_model": "x", "cpus": 2, "kernel": "k",
+                        "python": "3"},
+            "started": "now", "minutes": 1,
+            "pinning": {"server_cpu": 0, "load_cpu": 1},
+            "settings": {"reps": 3, "duration": 2, "warmup": 0.5,
+                         "rt_conns": [100, 1000], "servers": servers,
+                         "idle_conns": 10000, "idle_reps": 3,
+                         "spawn_n": 20000, "serial_n": 10000,
+                         "spawn_reps": 3},
+            "grid": [rt_row("interpose", 100, 5.0),
+                     rt_row("uvloop-protocol", 100, 4.0),
+                     rt_row("gevent-patched", 100, 11.0),
+                     rt_row("threads", 100, 9.0, failed=1),
+                     rt_row("interpose", 1000, 6.0),
+                     rt_row("uvloop-protocol", 1000, 8.0),
+                     rt_row("gevent-patched", 1000, 15.0),
+                     rt_row("threads", 1000, 20.0)],
+            "idle_runs": [{"server": s, "rep": r} for s in servers
+                          for r in range(3)],
+            "idle": {"interpose": stat(18.0), "uvloop-protocol": stat(1.4),
+                     "gevent-patched": stat(11.5), "threads": stat(20.5)},
+            "spawn": [spawn("interpose-spawn", "batch", 12.0, 11.0, 13.0),
+                      spawn("gevent-spawn", "batch", 13.0, 13.0, 13.0),
+                      spawn("threads", "batch", 48.0, 47.0, 49.0),
+                      spawn("interpose-spawn", "serial", 6.0, 6.5, 5.5),
+                      spawn("gevent-spawn", "serial", 11.0, 11.0, 11.0),
+                      spawn("threads", "serial", 40.0, 40.0, 40.0)]}
+    lines = bench_targets.render_targets(data).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[0] == ("| target | interpose | uvloop Protocol | gevent | threads"
+                       " | goal | met | by how much | runs |")
+    assert rows[1:] == [
+        "| server CPU µs per round trip, 100 conns | 5.00 (4.50–5.50) | 4.00"
+        " | 11.00 | 9.00 | ≤ uvloop Protocol's | **no** | missed by 1.00 µs"
+        " (1.25× the goal) | 3 (threads: 1 failed) |",
+        "| server CPU µs per round trip, 1,000 conns | 6.00 (5.50–6.50) | 8.00"
+        " | 15.00 | 20.00 | ≤ uvloop Protocol's | yes | met, 2.00 µs to spare"
+        " (0.75× the goal) | 3 |",
+        "| RSS KiB per idle connection, 10,000 conns | 18.00 (17.50–18.50)"
+        " | 1.40 | 11.50 | 20.50 | ≤ 6 KiB | **no** | missed by 12.00 KiB"
+        " (3.00× the goal) | 3 |",
+        "| spawn+join CPU µs, 20,000 spawned, then joined (interpose.spawn)"
+        " | 12.0 (11.0–13.0) | — | 13.0 | 48.0 | ≤ 10 µs | **no** | missed by"
+        " 2.0 µs (1.20× the goal) | 3 |",
+        "| spawn+join CPU µs, one at a time, 10,000× (interpose.spawn)"
+        " | 6.0 (5.5–6.5) | — | 11.0 | 40.0 | ≤ 10 µs | yes | met, 4.0 µs to"
+        " spare (0.60× the goal) | 3 |",
+    ]
+    # A part left out (--skip) leaves its target unmeasured, not met.
+    del data["idle"], data["idle_runs"]
+    idle = [line for line in bench_targets.render_targets(data).splitlines()
+            if "idle connection" in line]
+    assert idle == ["| RSS KiB per idle connection, 10,000 conns | — | — | —"
+                    " | — | ≤ 6 KiB | — | not measured | 0 |"]
+
+
+def test_bench_targets_quick_settings_scale_every_part_down():
+    sys.path.insert(0, SCRIPTS)
+    import bench_targets
+
+    args = bench_targets.parse_args(["--quick"])
+    assert (args.reps, args.idle_conns, args.spawn_n) == (1, 1000, 2000)
+    args = bench_targets.parse_args(["--reps", "2", "--conns-idle", "500"])
+    assert (args.reps, args.idle_reps, args.idle_conns) == (2, 2, 500)
+    assert args.servers == ["interpose", "uvloop-protocol", "gevent-patched",
+                            "threads"]
