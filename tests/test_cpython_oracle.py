@@ -67,17 +67,17 @@ def _report(entries, plain, inter, capsys):
 
 
 def test_unexplained_difference_fails(capsys):
-    plain = ({"test.test_x.C.a": "ok"}, "normal", 1, "")
-    inter = ({"test.test_x.C.a": "failure"}, "normal", 1, "")
+    plain = ({"test.test_x.C.a": "ok"}, "normal", 1, "", "")
+    inter = ({"test.test_x.C.a": "failure"}, "normal", 1, "", "")
     status, out = _report([], plain, inter, capsys)
     assert status == 1
     assert "UNEXPLAINED test.test_x.C.a: plain ok, interpose failure" in out
 
 
 def test_allowed_difference_passes_and_a_stale_one_fails(capsys):
-    plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok"}, "normal", 1, "")
+    plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok"}, "normal", 1, "", "")
     inter = ({"test.test_x.C.a": "failure", "test.test_x.C.b": "ok"},
-             "normal", 1, "")
+             "normal", 1, "", "")
     allowed = [("differs", "test.test_x.C.a", "why")]
     assert _report(allowed, plain, inter, capsys)[0] == 0
     stale = allowed + [("differs", "test.test_x.C.b", "fixed since")]
@@ -86,11 +86,27 @@ def test_allowed_difference_passes_and_a_stale_one_fails(capsys):
     assert "STALE allowed difference no longer occurs: test.test_x.C.b" in out
 
 
+def test_a_deadlock_report_under_interpose_fails_with_equal_verdicts(capsys):
+    # A report names a deadlock no plain run can have: the verdicts may all
+    # agree (the program kept waiting and its test timed out the same way,
+    # or a child reported and exited), the oracle still fails.
+    plain = ({"test.test_x.C.a": "ok"}, "normal", 1, "", "")
+    report = ("=== python -m test test_x\n"
+              "interpose: deadlock: all 2 coroutine(s) of OS thread(s) 7 are"
+              " parked ...\n=== scheduler on OS main thread 7\n")
+    inter = ({"test.test_x.C.a": "ok"}, "normal", 1, "", report * 2)
+    status, out = _report([], plain, inter, capsys)
+    assert status == 1
+    assert ("UNEXPLAINED test_x: 2 deadlock report(s) under interpose,"
+            " none possible plainly") in out
+    assert "2 deadlock reports" in out
+
+
 def test_allowed_crash_covers_the_tests_the_run_never_reached(capsys):
     plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok",
-              "test.test_x.C.c": "ok"}, "normal", 1, "")
+              "test.test_x.C.c": "ok"}, "normal", 1, "", "")
     inter = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "error"},
-             "killed by signal 11", 1, "")
+             "killed by signal 11", 1, "", "")
     allowed = [("differs", "test_x", "a crash"),
                ("differs", "test.test_x.C.b", "the test that crashed")]
     status, out = _report(allowed, plain, inter, capsys)
