@@ -12,23 +12,13 @@ import json
 
 import pytest
 
+from support.probes import MAX_MAP_COUNT, exhausts_max_map_count
 from support.snippets import run_snippet
 
 CAPACITY = 100_000
 # Two mappings per coroutine, one per slab of 64 data stacks, the engine's
 # headroom (1,024) and the interpreter's own few hundred.
 MAPPINGS_NEEDED = 2 * CAPACITY + CAPACITY // 64 + 4096
-
-
-def _max_map_count():
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-MAX_MAP_COUNT = _max_map_count()
 
 
 def _run(code, timeout):
@@ -102,10 +92,7 @@ def test_100k_coroutines_parked_on_sleep_lock_and_pipe_all_complete():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    MAX_MAP_COUNT is None or MAX_MAP_COUNT > 200_000,
-    reason="vm.max_map_count is unknown or too high to exhaust in a test",
-)
+@exhausts_max_map_count
 @pytest.mark.timeout(240)
 def test_spawn_and_run_one_at_a_time_until_max_map_count_keeps_headroom():
     # The pattern of a thread-per-connection server: each coroutine runs

@@ -9,7 +9,8 @@ import pytest
 
 import interpose
 from support.snippets import run_snippet
-from support.probes import live_thread_states
+from support.probes import (MAX_MAP_COUNT, exhausts_max_map_count,
+                            live_thread_states)
 
 
 MiB = 1024 * 1024
@@ -131,22 +132,8 @@ def test_spawn_until_rlimit_as_exhausted_fails_cleanly_and_recovers():
     assert report["alive"] == 0
 
 
-def _max_map_count():
-    try:
-        with open("/proc/sys/vm/max_map_count") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-MAX_MAP_COUNT = _max_map_count()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    MAX_MAP_COUNT is None or MAX_MAP_COUNT > 200_000,
-    reason="vm.max_map_count is unknown or too high to exhaust in a test",
-)
+@exhausts_max_map_count
 @pytest.mark.timeout(240)
 def test_spawn_until_max_map_count_fails_cleanly_and_recovers():
     # The real limit (about two mappings per coroutine), reached without

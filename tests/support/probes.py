@@ -5,6 +5,8 @@ ordered by sleeps."""
 import ctypes
 import platform
 
+import pytest
+
 import interpose
 
 
@@ -60,3 +62,20 @@ def wait_all_blocked(coroutines):
         if all(c.done() for c in coroutines) or interpose.statistics().parks == before + 2:
             return
     raise AssertionError("coroutines never settled")
+
+
+def _max_map_count():
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+# vm.max_map_count of this machine (None when unreadable), and the mark of
+# the tests that run a process into it: below 200,000 a test reaches the
+# limit in seconds; above, it would take too long (or CI raised it).
+MAX_MAP_COUNT = _max_map_count()
+exhausts_max_map_count = pytest.mark.skipif(
+    MAX_MAP_COUNT is None or MAX_MAP_COUNT > 200_000,
+    reason="vm.max_map_count is unknown or too high to exhaust in a test")
