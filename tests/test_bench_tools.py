@@ -247,12 +247,40 @@ def test_targets_table_gives_each_target_its_peers_and_the_miss():
                     " | — | ≤ 6 KiB | — | not measured | 0 |"]
 
 
+def test_bench_targets_summary_needs_every_run_to_hold():
+    sys.path.insert(0, SCRIPTS)
+    import bench_targets
+
+    def run(cpu_ours, cpu_uvloop):
+        stat = lambda v: {"median": v, "min": v, "max": v}  # noqa: E731
+        return {"settings": {"rt_conns": [100], "idle_conns": 10000,
+                             "spawn_n": 20000, "serial_n": 10000},
+                "grid": [{"server": s, "conns": 100, "size": 64, "runs": 3,
+                          "failed_runs": 0, "cpu_us_per_rt": stat(v)}
+                         for s, v in (("interpose", cpu_ours),
+                                      ("uvloop-protocol", cpu_uvloop))]}
+
+    lines = bench_targets.render_summary(
+        [run(5.0, 5.5), run(6.0, 5.0), run(4.0, 4.5)]).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| target | run 1 | run 2 | run 3 | goal | held in | verdict |"
+    assert rows[1] == ("| server CPU µs per round trip, 100 conns | 5.00 (met)"
+                       " | 6.00 (missed) | 4.00 (met) | ≤ uvloop Protocol's"
+                       " | 2 of 3 | **missed** (worst run 1.20× the goal) |")
+    assert rows[2].endswith("| 0 of 3 | not measured |")
+    lines = bench_targets.render_summary([run(5.0, 5.5), run(4.0, 4.5)])
+    assert "| 2 of 2 | met in every run |" in lines
+
+
 def test_bench_targets_quick_settings_scale_every_part_down():
     sys.path.insert(0, SCRIPTS)
     import bench_targets
 
     args = bench_targets.parse_args(["--quick"])
-    assert (args.reps, args.idle_conns, args.spawn_n) == (1, 1000, 2000)
+    assert (args.runs, args.reps, args.idle_conns, args.spawn_n) == \
+        (1, 1, 1000, 2000)
+    assert bench_targets.parse_args([]).runs == 3
+    assert bench_targets.parse_args(["--quick", "--runs", "2"]).runs == 2
     args = bench_targets.parse_args(["--reps", "2", "--conns-idle", "500"])
     assert (args.reps, args.idle_reps, args.idle_conns) == (2, 2, 500)
     assert args.servers == ["interpose", "uvloop-protocol", "gevent-patched",
