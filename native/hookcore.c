@@ -140,10 +140,10 @@ static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
   uint32_t st;
   ip_mode_t mode = io_mode_entry(fd, &e, &st, &s);
   if (mode == IP_MODE_REAL)
-    return attempt(ctx, fd, 0);
+    return attempt(ctx, fd, 0, 0);
   if (mode == IP_MODE_READY_FIRST) {
     int r = ip__block_on(s, fd, events, -1, 1);
-    return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0);
+    return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0, 0);
   }
   /* Socket calls always carry MSG_DONTWAIT, even on a socket we made
    * non-blocking: its O_NONBLOCK lives in a file description that another
@@ -159,8 +159,11 @@ static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
     if (r < 0)
       return ip__fail(r);
   }
+  /* In a coroutine the attempt is a direct system call (rawcall.h): it
+   * cannot block, and the carrier thread's cancellation point is the hub. */
+  int direct = s != NULL;
   for (;;) {
-    ssize_t n = attempt(ctx, fd, flags);
+    ssize_t n = attempt(ctx, fd, flags, direct);
     if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
       if (hint && n > 0 && (size_t) n < want)
         atomic_store_explicit(&e->rd_drained, s, memory_order_relaxed);

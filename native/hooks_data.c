@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "rawcall.h"
 
 /* Everything below that is not static is a libc name this library
  * interposes: export it. */
@@ -124,8 +125,38 @@ typedef struct rcall {
 enum { R_READ, R_READV, R_RECV, R_RECVFROM, R_RECVMSG };
 
 
-static ssize_t read_attempt(void *ctx, int fd, int dontwait) {
+/* read_attempt made directly (rawcall.h): the same system call glibc's
+ * wrapper makes for each function, without its cancellation point. */
+static ssize_t read_direct(rcall_t *c, int fd, int dontwait) {
+  struct msghdr m;
+  switch (c->call) {
+  case R_READ:
+    return dontwait ? IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, dontwait,
+                                 NULL, NULL)
+                    : IP_RAWCALL(SYS_read, fd, c->buf, c->len, 0, 0, 0);
+  case R_READV:
+    if (!dontwait)
+      return IP_RAWCALL(SYS_readv, fd, c->iov, c->iovcnt, 0, 0, 0);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return IP_RAWCALL(SYS_recvmsg, fd, &m, dontwait, 0, 0, 0);
+  case R_RECV:
+    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
+                      NULL, NULL);
+  case R_RECVFROM:
+    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
+                      c->from, c->fromlen);
+  default:
+    return IP_RAWCALL(SYS_recvmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
+  }
+}
+
+
+static ssize_t read_attempt(void *ctx, int fd, int dontwait, int direct) {
   rcall_t *c = ctx;
+  if (direct)
+    return read_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case R_READ:
@@ -176,7 +207,7 @@ static ssize_t do_read(rcall_t *c, int fd) {
                                    ? c->len
                                    : iov_total(c->iov, c->iovcnt))
                  : not_a_socket(fd))
-    return read_attempt(c, fd, 0);
+    return read_attempt(c, fd, 0, 0);
   if (!(c->flags & MSG_WAITALL)) {
     /* A plain read into one buffer may use the drained-socket hint; the
      * socket timeout starts inside, with one lookup of the fd. */
@@ -273,8 +304,37 @@ typedef struct wcall {
 enum { W_WRITE, W_WRITEV, W_SEND, W_SENDTO, W_SENDMSG };
 
 
-static ssize_t write_attempt(void *ctx, int fd, int dontwait) {
+/* write_attempt made directly (rawcall.h), as read_direct. */
+static ssize_t write_direct(wcall_t *c, int fd, int dontwait) {
+  struct msghdr m;
+  switch (c->call) {
+  case W_WRITE:
+    return dontwait ? IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, dontwait,
+                                 NULL, 0)
+                    : IP_RAWCALL(SYS_write, fd, c->buf, c->len, 0, 0, 0);
+  case W_WRITEV:
+    if (!dontwait)
+      return IP_RAWCALL(SYS_writev, fd, c->iov, c->iovcnt, 0, 0, 0);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return IP_RAWCALL(SYS_sendmsg, fd, &m, dontwait, 0, 0, 0);
+  case W_SEND:
+    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
+                      NULL, 0);
+  case W_SENDTO:
+    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
+                      c->to, c->tolen);
+  default:
+    return IP_RAWCALL(SYS_sendmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
+  }
+}
+
+
+static ssize_t write_attempt(void *ctx, int fd, int dontwait, int direct) {
   wcall_t *c = ctx;
+  if (direct)
+    return write_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case W_WRITE:
@@ -381,7 +441,7 @@ static ssize_t do_write(wcall_t *c, int fd) {
                                     ? c->len
                                     : iov_total(c->iov, c->iovcnt))
                   : not_a_socket(fd))
-    return write_attempt(c, fd, 0);
+    return write_attempt(c, fd, 0, 0);
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(fd, &s);
   if (mode == IP_MODE_READY_FIRST) {
@@ -519,14 +579,18 @@ typedef struct mcall {
 } mcall_t;
 
 
-static ssize_t recvmmsg_attempt(void *ctx, int fd, int dontwait) {
+/* recvmmsg and sendmmsg keep libc's wrappers even in a coroutine: they are
+ * not on any round trip this library has measured (see rawcall.h). */
+static ssize_t recvmmsg_attempt(void *ctx, int fd, int dontwait,
+                                int direct IP_UNUSED) {
   mcall_t *c = ctx;
   return ip__real.recvmmsg(fd, c->vec, c->vlen, c->flags | dontwait,
                            c->timeout);
 }
 
 
-static ssize_t sendmmsg_attempt(void *ctx, int fd, int dontwait) {
+static ssize_t sendmmsg_attempt(void *ctx, int fd, int dontwait,
+                                int direct IP_UNUSED) {
   mcall_t *c = ctx;
   return ip__real.sendmmsg(fd, c->vec, c->vlen, c->flags | dontwait);
 }

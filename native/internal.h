@@ -700,9 +700,12 @@ IP_HIDDEN extern atomic_int ip__armed;
 static inline int ip__hooks_armed(void) {
   return atomic_load_explicit(&ip__armed, memory_order_relaxed);
 }
-/* One attempt of a call; dontwait is MSG_DONTWAIT or 0.  Returns like the
- * call, with errno set. */
-typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait);
+/* One attempt of a call; dontwait is MSG_DONTWAIT or 0; direct: make the
+ * system call without libc's wrapper (rawcall.h), only ever for an attempt
+ * that cannot block, made in a coroutine.  Returns like the call, with
+ * errno set. */
+typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait,
+                                 int direct);
 /* A call that would block on fd for events, carried out per ip__io_mode,
  * honouring SO_RCVTIMEO / SO_SNDTIMEO (EAGAIN after the timeout). */
 IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
