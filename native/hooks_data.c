@@ -88,12 +88,10 @@ static int is_stream(int fd) {
  * for an empty transfer): then the real call is made before any wait for
  * readiness, which would never come for the wrong end of a pipe (CPython's
  * test_signal test_wakeup_write_error hung on that).  Socket calls need no
- * check: they are always tried first, with MSG_DONTWAIT. */
-static int refused_now(int fd, int events, size_t len) {
-  if (!ip__hooks_armed())
-    return 0;
-  uint32_t st = ip__fd_state(fd);
-  return (st & IP_FD_KIND_MASK) != IP_FD_SOCKET &&
+ * check: they are always tried first, with MSG_DONTWAIT.  st: the fd's
+ * state bits from ip__io_lookup (0 when unarmed). */
+static int refused_now(uint32_t st, int events, size_t len) {
+  return (st & IP_FD_KNOWN) && (st & IP_FD_KIND_MASK) != IP_FD_SOCKET &&
          ip__refused_at_once(st, events, len);
 }
 
@@ -101,11 +99,20 @@ static int refused_now(int fd, int events, size_t len) {
 /* recv, send and the other socket-only calls on an open fd that is no
  * socket fail with ENOTSOCK at once; waiting for readiness first would
  * hang on an empty pipe. */
-static int not_a_socket(int fd) {
-  if (!ip__hooks_armed())
-    return 0;
-  uint32_t st = ip__fd_state(fd);
+static int not_a_socket_state(uint32_t st) {
   return (st & IP_FD_KNOWN) && (st & IP_FD_KIND_MASK) != IP_FD_SOCKET;
+}
+
+
+/* fd's state bits, or 0 before any scheduler exists (then every check
+ * above says no and the hook makes the real call). */
+static uint32_t armed_state(int fd) {
+  return ip__hooks_armed() ? ip__fd_state(fd) : 0;
+}
+
+
+static int not_a_socket(int fd) {
+  return not_a_socket_state(armed_state(fd));
 }
 
 /* ---- reads ------------------------------------------------------------ */
@@ -201,22 +208,26 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
   int plain_read = c->call == R_READ || c->call == R_READV;
-  if (plain_read ? refused_now(fd, INTERPOSE_READABLE,
+  if (plain_read ? refused_now(f.st, INTERPOSE_READABLE,
                                c->call == R_READ
                                    ? c->len
                                    : iov_total(c->iov, c->iovcnt))
-                 : not_a_socket(fd))
+                 : not_a_socket_state(f.st))
     return read_attempt(c, fd, 0, 0);
   if (!(c->flags & MSG_WAITALL)) {
     /* A plain read into one buffer may use the drained-socket hint; the
-     * socket timeout starts inside, with one lookup of the fd. */
+     * socket timeout starts inside. */
     int plain = c->flags == 0 && (c->call == R_READ || c->call == R_RECV ||
                                   c->call == R_RECVFROM);
+    ip__io_resolve(&f);
     if (plain)
-      return ip__read_until(fd, read_attempt, c, IP_SOCKET_TIMEOUT, c->len);
-    return ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c,
-                        IP_SOCKET_TIMEOUT);
+      return ip__read_fd_until(&f, fd, read_attempt, c, IP_SOCKET_TIMEOUT,
+                               c->len);
+    return ip__io_fd_until(&f, fd, INTERPOSE_READABLE, read_attempt, c,
+                           IP_SOCKET_TIMEOUT);
   }
   int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
   ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c, deadline);
@@ -435,27 +446,29 @@ static ssize_t write_pipe_pieces(wcall_t *c, ip_sched_t *s, int fd) {
 
 
 static ssize_t do_write(wcall_t *c, int fd) {
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
   int plain_write = c->call == W_WRITE || c->call == W_WRITEV;
-  if (plain_write ? refused_now(fd, INTERPOSE_WRITABLE,
+  if (plain_write ? refused_now(f.st, INTERPOSE_WRITABLE,
                                 c->call == W_WRITE
                                     ? c->len
                                     : iov_total(c->iov, c->iovcnt))
-                  : not_a_socket(fd))
+                  : not_a_socket_state(f.st))
     return write_attempt(c, fd, 0, 0);
-  ip_sched_t *s;
-  ip_mode_t mode = ip__io_mode(fd, &s);
+  ip_mode_t mode = ip__io_resolve(&f);
   if (mode == IP_MODE_READY_FIRST) {
     struct iovec one;
     const struct iovec *iov;
     int iovcnt;
     write_buffers(c, &one, &iov, &iovcnt);
-    int pipe = (ip__fd_state(fd) & IP_FD_KIND_MASK) == IP_FD_PIPE;
+    int pipe = (f.st & IP_FD_KIND_MASK) == IP_FD_PIPE;
     if (pipe && (c->call == W_WRITE || c->call == W_WRITEV) &&
         iov_total(iov, iovcnt) > PIPE_BUF)
-      return write_pipe_pieces(c, s, fd);
+      return write_pipe_pieces(c, f.s, fd);
   }
-  int64_t deadline = ip__io_deadline(fd, INTERPOSE_WRITABLE);
-  ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, c, deadline);
+  int64_t deadline = ip__io_fd_deadline(&f, INTERPOSE_WRITABLE);
+  ssize_t n = ip__io_fd_until(&f, fd, INTERPOSE_WRITABLE, write_attempt, c,
+                              deadline);
   if (n <= 0 || mode == IP_MODE_REAL)
     return n;
   struct iovec one;
@@ -533,8 +546,8 @@ static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(out, &s);
   if (mode == IP_MODE_REAL || count == 0 ||
-      refused_now(out, INTERPOSE_WRITABLE, count) ||
-      refused_now(in, INTERPOSE_READABLE, count))
+      refused_now(armed_state(out), INTERPOSE_WRITABLE, count) ||
+      refused_now(armed_state(in), INTERPOSE_READABLE, count))
     return real(out, in, offset, count);
   int64_t deadline = ip__io_deadline(out, INTERPOSE_WRITABLE);
   size_t done = 0;
