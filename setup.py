@@ -34,9 +34,6 @@ REQUIRED_LDFLAGS = ["-shared", "-Wl,-z,noexecstack", "-Wl,--no-undefined"]
 LDLIBS = ["-lpthread"]
 DEFAULT_CFLAGS = "-O2 -g"
 ARCHES = {"x86_64": "x86_64", "aarch64": "aarch64"}
-# TLS descriptors, and no vector registers for them to clobber: used only
-# when the compiler accepts both (native/Makefile says why).
-TLS_CFLAGS = {"x86_64": ["-mtls-dialect=gnu2", "-mgeneral-regs-only"]}
 
 
 class NativeBuildError(Exception):
@@ -84,19 +81,6 @@ def target_arch(cc):
     return arch
 
 
-def tls_cflags(cc, arch):
-    """TLS_CFLAGS for arch if the compiler accepts them, else none."""
-    flags = TLS_CFLAGS.get(arch, [])
-    if not flags:
-        return []
-    try:
-        probe = subprocess.run([*cc, *flags, "-x", "c", "-c", "-o", os.devnull,
-                                os.devnull], capture_output=True)
-    except OSError:
-        return []
-    return flags if probe.returncode == 0 else []
-
-
 def compile_command(out, *, cc=None, werror=None, native_dir=NATIVE):
     """The one command line that builds the library into out."""
     cc = compiler() if cc is None else cc
@@ -105,11 +89,9 @@ def compile_command(out, *, cc=None, werror=None, native_dir=NATIVE):
     cflags = shlex.split(os.environ.get("CFLAGS", DEFAULT_CFLAGS))
     cflags += REQUIRED_CFLAGS + (["-Werror"] if werror else [])
     cflags.append(f'-DIP_BUILD_ID="{build_id(native_dir)}"')
-    arch = target_arch(cc)
-    cflags += tls_cflags(cc, arch)
     ldflags = shlex.split(os.environ.get("LDFLAGS", "")) + REQUIRED_LDFLAGS
     sources = sorted(glob.glob(os.path.join(native_dir, "*.c")))
-    asm = os.path.join(native_dir, f"switch_{arch}.S")
+    asm = os.path.join(native_dir, f"switch_{target_arch(cc)}.S")
     return [*cc, *cflags, *ldflags, "-o", out, *sources, asm, *LDLIBS]
 
 
