@@ -734,9 +734,9 @@ IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
 IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
                                void *ctx, int64_t deadline);
 /* ip__io_fd_until (below) for a plain read of len bytes (no flags) from
- * fd: on a stream socket that the last read found drained (ip_fd_t.rd_drained), it
- * parks for the next edge before making the call, which saves a system call
- * that would return EAGAIN. */
+ * fd: on a stream socket that the last read found drained
+ * (ip_fd_t.rd_drained), it parks for the next edge before making the call,
+ * which saves a system call that would return EAGAIN. */
 IP_HIDDEN ssize_t ip__read_fd_until(const ip_io_fd_t *f, int fd,
                                     ip_attempt_fn attempt, void *ctx,
                                     int64_t deadline, size_t len);

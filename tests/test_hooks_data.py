@@ -994,7 +994,8 @@ def test_recv_send_results_and_errno_match_libc_in_a_coroutine():
         def call(fn, *args):
             ctypes.set_errno(12345)
             n = fn(*args)
-            return n, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+            err = ctypes.get_errno()
+            return n, errno.errorcode.get(err, err)
 
         a, b = socket.socketpair()
         buf = ctypes.create_string_buffer(64)
