@@ -79,36 +79,45 @@ static int64_t socket_timeout_ns(int fd, int events) {
 }
 
 
-/* ip__io_mode, also handing back the entry and its state bits, so that the
- * hot path looks the fd up once per call. */
-static ip_mode_t io_mode_entry(int fd, ip_fd_t **e_out, uint32_t *st_out,
-                               ip_sched_t **s_out) {
-  *s_out = NULL;
-  *e_out = NULL;
-  *st_out = 0;
+void ip__io_lookup(int fd, ip_io_fd_t *f) {
+  f->s = NULL;
+  f->e = NULL;
+  f->st = 0;
+  f->mode = IP_MODE_REAL;
   if (!ip__hooks_armed())
-    return IP_MODE_REAL;
-  ip_fd_t *e = ip__fd_entry(fd);
-  uint32_t st = ip__fd_entry_state(fd, e);
-  *e_out = e;
-  *st_out = st;
+    return;
+  f->e = ip__fd_entry(fd);
+  f->st = ip__fd_entry_state(fd, f->e);
+}
+
+
+ip_mode_t ip__io_resolve(ip_io_fd_t *f) {
+  uint32_t st = f->st;
   if (!(st & IP_FD_KNOWN) || (st & IP_FD_USER_NB))
-    return IP_MODE_REAL; /* closed (the call reports it) or user non-blocking */
-  ip_sched_t *s = ip__hook_sched();
-  *s_out = s;
+    return f->mode = IP_MODE_REAL; /* closed (the call reports it) or
+                                      user non-blocking */
+  ip_sched_t *s = f->s = ip__hook_sched();
   if (st & IP_FD_OURS_NB)
-    return IP_MODE_RETRY;
+    return f->mode = IP_MODE_RETRY;
   unsigned kind = st & IP_FD_KIND_MASK;
   if (s == NULL || kind == IP_FD_REG)
-    return IP_MODE_REAL;
-  return kind == IP_FD_SOCKET ? IP_MODE_DONTWAIT : IP_MODE_READY_FIRST;
+    return f->mode = IP_MODE_REAL;
+  return f->mode = kind == IP_FD_SOCKET ? IP_MODE_DONTWAIT
+                                        : IP_MODE_READY_FIRST;
 }
 
 
 ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out) {
-  ip_fd_t *e;
-  uint32_t st;
-  return io_mode_entry(fd, &e, &st, s_out);
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
+  ip_mode_t mode = ip__io_resolve(&f);
+  *s_out = f.s;
+  return mode;
+}
+
+
+int64_t ip__io_fd_deadline(const ip_io_fd_t *f, int events) {
+  return ip__deadline_after(entry_timeout_ns(f->e, events));
 }
 
 
@@ -132,18 +141,19 @@ static int drained_read_may_park(ip_sched_t *s, ip_fd_t *e, uint32_t st,
 
 
 /* want > 0: a plain read of want bytes from a stream socket (see
- * ip__read_until); 0: any other call. */
-static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
-                       int64_t deadline, size_t want) {
-  ip_sched_t *s;
-  ip_fd_t *e;
-  uint32_t st;
-  ip_mode_t mode = io_mode_entry(fd, &e, &st, &s);
+ * ip__read_fd_until); 0: any other call. */
+static ssize_t io_loop(const ip_io_fd_t *f, int fd, int events,
+                       ip_attempt_fn attempt, void *ctx, int64_t deadline,
+                       size_t want) {
+  ip_sched_t *s = f->s;
+  ip_fd_t *e = f->e;
+  uint32_t st = f->st;
+  ip_mode_t mode = f->mode;
   if (mode == IP_MODE_REAL)
-    return attempt(ctx, fd, 0);
+    return attempt(ctx, fd, 0, 0);
   if (mode == IP_MODE_READY_FIRST) {
     int r = ip__block_on(s, fd, events, -1, 1);
-    return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0);
+    return r < 0 ? ip__fail(r) : attempt(ctx, fd, 0, 0);
   }
   /* Socket calls always carry MSG_DONTWAIT, even on a socket we made
    * non-blocking: its O_NONBLOCK lives in a file description that another
@@ -159,8 +169,11 @@ static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
     if (r < 0)
       return ip__fail(r);
   }
+  /* In a coroutine the attempt is a direct system call (rawcall.h): it
+   * cannot block, and the carrier thread's cancellation point is the hub. */
+  int direct = s != NULL;
   for (;;) {
-    ssize_t n = attempt(ctx, fd, flags);
+    ssize_t n = attempt(ctx, fd, flags, direct);
     if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
       if (hint && n > 0 && (size_t) n < want)
         atomic_store_explicit(&e->rd_drained, s, memory_order_relaxed);
@@ -175,13 +188,22 @@ static ssize_t io_loop(int fd, int events, ip_attempt_fn attempt, void *ctx,
 
 ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt, void *ctx,
                      int64_t deadline) {
-  return io_loop(fd, events, attempt, ctx, deadline, 0);
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
+  ip__io_resolve(&f);
+  return io_loop(&f, fd, events, attempt, ctx, deadline, 0);
 }
 
 
-ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
-                       int64_t deadline, size_t len) {
-  return io_loop(fd, INTERPOSE_READABLE, attempt, ctx, deadline, len);
+ssize_t ip__io_fd_until(const ip_io_fd_t *f, int fd, int events,
+                        ip_attempt_fn attempt, void *ctx, int64_t deadline) {
+  return io_loop(f, fd, events, attempt, ctx, deadline, 0);
+}
+
+
+ssize_t ip__read_fd_until(const ip_io_fd_t *f, int fd, ip_attempt_fn attempt,
+                          void *ctx, int64_t deadline, size_t len) {
+  return io_loop(f, fd, INTERPOSE_READABLE, attempt, ctx, deadline, len);
 }
 
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "rawcall.h"
 
 /* Everything below that is not static is a libc name this library
  * interposes: export it. */
@@ -87,12 +88,10 @@ static int is_stream(int fd) {
  * for an empty transfer): then the real call is made before any wait for
  * readiness, which would never come for the wrong end of a pipe (CPython's
  * test_signal test_wakeup_write_error hung on that).  Socket calls need no
- * check: they are always tried first, with MSG_DONTWAIT. */
-static int refused_now(int fd, int events, size_t len) {
-  if (!ip__hooks_armed())
-    return 0;
-  uint32_t st = ip__fd_state(fd);
-  return (st & IP_FD_KIND_MASK) != IP_FD_SOCKET &&
+ * check: they are always tried first, with MSG_DONTWAIT.  st: the fd's
+ * state bits from ip__io_lookup (0 when unarmed). */
+static int refused_now(uint32_t st, int events, size_t len) {
+  return (st & IP_FD_KNOWN) && (st & IP_FD_KIND_MASK) != IP_FD_SOCKET &&
          ip__refused_at_once(st, events, len);
 }
 
@@ -100,11 +99,20 @@ static int refused_now(int fd, int events, size_t len) {
 /* recv, send and the other socket-only calls on an open fd that is no
  * socket fail with ENOTSOCK at once; waiting for readiness first would
  * hang on an empty pipe. */
-static int not_a_socket(int fd) {
-  if (!ip__hooks_armed())
-    return 0;
-  uint32_t st = ip__fd_state(fd);
+static int not_a_socket_state(uint32_t st) {
   return (st & IP_FD_KNOWN) && (st & IP_FD_KIND_MASK) != IP_FD_SOCKET;
+}
+
+
+/* fd's state bits, or 0 before any scheduler exists (then every check
+ * above says no and the hook makes the real call). */
+static uint32_t armed_state(int fd) {
+  return ip__hooks_armed() ? ip__fd_state(fd) : 0;
+}
+
+
+static int not_a_socket(int fd) {
+  return not_a_socket_state(armed_state(fd));
 }
 
 /* ---- reads ------------------------------------------------------------ */
@@ -124,8 +132,38 @@ typedef struct rcall {
 enum { R_READ, R_READV, R_RECV, R_RECVFROM, R_RECVMSG };
 
 
-static ssize_t read_attempt(void *ctx, int fd, int dontwait) {
+/* read_attempt made directly (rawcall.h): the same system call glibc's
+ * wrapper makes for each function, without its cancellation point. */
+static ssize_t read_direct(rcall_t *c, int fd, int dontwait) {
+  struct msghdr m;
+  switch (c->call) {
+  case R_READ:
+    return dontwait ? IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, dontwait,
+                                 NULL, NULL)
+                    : IP_RAWCALL(SYS_read, fd, c->buf, c->len, 0, 0, 0);
+  case R_READV:
+    if (!dontwait)
+      return IP_RAWCALL(SYS_readv, fd, c->iov, c->iovcnt, 0, 0, 0);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return IP_RAWCALL(SYS_recvmsg, fd, &m, dontwait, 0, 0, 0);
+  case R_RECV:
+    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
+                      NULL, NULL);
+  case R_RECVFROM:
+    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
+                      c->from, c->fromlen);
+  default:
+    return IP_RAWCALL(SYS_recvmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
+  }
+}
+
+
+static ssize_t read_attempt(void *ctx, int fd, int dontwait, int direct) {
   rcall_t *c = ctx;
+  if (direct)
+    return read_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case R_READ:
@@ -170,22 +208,26 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 
 
 static ssize_t do_read(rcall_t *c, int fd) {
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
   int plain_read = c->call == R_READ || c->call == R_READV;
-  if (plain_read ? refused_now(fd, INTERPOSE_READABLE,
+  if (plain_read ? refused_now(f.st, INTERPOSE_READABLE,
                                c->call == R_READ
                                    ? c->len
                                    : iov_total(c->iov, c->iovcnt))
-                 : not_a_socket(fd))
-    return read_attempt(c, fd, 0);
+                 : not_a_socket_state(f.st))
+    return read_attempt(c, fd, 0, 0);
   if (!(c->flags & MSG_WAITALL)) {
     /* A plain read into one buffer may use the drained-socket hint; the
-     * socket timeout starts inside, with one lookup of the fd. */
+     * socket timeout starts inside. */
     int plain = c->flags == 0 && (c->call == R_READ || c->call == R_RECV ||
                                   c->call == R_RECVFROM);
+    ip__io_resolve(&f);
     if (plain)
-      return ip__read_until(fd, read_attempt, c, IP_SOCKET_TIMEOUT, c->len);
-    return ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c,
-                        IP_SOCKET_TIMEOUT);
+      return ip__read_fd_until(&f, fd, read_attempt, c, IP_SOCKET_TIMEOUT,
+                               c->len);
+    return ip__io_fd_until(&f, fd, INTERPOSE_READABLE, read_attempt, c,
+                           IP_SOCKET_TIMEOUT);
   }
   int64_t deadline = ip__io_deadline(fd, INTERPOSE_READABLE);
   ssize_t n = ip__io_until(fd, INTERPOSE_READABLE, read_attempt, c, deadline);
@@ -273,8 +315,37 @@ typedef struct wcall {
 enum { W_WRITE, W_WRITEV, W_SEND, W_SENDTO, W_SENDMSG };
 
 
-static ssize_t write_attempt(void *ctx, int fd, int dontwait) {
+/* write_attempt made directly (rawcall.h), as read_direct. */
+static ssize_t write_direct(wcall_t *c, int fd, int dontwait) {
+  struct msghdr m;
+  switch (c->call) {
+  case W_WRITE:
+    return dontwait ? IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, dontwait,
+                                 NULL, 0)
+                    : IP_RAWCALL(SYS_write, fd, c->buf, c->len, 0, 0, 0);
+  case W_WRITEV:
+    if (!dontwait)
+      return IP_RAWCALL(SYS_writev, fd, c->iov, c->iovcnt, 0, 0, 0);
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = (struct iovec *) c->iov;
+    m.msg_iovlen = (size_t) c->iovcnt;
+    return IP_RAWCALL(SYS_sendmsg, fd, &m, dontwait, 0, 0, 0);
+  case W_SEND:
+    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
+                      NULL, 0);
+  case W_SENDTO:
+    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
+                      c->to, c->tolen);
+  default:
+    return IP_RAWCALL(SYS_sendmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
+  }
+}
+
+
+static ssize_t write_attempt(void *ctx, int fd, int dontwait, int direct) {
   wcall_t *c = ctx;
+  if (direct)
+    return write_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case W_WRITE:
@@ -375,27 +446,29 @@ static ssize_t write_pipe_pieces(wcall_t *c, ip_sched_t *s, int fd) {
 
 
 static ssize_t do_write(wcall_t *c, int fd) {
+  ip_io_fd_t f;
+  ip__io_lookup(fd, &f);
   int plain_write = c->call == W_WRITE || c->call == W_WRITEV;
-  if (plain_write ? refused_now(fd, INTERPOSE_WRITABLE,
+  if (plain_write ? refused_now(f.st, INTERPOSE_WRITABLE,
                                 c->call == W_WRITE
                                     ? c->len
                                     : iov_total(c->iov, c->iovcnt))
-                  : not_a_socket(fd))
-    return write_attempt(c, fd, 0);
-  ip_sched_t *s;
-  ip_mode_t mode = ip__io_mode(fd, &s);
+                  : not_a_socket_state(f.st))
+    return write_attempt(c, fd, 0, 0);
+  ip_mode_t mode = ip__io_resolve(&f);
   if (mode == IP_MODE_READY_FIRST) {
     struct iovec one;
     const struct iovec *iov;
     int iovcnt;
     write_buffers(c, &one, &iov, &iovcnt);
-    int pipe = (ip__fd_state(fd) & IP_FD_KIND_MASK) == IP_FD_PIPE;
+    int pipe = (f.st & IP_FD_KIND_MASK) == IP_FD_PIPE;
     if (pipe && (c->call == W_WRITE || c->call == W_WRITEV) &&
         iov_total(iov, iovcnt) > PIPE_BUF)
-      return write_pipe_pieces(c, s, fd);
+      return write_pipe_pieces(c, f.s, fd);
   }
-  int64_t deadline = ip__io_deadline(fd, INTERPOSE_WRITABLE);
-  ssize_t n = ip__io_until(fd, INTERPOSE_WRITABLE, write_attempt, c, deadline);
+  int64_t deadline = ip__io_fd_deadline(&f, INTERPOSE_WRITABLE);
+  ssize_t n = ip__io_fd_until(&f, fd, INTERPOSE_WRITABLE, write_attempt, c,
+                              deadline);
   if (n <= 0 || mode == IP_MODE_REAL)
     return n;
   struct iovec one;
@@ -473,8 +546,8 @@ static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(out, &s);
   if (mode == IP_MODE_REAL || count == 0 ||
-      refused_now(out, INTERPOSE_WRITABLE, count) ||
-      refused_now(in, INTERPOSE_READABLE, count))
+      refused_now(armed_state(out), INTERPOSE_WRITABLE, count) ||
+      refused_now(armed_state(in), INTERPOSE_READABLE, count))
     return real(out, in, offset, count);
   int64_t deadline = ip__io_deadline(out, INTERPOSE_WRITABLE);
   size_t done = 0;
@@ -519,14 +592,18 @@ typedef struct mcall {
 } mcall_t;
 
 
-static ssize_t recvmmsg_attempt(void *ctx, int fd, int dontwait) {
+/* recvmmsg and sendmmsg keep libc's wrappers even in a coroutine: they are
+ * not on any round trip this library has measured (see rawcall.h). */
+static ssize_t recvmmsg_attempt(void *ctx, int fd, int dontwait,
+                                int direct IP_UNUSED) {
   mcall_t *c = ctx;
   return ip__real.recvmmsg(fd, c->vec, c->vlen, c->flags | dontwait,
                            c->timeout);
 }
 
 
-static ssize_t sendmmsg_attempt(void *ctx, int fd, int dontwait) {
+static ssize_t sendmmsg_attempt(void *ctx, int fd, int dontwait,
+                                int direct IP_UNUSED) {
   mcall_t *c = ctx;
   return ip__real.sendmmsg(fd, c->vec, c->vlen, c->flags | dontwait);
 }

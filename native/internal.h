@@ -690,6 +690,23 @@ typedef enum ip_mode {
 } ip_mode_t;
 
 IP_HIDDEN ip_mode_t ip__io_mode(int fd, ip_sched_t **s_out);
+/* What a hooked call knows about its fd and its caller, found once per
+ * call: a round trip's recv and send each look their fd up and ask
+ * ip__hook_sched once, not once per step.  Valid until the call parks
+ * (then the fd may have been closed and reused: the engine re-reads). */
+typedef struct ip_io_fd {
+  ip_sched_t *s; /* ip__hook_sched(), set by ip__io_resolve */
+  ip_fd_t *e;    /* the fd's entry, NULL when unarmed or out of memory */
+  uint32_t st;   /* its state bits, 0 when unarmed */
+  ip_mode_t mode;
+} ip_io_fd_t;
+/* Step one: the entry and state bits (no switch can happen here). */
+IP_HIDDEN void ip__io_lookup(int fd, ip_io_fd_t *f);
+/* Step two, after any check that fails the call at once: the mode and the
+ * scheduler, as ip__io_mode (this may yield, if a turn is due). */
+IP_HIDDEN ip_mode_t ip__io_resolve(ip_io_fd_t *f);
+/* ip__io_deadline from the looked-up entry. */
+IP_HIDDEN int64_t ip__io_fd_deadline(const ip_io_fd_t *f, int events);
 static inline ip_mode_t ip__io_mode_of(int fd) {
   ip_sched_t *s;
   return ip__io_mode(fd, &s);
@@ -700,9 +717,12 @@ IP_HIDDEN extern atomic_int ip__armed;
 static inline int ip__hooks_armed(void) {
   return atomic_load_explicit(&ip__armed, memory_order_relaxed);
 }
-/* One attempt of a call; dontwait is MSG_DONTWAIT or 0.  Returns like the
- * call, with errno set. */
-typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait);
+/* One attempt of a call; dontwait is MSG_DONTWAIT or 0; direct: make the
+ * system call without libc's wrapper (rawcall.h), only ever for an attempt
+ * that cannot block, made in a coroutine.  Returns like the call, with
+ * errno set. */
+typedef ssize_t (*ip_attempt_fn)(void *ctx, int fd, int dontwait,
+                                 int direct);
 /* A call that would block on fd for events, carried out per ip__io_mode,
  * honouring SO_RCVTIMEO / SO_SNDTIMEO (EAGAIN after the timeout). */
 IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
@@ -713,12 +733,17 @@ IP_HIDDEN ssize_t ip__io(int fd, int events, ip_attempt_fn attempt,
 #define IP_SOCKET_TIMEOUT (-2)
 IP_HIDDEN ssize_t ip__io_until(int fd, int events, ip_attempt_fn attempt,
                                void *ctx, int64_t deadline);
-/* ip__io_until for a plain read of len bytes (no flags) from fd: on a
- * stream socket that the last read found drained (ip_fd_t.rd_drained), it
- * parks for the next edge before making the call, which saves a system call
- * that would return EAGAIN. */
-IP_HIDDEN ssize_t ip__read_until(int fd, ip_attempt_fn attempt, void *ctx,
-                                 int64_t deadline, size_t len);
+/* ip__io_fd_until (below) for a plain read of len bytes (no flags) from
+ * fd: on a stream socket that the last read found drained
+ * (ip_fd_t.rd_drained), it parks for the next edge before making the call,
+ * which saves a system call that would return EAGAIN. */
+IP_HIDDEN ssize_t ip__read_fd_until(const ip_io_fd_t *f, int fd,
+                                    ip_attempt_fn attempt, void *ctx,
+                                    int64_t deadline, size_t len);
+/* ip__io_until for a call that has looked up and resolved f itself. */
+IP_HIDDEN ssize_t ip__io_fd_until(const ip_io_fd_t *f, int fd, int events,
+                                  ip_attempt_fn attempt, void *ctx,
+                                  int64_t deadline);
 /* The absolute deadline set by fd's socket timeout for events, or -1. */
 IP_HIDDEN int64_t ip__io_deadline(int fd, int events);
 IP_HIDDEN void ip__names_after_fork_child(void);

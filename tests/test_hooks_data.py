@@ -972,3 +972,67 @@ def test_sendfile_to_a_blocking_socket_blocks_like_libc():
         f.close(); a.close(); b.close()
     """)
     assert out == [f"sendfile: {4 << 20} drained: {4 << 20}"]
+
+
+@pytest.mark.timeout(120)
+def test_recv_send_results_and_errno_match_libc_in_a_coroutine():
+    # In a coroutine the hooks make the non-blocking attempt as a direct
+    # system call, not through libc's wrapper (native/rawcall.h).  The
+    # results must stay libc's: the count, -1 with the kernel's errno
+    # (EFAULT for a bad buffer, EAGAIN, ENOTCONN), and errno untouched by a
+    # call that succeeds.  The calls go through ctypes (which releases the
+    # GIL, as the socket module does) so that a bad pointer can be passed.
+    out = assert_same("""
+        import ctypes, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name in ("recv", "send", "read", "write"):
+            getattr(libc, name).restype = ctypes.c_ssize_t
+        libc.recvfrom.restype = ctypes.c_ssize_t
+        libc.sendto.restype = ctypes.c_ssize_t
+        BAD = ctypes.c_void_p(8)  # unmapped: the kernel reports EFAULT
+
+        def call(fn, *args):
+            ctypes.set_errno(12345)
+            n = fn(*args)
+            err = ctypes.get_errno()
+            return n, errno.errorcode.get(err, err)
+
+        a, b = socket.socketpair()
+        buf = ctypes.create_string_buffer(64)
+
+        def body():
+            print("send:", call(libc.send, a.fileno(), b"hello", 5, 0))
+            print("recv:", call(libc.recv, b.fileno(), buf, 3, 0), buf.raw[:3])
+            print("read:", call(libc.read, b.fileno(), buf, 64), buf.raw[:2])
+            print("write:", call(libc.write, a.fileno(), b"xyz", 3))
+            print("recv bad buffer:", call(libc.recv, b.fileno(), BAD, 3, 0))
+            print("read bad buffer:", call(libc.read, b.fileno(), BAD, 3))
+            print("recvfrom:", call(libc.recvfrom, b.fileno(), buf, 64, 0,
+                                    None, None), buf.raw[:3])
+            print("send bad buffer:", call(libc.send, a.fileno(), BAD, 3, 0))
+            print("write bad buffer:", call(libc.write, a.fileno(), BAD, 3))
+            print("recv dontwait:", call(libc.recv, b.fileno(), buf, 64,
+                                         socket.MSG_DONTWAIT))
+            t = socket.socket()
+            print("send unconnected:", call(libc.send, t.fileno(), b"x", 1, 0))
+            print("sendto unconnected:", call(libc.sendto, t.fileno(), b"x", 1,
+                                              0, None, 0))
+            t.close()
+
+        go(body).join()
+        a.close(); b.close()
+    """)
+    assert out == [
+        "send: (5, 12345)",
+        "recv: (3, 12345) b'hel'",
+        "read: (2, 12345) b'lo'",
+        "write: (3, 12345)",
+        "recv bad buffer: (-1, 'EFAULT')",
+        "read bad buffer: (-1, 'EFAULT')",
+        "recvfrom: (3, 12345) b'xyz'",
+        "send bad buffer: (-1, 'EFAULT')",
+        "write bad buffer: (-1, 'EFAULT')",
+        "recv dontwait: (-1, 'EAGAIN')",
+        "send unconnected: (-1, 'EPIPE')",
+        "sendto unconnected: (-1, 'EPIPE')",
+    ]
