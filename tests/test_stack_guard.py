@@ -46,13 +46,16 @@ def main():
 print(json.dumps(interpose.run(main)))
 """
 
-# mlockall(MCL_CURRENT would lock the interpreter) MCL_FUTURE | MCL_ONFAULT:
-# every later mapping is locked, and no kernel puts guard markers in a
-# locked mapping (EINVAL, as a kernel without markers answers).
+# mlockall(MCL_FUTURE | MCL_ONFAULT) (MCL_CURRENT would lock the
+# interpreter): every later mapping is locked, and no kernel puts guard
+# markers in a locked mapping (EINVAL, as a kernel without markers
+# answers).  The raw system call: ASan's mlockall does nothing.
 LOCK_FUTURE_MAPPINGS = """
+import platform
 libc = ctypes.CDLL(None, use_errno=True)
+SYS_MLOCKALL = {"x86_64": 151, "aarch64": 230}[platform.machine()]
 MCL_FUTURE, MCL_ONFAULT = 2, 4
-assert libc.mlockall(MCL_FUTURE | MCL_ONFAULT) == 0, ctypes.get_errno()
+assert libc.syscall(SYS_MLOCKALL, MCL_FUTURE | MCL_ONFAULT) == 0, ctypes.get_errno()
 """
 
 
