@@ -93,7 +93,7 @@ def test_stack_guard_falls_back_to_mprotect_when_the_kernel_refuses_markers():
     # mappings each) and the engine stops asking for markers.  Unacceptable:
     # spawn failing, or a stack left without a guard.  Few, small stacks:
     # locked mappings count against RLIMIT_MEMLOCK.
-    report = _parked(4, prelude=LOCK_FUTURE_MAPPINGS, stack_size=64 * 1024,
+    report = _parked(4, prelude=LOCK_FUTURE_MAPPINGS, stack_size=128 * 1024,
                      env={"INTERPOSE_STACK_GUARD": ""})
     assert report["ok"]
     assert report["guard"] == 0
