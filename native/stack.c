@@ -1,7 +1,9 @@
-/* stack.c: coroutine stacks.  Each stack is one anonymous MAP_NORESERVE
- * mapping whose lowest page is PROT_NONE, so an overflow faults instead of
- * silently overwriting whatever lies below.  Finished stacks of the default
- * size go back to a per-thread pool instead of being unmapped.
+/* stack.c: coroutine stacks.  Each stack is an anonymous MAP_NORESERVE
+ * range whose lowest page is a guard (a guard marker, else PROT_NONE: see
+ * install_guard), so an overflow faults instead of silently overwriting
+ * whatever lies below.  Default-size stacks are cut from per-thread slabs
+ * (see slab_take); finished ones go back to a per-thread pool instead of
+ * being unmapped.
  *
  * Facts: a stack guarded with mprotect costs two memory mappings (the
  * guard splits the mapping), one guarded with a guard marker (see
