@@ -443,24 +443,17 @@ def statistics_raw():
     return stats
 
 
-# spawn_raw's out-parameters, made once: the GIL is held across
-# interpose_coro_spawn (PyDLL) and the call runs no Python code, so one
-# pair serves every thread (as _VALUE_OUT's do), and a spawn allocates
-# four ctypes objects fewer.
-_spawn_id = ctypes.c_uint64()
-_spawn_err = ctypes.c_int()
-_spawn_id_ref = ctypes.byref(_spawn_id)
-_spawn_err_ref = ctypes.byref(_spawn_err)
-
-
 def spawn_raw(body, stack_size, name):
     """Return (handle, id); raise OSError(errno) on failure."""
-    handle = lib.coro_spawn(body, stack_size, name.encode("utf-8", "replace"),
-                            _spawn_id_ref, _spawn_err_ref)
+    cid = ctypes.c_uint64()
+    err = ctypes.c_int()
+    handle = lib.coro_spawn(
+        body, stack_size, name.encode("utf-8", "replace"), ctypes.byref(cid),
+        ctypes.byref(err),
+    )
     if not handle:
-        err = -_spawn_err.value
-        raise OSError(err, os.strerror(err))
-    return handle, _spawn_id.value
+        raise OSError(-err.value, os.strerror(-err.value))
+    return handle, cid.value
 
 
 _decref = ctypes.pythonapi.Py_DecRef
