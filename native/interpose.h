@@ -198,6 +198,16 @@ IP_EXPORT size_t interpose_stack_maximum(void);
  * default usable stack size (INTERPOSE_STACK_SIZE, parsed by the Python
  * side).  0, or -ERANGE outside [minimum, maximum]. */
 IP_EXPORT int interpose_stack_set_default(size_t usable);
+/* GIL held, before the first spawn.  markers = 1 (the default): guard
+ * each stack with a guard marker (madvise MADV_GUARD_INSTALL, Linux 6.13+)
+ * where the kernel has them, else with a PROT_NONE page; 0: always the
+ * PROT_NONE page (INTERPOSE_STACK_GUARD=mprotect).  0, or -EINVAL for any
+ * other value.  See stack.c. */
+IP_EXPORT int interpose_stack_set_guard(int markers);
+/* Any thread.  1 while stacks get guard markers (also before the first
+ * stack, when the kernel has not been asked yet), 0 once they get
+ * PROT_NONE pages (forced, or the kernel refused a marker). */
+IP_EXPORT int interpose_stack_guard(void);
 
 /* ---- Diagnostics (diag.c) ----------------------------------------------
  * What interpose.dump(), `interpose ps`, the deadlock report and the

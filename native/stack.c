@@ -1,11 +1,15 @@
-/* stack.c: coroutine stacks.  Each stack is one anonymous MAP_NORESERVE
- * mapping whose lowest page is PROT_NONE, so an overflow faults instead of
- * silently overwriting whatever lies below.  Finished stacks of the default
- * size go back to a per-thread pool instead of being unmapped.
+/* stack.c: coroutine stacks.  Each stack is an anonymous MAP_NORESERVE
+ * range whose lowest page is a guard (a guard marker, else PROT_NONE: see
+ * install_guard), so an overflow faults instead of silently overwriting
+ * whatever lies below.  Default-size stacks are cut from per-thread slabs
+ * (see slab_take); finished ones go back to a per-thread pool instead of
+ * being unmapped.
  *
- * Facts: a stack costs two memory mappings (the guard splits the mapping),
- * a coroutine that has run costs no more as long as CPython's frame data
- * stacks come from arena.c's slabs, and Linux caps a process at
+ * Facts: a stack guarded with mprotect costs two memory mappings (the
+ * guard splits the mapping), one guarded with a guard marker (see
+ * install_guard) costs at most one and usually shares it with its
+ * neighbours; a coroutine that has run costs no more as long as CPython's
+ * frame data stacks come from arena.c's slabs, and Linux caps a process at
  * vm.max_map_count mappings (65530 by default), after which mmap and
  * mprotect fail with ENOMEM.  A stack overflow is a SIGSEGV on the guard
  * page, delivered while the faulting stack is unusable.
@@ -108,12 +112,73 @@ int interpose_stack_set_default(size_t usable) {
 
 /* Stacks mapped now, process-wide (pooled ones included). */
 static atomic_long stacks_mapped;
+
+
+/* ---- guard pages ---------------------------------------------------------
+ * Facts (madvise(2), Linux 6.13+): madvise(MADV_GUARD_INSTALL = 102) puts
+ * guard markers in the page tables of a range of a private, writable,
+ * anonymous, not mlocked mapping: any access raises SIGSEGV with the
+ * faulting address, like a PROT_NONE page, but no VMA is made or split.
+ * Markers survive MADV_DONTNEED and MADV_FREE, stay in a fork child
+ * (unless the range is MADV_WIPEONFORK, which stacks never are) and go
+ * away with munmap.  Kernels before 6.13 reject the advice with EINVAL,
+ * and so does every kernel for a locked mapping (mlockall(MCL_FUTURE)).
+ * An mprotect guard costs a second system call and splits the stack's
+ * mapping in two.  Anonymous mappings with the same flags that the kernel
+ * places next to each other merge into one VMA.
+ * Consequences: with markers a stack costs one mmap and one madvise, no
+ * VMA of its own once it merges with its neighbours (stacks are mapped
+ * top-down, one after the other), and at worst one mapping (a live stack
+ * between two unmapped ones): vm.max_map_count stops being the capacity
+ * limit while stacks live side by side.  The marker is as good a guard as
+ * the PROT_NONE page for the overflow handler below: same signal, same
+ * address range.
+ * Solution: install_guard tries the marker; on EINVAL it falls back to
+ * mprotect for this stack and every later one in the process (the answer
+ * does not change while the process lives, and asking again would cost a
+ * system call per spawn); any other marker failure falls back for this
+ * stack only.  INTERPOSE_STACK_GUARD=mprotect (interpose_stack_set_guard)
+ * forces the fallback, for tools that do not know markers and for the
+ * tests of the fallback and of the mapping limit. */
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102 /* <linux/mman.h> of Linux 6.13 */
+#endif
+/* Invariant: once 0, stays 0 until interpose_stack_set_guard sets it (which
+ * it may do only before the first spawn). */
+static atomic_int guard_markers = 1;
+
+
+int interpose_stack_set_guard(int markers) {
+  if (markers != 0 && markers != 1)
+    return -EINVAL;
+  atomic_store(&guard_markers, markers);
+  return 0;
+}
+
+
+int interpose_stack_guard(void) { return atomic_load(&guard_markers); }
+
+
+static int install_guard(char *base, size_t guard) {
+  if (atomic_load_explicit(&guard_markers, memory_order_relaxed)) {
+    if (madvise(base, guard, MADV_GUARD_INSTALL) == 0)
+      return 0;
+    if (errno == EINVAL)
+      atomic_store(&guard_markers, 0);
+  }
+  return mprotect(base, guard, PROT_NONE) == 0 ? 0 : -errno;
+}
+
+
+/* ---- the mapping budget -------------------------------------------------- */
+
 /* Mappings left to everything else when stacks approach vm.max_map_count:
  * once the limit is reached, Python's own allocator fails too, and the
  * program could not even handle spawn's error. */
 #define MAPPING_HEADROOM 1024
 /* Facts (measured on 3.11, docs/performance.md): a coroutine costs two
- * mappings for its stack (the guard page splits it) and, once it has run,
+ * mappings for its stack when the guard page is an mprotect one (it splits
+ * the mapping), at most one with a guard marker, and, once it has run,
  * CPython's 16 KiB frame data stack for its thread state: a mapping of its
  * own, which merges with a neighbour only when it happens to be mapped
  * right next to another chunk, unless arena.c serves it from a slab.
@@ -121,12 +186,24 @@ static atomic_long stacks_mapped;
  * server that spawns and runs one coroutine per connection use up every
  * mapping at about 21,800 coroutines, headroom included, so that the next
  * mmap anywhere in the process failed.
- * Consequence: the estimate (two per stack with slabs, three without)
- * only decides when counting is needed; past half the limit the real count
- * is read from /proc/self/maps (a handful of times, see below), so the
- * headroom holds whatever the chunks and the rest of the process did, and
- * a program gets all the coroutines the limit allows. */
-#define MAPPINGS_PER_STACK (ip__arena_slabs_on() ? 2 : 3)
+ * Consequence: the estimate (per stack: one with markers, two with
+ * mprotect, one more without slabs) only decides when counting is needed;
+ * past half the limit the real count is read from /proc/self/maps (a
+ * handful of times, see below), so the headroom holds whatever the chunks
+ * and the rest of the process did, and a program gets all the coroutines
+ * the limit allows. */
+static long mappings_per_stack(void) {
+  return (atomic_load(&guard_markers) ? 1 : 2) +
+         (ip__arena_slabs_on() ? 0 : 1);
+}
+
+
+/* The most mappings one more coroutine can cost: its stack's and a frame
+ * data chunk of its own. */
+static long mappings_per_stack_worst(void) {
+  return (atomic_load(&guard_markers) ? 1 : 2) + 1;
+}
+
 
 static long max_map_count(void) {
   static atomic_long cached;
@@ -170,11 +247,11 @@ static long count_mappings(void) {
 
 
 /* Whether one more stack leaves MAPPING_HEADROOM mappings to the rest of
- * the process.  After a count, the stacks that fit even at three mappings
- * each (the worst case) are allowed without counting again, so the counts
- * near the limit are a handful (each leaves a third of the gap), not one
- * per spawn.  The state is shared by every thread; a race between two
- * counts only makes one of them count again. */
+ * the process.  After a count, the stacks that fit even at the worst case
+ * each are allowed without counting again, so the counts near the limit
+ * are a handful (each leaves a fraction of the gap), not one per spawn.
+ * The state is shared by every thread; a race between two counts only
+ * makes one of them count again. */
 static int mappings_left_for_stack(void) {
   static atomic_long allowed_until; /* stacks_mapped allowed without a count */
   long limit = max_map_count();
@@ -182,15 +259,79 @@ static int mappings_left_for_stack(void) {
   /* While stacks take at most half the limit, the rest of the process
    * (libraries, heaps, arenas: a few hundred mappings) would need the
    * other half to reach it: nothing to read. */
-  if (MAPPINGS_PER_STACK * stacks <= limit / 2 ||
+  if (mappings_per_stack() * stacks <= limit / 2 ||
       stacks <= atomic_load(&allowed_until))
     return 1;
   long counted = count_mappings();
   if (counted < 0)
     return 0;
-  long fit = (limit - MAPPING_HEADROOM - counted) / 3;
+  long fit = (limit - MAPPING_HEADROOM - counted) / mappings_per_stack_worst();
   atomic_store(&allowed_until, stacks - 1 + (fit > 0 ? fit : 0));
   return fit > 0;
+}
+
+
+/* ---- stack slabs --------------------------------------------------------
+ * Facts (measured, docs/performance.md, "Round 2"): with guard markers a
+ * fresh stack cost an mmap and a madvise, and the mmap (finding room,
+ * merging the new VMA with its neighbour) was the larger part, about
+ * 0.9 us of a spawn+join.  Part of a mapping can be unmapped on its own,
+ * and stacks cut from one mapping are adjacent, as the stacks the kernel
+ * maps one after another are.
+ * Consequence: stacks of one size can come from one mmap of many, and
+ * everything that frees a stack (the pool, the runs of doomed stacks, the
+ * fork child's unmapping of dead coroutines' stacks) works on them
+ * unchanged: a stack, once cut, is a mapping range of its own like any
+ * other.
+ * Solution: default-size stacks are cut, top down, from a per-thread slab
+ * of SLAB_STACKS stacks mapped at once; the part not cut yet is unmapped
+ * when the thread's scheduler ends, or when the default size changes.
+ * When the slab cannot be mapped (RLIMIT_AS, say), the stack is mapped on
+ * its own as before, so that spawn fails only when one stack does not
+ * fit.  The uncut part is address space only (MAP_NORESERVE, untouched)
+ * and at most one mapping.
+ *
+ * Under ASan there are no slabs.  Measured: with slabs under ASan,
+ * tests/test_stress.py's RSS grew by 2 MiB a cycle after 18 flat cycles
+ * of 2,000 coroutines, and stayed flat without them.  ASan keeps the
+ * shadow pages of an unmapped range resident, so stacks placed at fresh
+ * addresses add up there (which ranges went fresh was not pinned down).
+ * The real build stays flat: 40 such cycles held 34.0-34.5 MiB RSS and
+ * 174-175 mappings. */
+#ifdef IP_SANITIZE
+#define SLAB_STACKS 1
+#else
+#define SLAB_STACKS 32
+#endif
+static __thread char *slab_low;  /* the uncut part is [slab_low, slab_cut) */
+static __thread char *slab_cut;
+static __thread size_t slab_stride;
+
+
+static void slab_drop(void) {
+  if (slab_cut != slab_low)
+    munmap(slab_low, (size_t) (slab_cut - slab_low));
+  slab_low = slab_cut = NULL;
+}
+
+
+/* A range of size bytes cut from this thread's slab, or NULL. */
+static char *slab_take(size_t size) {
+  if (slab_cut == slab_low || slab_stride != size) {
+    slab_drop();
+    if (size > SIZE_MAX / SLAB_STACKS)
+      return NULL;
+    char *p = mmap(NULL, size * SLAB_STACKS, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+                   -1, 0);
+    if (p == MAP_FAILED)
+      return NULL;
+    slab_low = p;
+    slab_cut = p + size * SLAB_STACKS;
+    slab_stride = size;
+  }
+  slab_cut -= size;
+  return slab_cut;
 }
 
 
@@ -199,13 +340,17 @@ static int map_stack(ip_stack_t *st, size_t usable) {
     return -ENOMEM;
   size_t guard = page();
   size_t size = usable + guard;
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1,
-                 0);
-  if (p == MAP_FAILED)
-    return -errno;
-  if (mprotect(p, guard, PROT_NONE) != 0) {
-    int err = -errno;
+  char *p = SLAB_STACKS > 1 && usable == ip__stack_default_size()
+                ? slab_take(size)
+                : NULL;
+  if (p == NULL) {
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (p == MAP_FAILED)
+      return -errno;
+  }
+  int err = install_guard(p, guard);
+  if (err != 0) {
     munmap(p, size);
     return err;
   }
@@ -457,6 +602,7 @@ int ip__stack_install_guard_handler(void) {
 
 
 void ip__stack_thread_exit(void) {
+  slab_drop();
   while (pool_len > 0) {
     pool_len--;
     ip__stack_unmap(&pool[pool_len]);

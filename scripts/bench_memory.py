@@ -160,8 +160,21 @@ def smaps_breakdown(before, after, conns):
 
 
 def run_breakdown(name, conns, args):
-    """The smaps and stack-usage breakdown of one idle run of name."""
-    server = bench_suite.Server(name)
+    """The smaps and stack-usage breakdown of one idle run of name.  The
+    server guards its stacks with PROT_NONE pages
+    (INTERPOSE_STACK_GUARD=mprotect): with guard markers, the default
+    where the kernel has them, its stacks merge into one mapping that
+    classify() cannot take apart; the pages written, and so the RSS, are
+    the same either way."""
+    saved = os.environ.get("INTERPOSE_STACK_GUARD")
+    os.environ["INTERPOSE_STACK_GUARD"] = "mprotect"
+    try:
+        server = bench_suite.Server(name)
+    finally:
+        if saved is None:
+            del os.environ["INTERPOSE_STACK_GUARD"]
+        else:
+            os.environ["INTERPOSE_STACK_GUARD"] = saved
     try:
         time.sleep(0.5)
         before = read_vmas(server.proc.pid)

@@ -74,3 +74,55 @@ def test_stack_overflow_reported_when_faulthandler_enabled_after_start(deep_c):
         prelude="import faulthandler; interpose.sleep(0); faulthandler.enable()")
     r = run_snippet(code)
     assert_overflow_reported(r, "late-faulthandler", size)
+
+
+@pytest.mark.timeout(60)
+def test_stack_overflow_with_mprotect_guard_reports_named_coroutine(deep_c):
+    # The fallback guard (a PROT_NONE page, native/stack.c), forced.
+    size = SMALL_STACKS[1]
+    code = overflow_program(deep_c, "mprotect-guard", size=size)
+    r = run_snippet(code, env={"INTERPOSE_STACK_GUARD": "mprotect"})
+    assert_overflow_reported(r, "mprotect-guard", size)
+
+
+FORK_CHILD_OVERFLOW = """
+import ctypes, os, sys, interpose
+
+def noop():
+    return None
+
+def via_c():
+    return ctypes.CDLL({deep_c!r}).interpose_test_recurse(10_000_000)
+
+def main():
+    interpose.spawn(noop).join()  # its stack goes to the pool
+    pid = os.fork()
+    if pid == 0:
+        coro = interpose.spawn(via_c, name="forked")  # the pooled stack
+        print("id", coro.id, flush=True)
+        coro.join()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
+
+interpose.run(main)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_stack_overflow_in_fork_child_on_parents_stack_reports_named_coroutine(
+        deep_c):
+    # The child's coroutine runs on a stack the parent mapped and guarded
+    # (the pool survives fork); its guard, a marker or a PROT_NONE page,
+    # must still be there.  Acceptable: the child reports the named
+    # coroutine and dies of SIGABRT.  Unacceptable: the recursion running
+    # on into the stack below (stacks are adjacent) and dying unreported.
+    size = SMALL_STACKS[1]
+    r = run_snippet(FORK_CHILD_OVERFLOW.format(deep_c=deep_c),
+                    env={"INTERPOSE_STACK_SIZE": f"{size // 1024}K"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "child 6" in r.stdout, (r.stdout, r.stderr[-1500:])
+    words = r.stdout.split()
+    cid = words[words.index("id") + 1]
+    assert (f"interpose: coroutine {cid} 'forked' overflowed its C stack of"
+            f" {size} bytes") in r.stderr, r.stderr[-1500:]

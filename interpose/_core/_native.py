@@ -144,6 +144,8 @@ SIGNATURES = {
     "interpose_stack_minimum": (_sz, [], True),
     "interpose_stack_maximum": (_sz, [], True),
     "interpose_stack_set_default": (_i, [_sz], True),
+    "interpose_stack_set_guard": (_i, [_i], True),
+    "interpose_stack_guard": (_i, [], True),
     "interpose_diag_coros": (
         ctypes.c_long, [ctypes.POINTER(CoroInfo), _sz, _i], True),
     "interpose_diag_scheds": (ctypes.c_long, [ctypes.POINTER(SchedInfo), _sz], True),
@@ -252,6 +254,7 @@ def _load():
     try:
         # Parsed here, the one parser; the library gets the bytes below.
         stack_size = _settings.get("INTERPOSE_STACK_SIZE")
+        stack_guard = _settings.get("INTERPOSE_STACK_GUARD")
     except _settings.SettingError as e:
         raise _settings.SettingError(f"interpose: {e}") from None
     if not os.path.exists(LIBRARY_PATH):
@@ -291,6 +294,8 @@ def _load():
         raise _settings.SettingError(  # the library's limits (stack.c) disagree
             f"interpose: INTERPOSE_STACK_SIZE={stack_size} is outside"
             f" {fns.stack_minimum()}..{fns.stack_maximum()} bytes")
+    if stack_guard == "mprotect":
+        fns.stack_set_guard(0)
     return fns
 
 

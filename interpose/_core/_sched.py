@@ -474,10 +474,19 @@ def spawn(fn, /, *args, name=None, stack_size=None, preemptible=None,
             )
         size = stack_size
     if preemptible is None:
-        preemptible = any(f() for f in _hooks.preemptible_by_default)
+        preemptible = _preemptible_by_default()
     elif not isinstance(preemptible, bool):
         raise TypeError("preemptible must be True, False or None")
     return _spawn(fn, args, {}, name, size, False, preemptible)
+
+
+def _preemptible_by_default():
+    # A loop, not any() over a generator: this runs on every spawn, and the
+    # generator costs about 0.1 us more.
+    for default in _hooks.preemptible_by_default:
+        if default():
+            return True
+    return False
 
 
 def _spawn(fn, args, kwargs, name, size, thread, preemptible):

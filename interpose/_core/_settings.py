@@ -6,8 +6,8 @@ The settings live in the environment so that child processes inherit them
 shell's).  A bad value is never ignored: `interpose run` and `interpose env`
 refuse to start with the line, a process booting under `interpose env`
 prints the line and runs with the runtime off, and `import interpose`
-raises SettingError for the one setting the library itself reads
-(INTERPOSE_STACK_SIZE).  Names this module does not know are left alone:
+raises SettingError for the settings the library itself reads
+(INTERPOSE_STACK_SIZE, INTERPOSE_STACK_GUARD).  Names this module does not know are left alone:
 they may belong to a newer or older interpose.
 
 Imports nothing but the standard library, so the boot hook and the command
@@ -112,6 +112,8 @@ PARSERS = {
     "INTERPOSE_STATS": _choice("INTERPOSE_STATS", ("0", "1")),
     "INTERPOSE_THREADS": _choice("INTERPOSE_THREADS", ("coroutines", "native")),
     "INTERPOSE_STACK_SIZE": stack_size,
+    "INTERPOSE_STACK_GUARD": _choice("INTERPOSE_STACK_GUARD",
+                                     ("markers", "mprotect")),
     "INTERPOSE_MONITOR": monitor_seconds,
     "INTERPOSE_PREEMPT": _choice("INTERPOSE_PREEMPT", ("threads", "all", "off")),
     # Diagnostics (docs/diagnostics.md).

@@ -79,3 +79,32 @@ MAX_MAP_COUNT = _max_map_count()
 exhausts_max_map_count = pytest.mark.skipif(
     MAX_MAP_COUNT is None or MAX_MAP_COUNT > 200_000,
     reason="vm.max_map_count is unknown or too high to exhaust in a test")
+
+
+def _kernel_has_guard_markers():
+    """Whether this kernel installs guard markers (madvise
+    MADV_GUARD_INSTALL, Linux 6.13+), the engine's default stack guard
+    (native/stack.c), asked on a scratch page of our own."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = 4096 * 2
+    prot_rw, map_private_anonymous, madv_guard_install = 3, 0x22, 102
+    p = libc.mmap(None, size, prot_rw, map_private_anonymous, -1, 0)
+    if p in (None, ctypes.c_void_p(-1).value):
+        return False
+    try:
+        return libc.madvise(p, 4096, madv_guard_install) == 0
+    finally:
+        libc.munmap(p, size)
+
+
+# Whether stacks get guard markers here (else PROT_NONE pages, which cost
+# a mapping more per coroutine), and the mark of the tests that need them.
+GUARD_MARKERS = _kernel_has_guard_markers()
+needs_guard_markers = pytest.mark.skipif(
+    not GUARD_MARKERS,
+    reason="the kernel has no guard markers (MADV_GUARD_INSTALL, Linux 6.13+)")
