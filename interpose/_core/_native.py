@@ -224,21 +224,24 @@ class _Functions:
 
 # Functions that return 0 or -errno and their value through a last
 # out-parameter (never an in-band sentinel): bound as calls that return
-# the value or raise OSError.  The GIL is held across each call (PyDLL),
-# so one out-variable per function serves every thread.  Not for the
-# calls of every park: an out-parameter costs about 0.3 us per call there
-# (interpose_coro_current and _prepare need none, see interpose.h).
+# the value or raise OSError.  Each call gets its own out-variable: the
+# GIL is held across the foreign call (PyDLL) but not up to the read of
+# the value, so between the two another OS thread, or a coroutine that
+# preempts this one at a bytecode boundary, could overwrite a shared one.
+# Not for the calls of every park: an out-parameter costs about 0.3 us per
+# call there (interpose_coro_current and _prepare need none, see
+# interpose.h).
 _VALUE_OUT = {
     "coro_set_deadline": _i64,  # the previous deadline (-1: none)
 }
 
 
 def _value_out(fn, ctype):
-    out = ctype()
-    ref = ctypes.byref(out)
+    byref = ctypes.byref
 
     def call(*args):
-        r = fn(*args, ref)
+        out = ctype()
+        r = fn(*args, byref(out))
         if r < 0:
             raise OSError(-r, os.strerror(-r))
         return out.value
