@@ -4,6 +4,8 @@ Idents differ between the two by nature, so snippets print facts about
 them (distinct, stable), never their values.  Exit, signals and fork with
 threads are in test_exit.py, test_signals.py and test_fork.py; the
 blocking monitor in test_blocking_monitor.py."""
+import sys
+
 import pytest
 
 from support.snippets import assert_same, check_ok, run_hooked
@@ -380,3 +382,36 @@ def test_native_threads_keep_os_threads_with_a_scheduler_each():
     """, env={"INTERPOSE_THREADS": "native"})
     assert out == ["4 [('ticks', 5), ('ticks', 5), ('ticks', 5), ('ticks', 5), "
                    "(0, True), (1, True), (2, True), (3, True)]"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13),
+                    reason="_thread._ThreadHandle and start_joinable_thread"
+                           " are new in 3.13")
+@pytest.mark.timeout(60)
+def test_start_joinable_thread_handles_as_cpython():
+    # CPython's test_thread.test_start_duplicate_handle: a handle made with
+    # _thread._ThreadHandle() starts one thread and refuses a second; the
+    # same for a handle of threading's and for the default one.
+    assert_same("""
+        import _thread, threading
+        def start_twice(handle):
+            lock = _thread.allocate_lock()
+            lock.acquire()
+            ran = []
+            def func():
+                with lock:
+                    ran.append(1)
+            handle = _thread.start_joinable_thread(func, handle=handle)
+            try:
+                _thread.start_joinable_thread(func, handle=handle)
+            except RuntimeError as e:
+                second = f"{type(e).__name__}: {e}"
+            else:
+                second = "started again"
+            lock.release()
+            handle.join()
+            return second, ran, handle.is_done()
+        print(start_twice(_thread._ThreadHandle()))
+        print(start_twice(threading._ThreadHandle()))
+        print(start_twice(None))
+    """)

@@ -13,6 +13,8 @@ import weakref
 # _threads.py's _spawn_thread(function, args, kwargs, handle) -> ident, set
 # by install().
 _spawn_thread = None
+# CPython's own _thread.start_joinable_thread, kept by install().
+_os_start_joinable_thread = None
 
 
 class _Handle:
@@ -67,11 +69,22 @@ _handles = weakref.WeakSet()
 
 
 def start_joinable_thread(function, handle=None, daemon=True):
-    """3.13's _thread.start_joinable_thread on a coroutine."""
+    """3.13's _thread.start_joinable_thread on a coroutine.
+
+    A handle the caller made itself with _thread._ThreadHandle() (CPython's
+    own tests do) keeps its state in C, where a coroutine cannot report its
+    end: that thread is an OS thread, started by CPython exactly as without
+    interpose, and its hooked calls block it alone.  Every other way of
+    starting a thread (threading.Thread, _thread.start_new_thread, no handle
+    or one of threading's) makes a coroutine."""
     if handle is None:
         handle = _Handle()
     elif not isinstance(handle, _Handle):
-        raise TypeError(f"interpose cannot run a thread for handle {handle!r}")
+        return _os_start_joinable_thread(function, handle=handle,
+                                         daemon=daemon)
+    if handle.ident is not None:
+        # As CPython's ThreadHandle_start: a handle starts one thread.
+        raise RuntimeError("thread already started")
     handle.daemon = bool(daemon)
     handle.ident = _spawn_thread(function, (), None, handle)
     _handles.add(handle)
@@ -96,8 +109,10 @@ def install(spawn_thread, start_new_thread):
     """threading starts coroutines through spawn_thread(function, args,
     kwargs, handle) -> ident (_threads.py replaces _thread.start_new_thread
     with start_new_thread on every version)."""
-    global _spawn_thread
+    global _spawn_thread, _os_start_joinable_thread
     _spawn_thread = spawn_thread
+    if _thread.start_joinable_thread is not start_joinable_thread:
+        _os_start_joinable_thread = _thread.start_joinable_thread
     _thread.start_joinable_thread = start_joinable_thread
     threading._start_joinable_thread = start_joinable_thread
     threading._ThreadHandle = _Handle
