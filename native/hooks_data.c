@@ -132,57 +132,68 @@ typedef struct rcall {
 enum { R_READ, R_READV, R_RECV, R_RECVFROM, R_RECVMSG };
 
 
-/* read_attempt made directly (rawcall.h): the same system call glibc's
- * wrapper makes for each function, without its cancellation point. */
-static ssize_t read_direct(rcall_t *c, int fd, int dontwait) {
-  struct msghdr m;
-  switch (c->call) {
-  case R_READ:
-    return dontwait ? IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, dontwait,
-                                 NULL, NULL)
-                    : IP_RAWCALL(SYS_read, fd, c->buf, c->len, 0, 0, 0);
-  case R_READV:
-    if (!dontwait)
-      return IP_RAWCALL(SYS_readv, fd, c->iov, c->iovcnt, 0, 0, 0);
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *) c->iov;
-    m.msg_iovlen = (size_t) c->iovcnt;
-    return IP_RAWCALL(SYS_recvmsg, fd, &m, dontwait, 0, 0, 0);
-  case R_RECV:
-    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
-                      NULL, NULL);
-  case R_RECVFROM:
-    return IP_RAWCALL(SYS_recvfrom, fd, c->buf, c->len, c->flags | dontwait,
-                      c->from, c->fromlen);
-  default:
-    return IP_RAWCALL(SYS_recvmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
-  }
+/* Each system call an attempt makes, through libc's wrapper (a
+ * cancellation point) or, when direct, made directly (rawcall.h): one
+ * mapping of calls to system calls serves both ways. */
+static ssize_t read_via(int direct, int fd, void *buf, size_t len) {
+  return direct ? IP_RAWCALL(SYS_read, fd, buf, len, 0, 0, 0)
+                : ip__real.read(fd, buf, len);
+}
+
+
+static ssize_t readv_via(int direct, int fd, const struct iovec *iov,
+                         int iovcnt) {
+  return direct ? IP_RAWCALL(SYS_readv, fd, iov, iovcnt, 0, 0, 0)
+                : ip__real.readv(fd, iov, iovcnt);
+}
+
+
+static ssize_t recvfrom_via(int direct, int fd, void *buf, size_t len,
+                            int flags, struct sockaddr *from,
+                            socklen_t *fromlen) {
+  return direct ? IP_RAWCALL(SYS_recvfrom, fd, buf, len, flags, from, fromlen)
+                : ip__real.recvfrom(fd, buf, len, flags, from, fromlen);
+}
+
+
+static ssize_t recvmsg_via(int direct, int fd, struct msghdr *msg,
+                           int flags) {
+  return direct ? IP_RAWCALL(SYS_recvmsg, fd, msg, flags, 0, 0, 0)
+                : ip__real.recvmsg(fd, msg, flags);
+}
+
+
+/* A msghdr carrying just iov: readv/writev made as recvmsg/sendmsg, which
+ * take MSG_DONTWAIT. */
+static void iov_msghdr(struct msghdr *m, const struct iovec *iov,
+                       int iovcnt) {
+  memset(m, 0, sizeof(*m));
+  m->msg_iov = (struct iovec *) iov;
+  m->msg_iovlen = (size_t) iovcnt;
 }
 
 
 static ssize_t read_attempt(void *ctx, int fd, int dontwait, int direct) {
   rcall_t *c = ctx;
-  if (direct)
-    return read_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case R_READ:
-    return dontwait ? ip__real.recv(fd, c->buf, c->len, dontwait)
-                    : ip__real.read(fd, c->buf, c->len);
+    return dontwait ? recvfrom_via(direct, fd, c->buf, c->len, dontwait,
+                                   NULL, NULL)
+                    : read_via(direct, fd, c->buf, c->len);
   case R_READV:
     if (!dontwait)
-      return ip__real.readv(fd, c->iov, c->iovcnt);
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *) c->iov;
-    m.msg_iovlen = (size_t) c->iovcnt;
-    return ip__real.recvmsg(fd, &m, dontwait);
+      return readv_via(direct, fd, c->iov, c->iovcnt);
+    iov_msghdr(&m, c->iov, c->iovcnt);
+    return recvmsg_via(direct, fd, &m, dontwait);
   case R_RECV:
-    return ip__real.recv(fd, c->buf, c->len, c->flags | dontwait);
+    return recvfrom_via(direct, fd, c->buf, c->len, c->flags | dontwait,
+                        NULL, NULL);
   case R_RECVFROM:
-    return ip__real.recvfrom(fd, c->buf, c->len, c->flags | dontwait,
-                             c->from, c->fromlen);
+    return recvfrom_via(direct, fd, c->buf, c->len, c->flags | dontwait,
+                        c->from, c->fromlen);
   default:
-    return ip__real.recvmsg(fd, c->msg, c->flags | dontwait);
+    return recvmsg_via(direct, fd, c->msg, c->flags | dontwait);
   }
 }
 
@@ -315,56 +326,56 @@ typedef struct wcall {
 enum { W_WRITE, W_WRITEV, W_SEND, W_SENDTO, W_SENDMSG };
 
 
-/* write_attempt made directly (rawcall.h), as read_direct. */
-static ssize_t write_direct(wcall_t *c, int fd, int dontwait) {
-  struct msghdr m;
-  switch (c->call) {
-  case W_WRITE:
-    return dontwait ? IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, dontwait,
-                                 NULL, 0)
-                    : IP_RAWCALL(SYS_write, fd, c->buf, c->len, 0, 0, 0);
-  case W_WRITEV:
-    if (!dontwait)
-      return IP_RAWCALL(SYS_writev, fd, c->iov, c->iovcnt, 0, 0, 0);
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *) c->iov;
-    m.msg_iovlen = (size_t) c->iovcnt;
-    return IP_RAWCALL(SYS_sendmsg, fd, &m, dontwait, 0, 0, 0);
-  case W_SEND:
-    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
-                      NULL, 0);
-  case W_SENDTO:
-    return IP_RAWCALL(SYS_sendto, fd, c->buf, c->len, c->flags | dontwait,
-                      c->to, c->tolen);
-  default:
-    return IP_RAWCALL(SYS_sendmsg, fd, c->msg, c->flags | dontwait, 0, 0, 0);
-  }
+/* As read_via and its kind, for the writes. */
+static ssize_t write_via(int direct, int fd, const void *buf, size_t len) {
+  return direct ? IP_RAWCALL(SYS_write, fd, buf, len, 0, 0, 0)
+                : ip__real.write(fd, buf, len);
+}
+
+
+static ssize_t writev_via(int direct, int fd, const struct iovec *iov,
+                          int iovcnt) {
+  return direct ? IP_RAWCALL(SYS_writev, fd, iov, iovcnt, 0, 0, 0)
+                : ip__real.writev(fd, iov, iovcnt);
+}
+
+
+static ssize_t sendto_via(int direct, int fd, const void *buf, size_t len,
+                          int flags, const struct sockaddr *to,
+                          socklen_t tolen) {
+  return direct ? IP_RAWCALL(SYS_sendto, fd, buf, len, flags, to, tolen)
+                : ip__real.sendto(fd, buf, len, flags, to, tolen);
+}
+
+
+static ssize_t sendmsg_via(int direct, int fd, const struct msghdr *msg,
+                           int flags) {
+  return direct ? IP_RAWCALL(SYS_sendmsg, fd, msg, flags, 0, 0, 0)
+                : ip__real.sendmsg(fd, msg, flags);
 }
 
 
 static ssize_t write_attempt(void *ctx, int fd, int dontwait, int direct) {
   wcall_t *c = ctx;
-  if (direct)
-    return write_direct(c, fd, dontwait);
   struct msghdr m;
   switch (c->call) {
   case W_WRITE:
-    return dontwait ? ip__real.send(fd, c->buf, c->len, dontwait)
-                    : ip__real.write(fd, c->buf, c->len);
+    return dontwait ? sendto_via(direct, fd, c->buf, c->len, dontwait, NULL,
+                                 0)
+                    : write_via(direct, fd, c->buf, c->len);
   case W_WRITEV:
     if (!dontwait)
-      return ip__real.writev(fd, c->iov, c->iovcnt);
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = (struct iovec *) c->iov;
-    m.msg_iovlen = (size_t) c->iovcnt;
-    return ip__real.sendmsg(fd, &m, dontwait);
+      return writev_via(direct, fd, c->iov, c->iovcnt);
+    iov_msghdr(&m, c->iov, c->iovcnt);
+    return sendmsg_via(direct, fd, &m, dontwait);
   case W_SEND:
-    return ip__real.send(fd, c->buf, c->len, c->flags | dontwait);
+    return sendto_via(direct, fd, c->buf, c->len, c->flags | dontwait, NULL,
+                      0);
   case W_SENDTO:
-    return ip__real.sendto(fd, c->buf, c->len, c->flags | dontwait, c->to,
-                           c->tolen);
+    return sendto_via(direct, fd, c->buf, c->len, c->flags | dontwait, c->to,
+                      c->tolen);
   default:
-    return ip__real.sendmsg(fd, c->msg, c->flags | dontwait);
+    return sendmsg_via(direct, fd, c->msg, c->flags | dontwait);
   }
 }
 
@@ -395,9 +406,7 @@ static ssize_t transfer_rest(int fd, int events, const struct iovec *iov,
   iovwin_advance(&w, done);
   while (done < total) {
     struct msghdr m;
-    memset(&m, 0, sizeof(m));
-    m.msg_iov = w.v;
-    m.msg_iovlen = (size_t) w.n;
+    iov_msghdr(&m, w.v, w.n);
     rcall_t rc = {.call = R_RECVMSG, .msg = &m, .flags = flags};
     wcall_t wc = {.call = W_SENDMSG, .msg = &m, .flags = flags};
     int saved = errno; /* a partial count hides the error that ended it */
