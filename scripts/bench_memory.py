@@ -4,6 +4,7 @@ and where interpose's share of it goes.
 
     python scripts/bench_memory.py [--conns 10000] [--reps 3]
                                    [--servers a,b,...] [--no-breakdown]
+    python scripts/bench_memory.py --floor [--conns 10000]
 
 Idle memory (the same method as scripts/bench_suite.py, whose Server and
 run_idle it uses): each server gets --conns connections that do one round
@@ -22,6 +23,14 @@ non-zero byte: fresh mappings are zero, so this is a lower bound).  A
 second, in-process run (the same handler on --conns connections, under
 `python -m interpose run`) counts the Python objects each connection adds,
 by type, with sys.getsizeof, and the malloc bytes in use (mallinfo2).
+
+Program floor (also alone, in seconds, with --floor): what the unmodified
+program itself holds per idle connection with no thread, coroutine or
+stack at all - its socket, its threading.Thread object and the 64 KiB
+buffer its blocked recv(65536) has allocated - each part measured in a
+plain CPython process (see child_floor).  No runtime that runs the
+program unchanged and blocks inside the C recv, as interpose does, can
+go below it.
 
 Raw output goes to bench-results/ (ignored by git).
 """
@@ -290,6 +299,98 @@ def run_objects(conns):
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+# ---- the program's own floor -------------------------------------------------
+# What the unmodified thread-per-connection program itself holds for each
+# idle connection before any thread, coroutine or stack exists: its socket
+# object, its threading.Thread (built as threaded_echo.py builds it, not
+# started: a started one holds more), and the buffer that the blocked
+# conn.recv(65536) has already allocated, made the way CPython's sock_recv
+# makes it (PyBytes_FromStringAndSize(NULL, n): only the header written).
+# The buffer is held by every runtime that blocks inside the C recv, as
+# interpose and plain threads do; gevent's Python-level recv waits for
+# readability before it calls the C recv, so it holds none.  Each part is
+# measured in a plain CPython process of its own, cumulatively.
+
+FLOOR_PARTS = ("socket", "thread", "buffer")
+
+
+def child_floor(conns, parts):
+    """Runs in a plain interpreter: RSS KiB per connection of `parts`."""
+    import socket
+    import threading
+
+    new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    new_bytes.restype = ctypes.py_object
+    new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+    def handle(conn):
+        raise AssertionError("never started")
+
+    def one():
+        conn = socket.socket()
+        held = [conn]
+        if "thread" in parts:
+            held.append(threading.Thread(target=handle, args=(conn,),
+                                         daemon=True))
+        if "buffer" in parts:
+            held.append(new_bytes(None, 65536))
+        return held
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+
+    for _ in range(200):  # the allocators' first arenas and pools
+        one()[0].close()
+    gc.collect()
+    before = rss()
+    held = [one() for _ in range(conns)]
+    gc.collect()
+    print(json.dumps({"kib_per_conn": (rss() - before) / 1024 / len(held)}))
+
+
+def program_floor(conns):
+    """{parts joined by '+': KiB per connection}, one plain child each;
+    the last entry holds every part."""
+    out = {}
+    for n in range(1, len(FLOOR_PARTS) + 1):
+        parts = ",".join(FLOOR_PARTS[:n])
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child-floor",
+             str(conns), parts],
+            capture_output=True, text=True, timeout=300,
+            preexec_fn=bench_suite._raise_nofile)
+        if proc.returncode != 0:
+            raise RuntimeError(f"floor child failed: {proc.stderr[-2000:]}")
+        out[parts.replace(",", "+")] = json.loads(
+            proc.stdout.splitlines()[-1])["kib_per_conn"]
+    return out
+
+
+def render_floor(floor, chunk_bytes=None):
+    """The floor's table: each part's share and the total."""
+    lines = ["What the program itself holds per idle connection, with no"
+             " thread, coroutine or stack (plain CPython, each part added in"
+             " a fresh process):", "", "| part | KiB/conn |", "|---|---|"]
+    labels = {"socket": "its socket object",
+              "thread": "its threading.Thread, not started",
+              "buffer": "the buffer its blocked recv(65536) holds"
+                        " (header page)"}
+    previous = 0.0
+    for key, total in floor.items():
+        lines.append(f"| {labels[key.split('+')[-1]]} |"
+                     f" {total - previous:.2f} |")
+        previous = total
+    lines.append(f"| **program floor** | **{previous:.2f}** |")
+    if chunk_bytes:
+        lines += ["", f"With the frames of the blocked call chain"
+                  f" ({chunk_bytes:,.0f} bytes written, from the breakdown):"
+                  f" at least {previous + chunk_bytes / 1024:.2f} KiB per"
+                  f" connection for a runtime that runs the program"
+                  f" unchanged and blocks inside the C recv."]
+    return "\n".join(lines)
+
+
 # ---- the comparison ----------------------------------------------------------
 
 def run_idle_table(args, log):
@@ -360,10 +461,24 @@ def main():
                         default=list(SERVERS))
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--connect-timeout", type=float, default=120.0)
+    parser.add_argument("--floor", action="store_true",
+                        help="only the program's own floor (seconds)")
     parser.add_argument("--child-objects", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-floor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_objects:
         child_objects(args.child_objects)
+        return 0
+    if args.child_floor:
+        child_floor(int(args.child_floor[0]), args.child_floor[1].split(","))
+        return 0
+    if args.conns < 1:
+        parser.error("--conns must be at least 1")
+    if args.floor:
+        problems = bench_suite.check_limits(args.conns)
+        if problems:
+            sys.exit("bench_memory: " + "; ".join(problems))
+        print(render_floor(program_floor(args.conns)))
         return 0
     bad = set(args.servers) - set(bench_suite.ALL_SERVERS)
     if bad:
@@ -382,12 +497,17 @@ def main():
     if not args.no_breakdown:
         breakdown = run_breakdown("interpose", args.conns, args)
         objects = run_objects(args.conns)
+    floor = program_floor(args.conns)
     os.makedirs(OUT, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(OUT, f"memory-{stamp}.json"), "w") as f:
         json.dump({"samples": samples, "breakdown": breakdown,
-                   "objects": objects}, f, indent=2)
+                   "objects": objects, "floor": floor}, f, indent=2)
+    chunk = breakdown["usage"]["chunk_bytes_written_median"] \
+        if breakdown else None
     print(render(samples, breakdown, objects, args))
+    print()
+    print(render_floor(floor, chunk))
     return 0
 
 

@@ -23,6 +23,9 @@ the worst run's ratio to the goal.
   idle memory          bench_suite.run_idle_all, as `bench_memory.py
                        --no-breakdown`: RSS per idle connection at
                        --conns-idle connections.  Target: <= 6 KiB.
+                       Below the table: bench_memory.program_floor, what
+                       the program itself holds per connection with no
+                       thread at all.
   spawn+join           bench_spawn.run_interleaved: CPU µs per spawn+join,
                        --spawn-n spawned then joined, and one at a time
                        --serial-n times, for interpose.spawn and for
@@ -47,6 +50,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_memory  # noqa: E402
 import bench_report  # noqa: E402
 import bench_spawn  # noqa: E402
 import bench_suite  # noqa: E402
@@ -218,6 +222,13 @@ def render_targets(data):
         lines.append(f"| {row['target']} | {ours} | " + " | ".join(peers)
                      + f" | {row['limit_text']} | {met} | {by} |"
                      f" {_runs_cell(row)} |")
+    floor = data.get("idle_floor")
+    if floor:
+        lines += ["", f"Idle memory floor: with no thread, coroutine or"
+                  f" stack at all, the program itself holds"
+                  f" {list(floor.values())[-1]:.2f} KiB per connection (its"
+                  f" socket, its threading.Thread and the buffer its blocked"
+                  f" recv(65536) holds; `bench_memory.py --floor`)."]
     return "\n".join(lines)
 
 
@@ -343,6 +354,7 @@ def measure(args, log):
         data["grid"] = bench_suite.summarize_grid(data["runs"])
     if "idle" not in args.skip:
         data["idle_runs"], data["idle"] = bench_suite.run_idle_all(args, log)
+        data["idle_floor"] = bench_memory.program_floor(args.idle_conns)
     data["minutes"] = round((time.time() - started) / 60, 1)
     return data
 

@@ -217,8 +217,12 @@ def test_targets_table_gives_each_target_its_peers_and_the_miss():
                       spawn("threads", "batch", 48.0, 47.0, 49.0),
                       spawn("interpose-spawn", "serial", 6.0, 6.5, 5.5),
                       spawn("gevent-spawn", "serial", 11.0, 11.0, 11.0),
-                      spawn("threads", "serial", 40.0, 40.0, 40.0)]}
+                      spawn("threads", "serial", 40.0, 40.0, 40.0)],
+            "idle_floor": {"socket": 0.2, "socket+thread": 2.4,
+                           "socket+thread+buffer": 6.5}}
     lines = bench_targets.render_targets(data).splitlines()
+    assert lines[-1].startswith("Idle memory floor: with no thread,")
+    assert " holds 6.50 KiB per connection " in lines[-1]
     rows = [line for line in lines if line.startswith("| ") and "---" not in line]
     assert rows[0] == ("| target | interpose | uvloop Protocol | gevent | threads"
                        " | goal | met | by how much | runs |")
@@ -240,7 +244,7 @@ def test_targets_table_gives_each_target_its_peers_and_the_miss():
         " spare (0.60× the goal) | 3 |",
     ]
     # A part left out (--skip) leaves its target unmeasured, not met.
-    del data["idle"], data["idle_runs"]
+    del data["idle"], data["idle_runs"], data["idle_floor"]
     idle = [line for line in bench_targets.render_targets(data).splitlines()
             if "idle connection" in line]
     assert idle == ["| RSS KiB per idle connection, 10,000 conns | — | — | —"
@@ -285,3 +289,31 @@ def test_bench_targets_quick_settings_scale_every_part_down():
     assert (args.reps, args.idle_reps, args.idle_conns) == (2, 2, 500)
     assert args.servers == ["interpose", "uvloop-protocol", "gevent-patched",
                             "threads"]
+
+
+@pytest.mark.timeout(120)
+def test_memory_floor_measures_what_the_program_itself_holds():
+    # The blocked recv(65536)'s buffer is made as CPython's sock_recv makes
+    # it: only its header page is resident.  A buffer written in full (64
+    # KiB) or not allocated at all (0) would fall outside these bounds.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "bench_memory.py"), "--floor",
+         "--conns", "1000"], capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2].strip(" *"))
+            for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| part")}
+    buffer = rows["the buffer its blocked recv(65536) holds (header page)"]
+    assert 3.0 < buffer < 6.0, proc.stdout
+    assert 0 < rows["its socket object"] < 1.0, proc.stdout
+    assert 0.5 < rows["its threading.Thread, not started"] < 5.0, proc.stdout
+    assert rows["**program floor**"] == pytest.approx(sum(
+        v for k, v in rows.items() if not k.startswith("**")), abs=0.02)
+
+
+def test_memory_floor_refuses_no_connections():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "bench_memory.py"), "--floor",
+         "--conns", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].endswith("--conns must be at least 1")
