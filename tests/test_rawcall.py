@@ -67,7 +67,12 @@ if SPY is not None:
 for name in ("recv", "send", "recvfrom", "read", "write"):
     getattr(LIBC, name).restype = ctypes.c_ssize_t
 BAD = ctypes.c_void_p(8)  # unmapped: EFAULT
-lines, spied, coroutines = [], {}, set()
+spied, coroutines = {}, set()
+
+
+def say(line):
+    # At once: a run that hangs shows how far it got.
+    print(line, flush=True)
 
 
 def errname(e):
@@ -147,15 +152,15 @@ def tcp_pair():
 @case
 def recv_send_data():
     a, b = pair()
-    lines.append(f"send: {outcome(a.send, b'hello')}")
-    lines.append(f"recv 3: {outcome(b.recv, 3)}")
-    lines.append(f"recv rest: {outcome(b.recv, 64)}")
+    say(f"send: {outcome(a.send, b'hello')}")
+    say(f"recv 3: {outcome(b.recv, 3)}")
+    say(f"recv rest: {outcome(b.recv, 64)}")
     buf = bytearray(8)
     a.send(b"into")
-    lines.append(f"recv_into: {outcome(b.recv_into, buf)} {bytes(buf)}")
+    say(f"recv_into: {outcome(b.recv_into, buf)} {bytes(buf)}")
     a.sendall(b"peek!")
-    lines.append(f"recv peek: {outcome(b.recv, 4, socket.MSG_PEEK)}")
-    lines.append(f"recv after peek: {outcome(b.recv, 64)}")
+    say(f"recv peek: {outcome(b.recv, 4, socket.MSG_PEEK)}")
+    say(f"recv after peek: {outcome(b.recv, 64)}")
     take("recv_send_data", a, b)
     a.close(); b.close()
 
@@ -163,16 +168,16 @@ def recv_send_data():
 @case
 def os_read_write_readv_writev_on_sockets():
     a, b = pair()
-    lines.append(f"os.write: {outcome(os.write, a.fileno(), b'abcdef')}")
-    lines.append(f"os.read: {outcome(os.read, b.fileno(), 4)}")
+    say(f"os.write: {outcome(os.write, a.fileno(), b'abcdef')}")
+    say(f"os.read: {outcome(os.read, b.fileno(), 4)}")
     bufs = [bytearray(1), bytearray(3)]
-    lines.append(f"os.readv: {outcome(os.readv, b.fileno(), bufs)} {bufs}")
-    lines.append(f"os.writev: {outcome(os.writev, a.fileno(), [b'gh', b'', b'ijk'])}")
+    say(f"os.readv: {outcome(os.readv, b.fileno(), bufs)} {bufs}")
+    say(f"os.writev: {outcome(os.writev, a.fileno(), [b'gh', b'', b'ijk'])}")
     bufs = [bytearray(2), bytearray(8)]
-    lines.append(f"os.readv partial: {outcome(os.readv, b.fileno(), bufs)} {bufs}")
+    say(f"os.readv partial: {outcome(os.readv, b.fileno(), bufs)} {bufs}")
     a.shutdown(socket.SHUT_WR)
-    lines.append(f"os.read at EOF: {outcome(os.read, b.fileno(), 4)}")
-    lines.append(f"os.readv at EOF: {outcome(os.readv, b.fileno(), [bytearray(2)])}")
+    say(f"os.read at EOF: {outcome(os.read, b.fileno(), 4)}")
+    say(f"os.readv at EOF: {outcome(os.readv, b.fileno(), [bytearray(2)])}")
     take("os_read_write_readv_writev_on_sockets", a, b)
     a.close(); b.close()
 
@@ -185,19 +190,19 @@ def datagrams_with_addresses():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     track(r, s)
     r.bind(("127.0.0.1", 0)); s.bind(("127.0.0.1", 0))
-    lines.append(f"sendto: {outcome(s.sendto, b'datagram', r.getsockname())}")
+    say(f"sendto: {outcome(s.sendto, b'datagram', r.getsockname())}")
     data, addr = r.recvfrom(64)
-    lines.append(f"recvfrom: {data!r} from sender {addr == s.getsockname()}")
+    say(f"recvfrom: {data!r} from sender {addr == s.getsockname()}")
     s.sendto(b"into", r.getsockname())
     buf = bytearray(16)
     n, addr = r.recvfrom_into(buf)
-    lines.append(f"recvfrom_into: {n} {bytes(buf[:n])!r} from sender {addr == s.getsockname()}")
+    say(f"recvfrom_into: {n} {bytes(buf[:n])!r} from sender {addr == s.getsockname()}")
     s.sendto(b"a long datagram", r.getsockname())
-    lines.append(f"recv truncated datagram: {outcome(r.recv, 6)}")
-    lines.append(f"sendto too big: {outcome(s.sendto, bytes(70000), r.getsockname())}")
+    say(f"recv truncated datagram: {outcome(r.recv, 6)}")
+    say(f"sendto too big: {outcome(s.sendto, bytes(70000), r.getsockname())}")
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     track(u)
-    lines.append(f"send without address: {outcome(u.send, b'x')}")
+    say(f"send without address: {outcome(u.send, b'x')}")
     take("datagrams_with_addresses", r, s, u)
     r.close(); s.close(); u.close()
 
@@ -205,26 +210,26 @@ def datagrams_with_addresses():
 @case
 def sendmsg_recvmsg_scatter_gather_and_fds():
     a, b = pair()
-    lines.append(f"sendmsg: {outcome(a.sendmsg, [b'sca', b'', b'tter'])}")
-    lines.append(f"recvmsg: {outcome(b.recvmsg, 64)}")
+    say(f"sendmsg: {outcome(a.sendmsg, [b'sca', b'', b'tter'])}")
+    say(f"recvmsg: {outcome(b.recvmsg, 64)}")
     a.sendmsg([b'gather'])
     bufs = [bytearray(2), bytearray(10)]
     n, anc, flags, _ = b.recvmsg_into(bufs)
-    lines.append(f"recvmsg_into: {n} {bufs} {anc} {flags}")
+    say(f"recvmsg_into: {n} {bufs} {anc} {flags}")
     r, w = os.pipe()
-    lines.append(f"send_fds: {outcome(socket.send_fds, a, [b'fd'], [r])}")
+    say(f"send_fds: {outcome(socket.send_fds, a, [b'fd'], [r])}")
     msg, fds, flags, _ = socket.recv_fds(b, 16, 4)
     same = os.fstat(fds[0]).st_ino == os.fstat(r).st_ino
-    lines.append(f"recv_fds: {msg!r} {len(fds)} same file {same} flags {flags}")
+    say(f"recv_fds: {msg!r} {len(fds)} same file {same} flags {flags}")
     os.close(fds[0])
     socket.send_fds(a, [b'fd'], [r])
     msg, anc, flags, _ = b.recvmsg(16, 0)  # no room: MSG_CTRUNC
-    lines.append(f"recvmsg control truncated: {msg!r} {anc} {flags == socket.MSG_CTRUNC}")
+    say(f"recvmsg control truncated: {msg!r} {anc} {flags == socket.MSG_CTRUNC}")
     os.close(r); os.close(w)
     d1, d2 = pair(socket.SOCK_DGRAM)
     d1.send(b"a long datagram")
     msg, anc, flags, _ = d2.recvmsg(4)
-    lines.append(f"recvmsg truncated datagram: {msg!r} {flags == socket.MSG_TRUNC}")
+    say(f"recvmsg truncated datagram: {msg!r} {flags == socket.MSG_TRUNC}")
     take("sendmsg_recvmsg_scatter_gather_and_fds", a, b, d1, d2)
     for s in (a, b, d1, d2):
         s.close()
@@ -249,15 +254,15 @@ def big_transfers_park_and_resume():
 
     t = threading.Thread(target=drain)
     t.start()
-    lines.append(f"sendall 4 MiB: {outcome(a.sendall, data)}")
+    say(f"sendall 4 MiB: {outcome(a.sendall, data)}")
     t.join()
-    lines.append(f"drained: {got}")
+    say(f"drained: {got}")
     t = threading.Thread(target=drain)
     del got[:]
     t.start()
-    lines.append(f"send 4 MiB (a blocking send sends all): {outcome(a.send, data)}")
+    say(f"send 4 MiB (a blocking send sends all): {outcome(a.send, data)}")
     t.join()
-    lines.append(f"drained: {got}")
+    say(f"drained: {got}")
     box = []
     t = threading.Thread(target=lambda: box.append(b.recv(1 << 20, socket.MSG_WAITALL)))
     before = parks()
@@ -266,10 +271,10 @@ def big_transfers_park_and_resume():
     a.sendall(data[:1 << 19])
     a.sendall(data[1 << 19:1 << 20])
     t.join()
-    lines.append(f"recv MSG_WAITALL 1 MiB: {len(box[0])} {box[0] == data[:1 << 20]}")
+    say(f"recv MSG_WAITALL 1 MiB: {len(box[0])} {box[0] == data[:1 << 20]}")
     a.sendall(b"short")
     a.shutdown(socket.SHUT_WR)
-    lines.append(f"recv MSG_WAITALL at EOF: {outcome(b.recv, 64, socket.MSG_WAITALL)}")
+    say(f"recv MSG_WAITALL at EOF: {outcome(b.recv, 64, socket.MSG_WAITALL)}")
     take("big_transfers_park_and_resume", a, b)
     a.close(); b.close()
 
@@ -284,17 +289,17 @@ def blocking_recv_parks_and_is_woken():
     wait_parked(before)
     a.send(b"wake")
     t.join()
-    lines.append(f"woken recv: {box}")
+    say(f"woken recv: {box}")
     t = threading.Thread(target=lambda: box.append(outcome(b.recv, 64)))
     before = parks()
     t.start()
     wait_parked(before)
     a.shutdown(socket.SHUT_WR)
     t.join()
-    lines.append(f"woken by EOF: {box}")
+    say(f"woken by EOF: {box}")
     c, d = pair()
     d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20000))
-    lines.append(f"recv past SO_RCVTIMEO: {outcome(d.recv, 64)}")
+    say(f"recv past SO_RCVTIMEO: {outcome(d.recv, 64)}")
     take("blocking_recv_parks_and_is_woken", a, b, c, d)
     for s in (a, b, c, d):
         s.close()
@@ -306,27 +311,27 @@ def connection_errors():
     c.sendall(b"unread")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()  # unread data: the kernel resets the connection
-    lines.append(f"recv after reset: {outcome(c.recv, 64)}")
-    lines.append(f"recv after the reset was reported: {outcome(c.recv, 64)}")
-    lines.append(f"send after reset: {outcome(c.send, b'x')}")
+    say(f"recv after reset: {outcome(c.recv, 64)}")
+    say(f"recv after the reset was reported: {outcome(c.recv, 64)}")
+    say(f"send after reset: {outcome(c.send, b'x')}")
     take("connection_errors", c)
     c.close()
     c, s = tcp_pair()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
-    lines.append(f"sendall to a reset peer: {outcome(c.sendall, b'x' * 100)}")
+    say(f"sendall to a reset peer: {outcome(c.sendall, b'x' * 100)}")
     take("connection_errors", c)
     c.close()
     a, b = pair()
     b.close()
-    lines.append(f"send to a closed peer (SIGPIPE ignored): {outcome(a.send, b'x')}")
-    lines.append(f"recv from a closed peer: {outcome(a.recv, 4)}")
+    say(f"send to a closed peer (SIGPIPE ignored): {outcome(a.send, b'x')}")
+    say(f"recv from a closed peer: {outcome(a.recv, 4)}")
     take("connection_errors", a)
     a.close()
     t = socket.socket()
     track(t)
-    lines.append(f"recv unconnected: {outcome(t.recv, 4)}")
-    lines.append(f"send unconnected: {outcome(t.send, b'x')}")
+    say(f"recv unconnected: {outcome(t.recv, 4)}")
+    say(f"send unconnected: {outcome(t.send, b'x')}")
     take("connection_errors", t)
     t.close()
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -337,7 +342,7 @@ def connection_errors():
     track(u)
     u.connect(dead)
     u.send(b"x")
-    lines.append(f"recv after ICMP port unreachable: {outcome(u.recv, 4)}")
+    say(f"recv after ICMP port unreachable: {outcome(u.recv, 4)}")
     take("connection_errors", u)
     u.close()
 
@@ -347,17 +352,17 @@ def efault_through_ctypes():
     a, b = pair()
     a.sendall(b"hello")
     buf = ctypes.create_string_buffer(16)
-    lines.append(f"libc recv: {cfun(LIBC.recv, b.fileno(), buf, 3, 0)} {buf.raw[:3]}")
-    lines.append(f"libc recv bad buffer: {cfun(LIBC.recv, b.fileno(), BAD, 3, 0)}")
-    lines.append(f"libc read bad buffer: {cfun(LIBC.read, b.fileno(), BAD, 3)}")
-    lines.append(f"libc recvfrom bad length: {cfun(LIBC.recvfrom, b.fileno(), buf, 3, 0, buf, BAD)}")
+    say(f"libc recv: {cfun(LIBC.recv, b.fileno(), buf, 3, 0)} {buf.raw[:3]}")
+    say(f"libc recv bad buffer: {cfun(LIBC.recv, b.fileno(), BAD, 3, 0)}")
+    say(f"libc read bad buffer: {cfun(LIBC.read, b.fileno(), BAD, 3)}")
+    say(f"libc recvfrom bad length: {cfun(LIBC.recvfrom, b.fileno(), buf, 3, 0, buf, BAD)}")
     a.sendall(b"more")  # whatever the failed recvfrom consumed
     n, err = cfun(LIBC.read, b.fileno(), buf, 16)
-    lines.append(f"libc read: {(n, err)} {buf.raw[:max(n, 0)]}")
-    lines.append(f"libc send bad buffer: {cfun(LIBC.send, a.fileno(), BAD, 3, 0)}")
-    lines.append(f"libc write bad buffer: {cfun(LIBC.write, a.fileno(), BAD, 3)}")
-    lines.append(f"libc write: {cfun(LIBC.write, a.fileno(), b'xyz', 3)}")
-    lines.append(f"libc recv: {cfun(LIBC.recv, b.fileno(), buf, 16, 0)} {buf.raw[:3]}")
+    say(f"libc read: {(n, err)} {buf.raw[:max(n, 0)]}")
+    say(f"libc send bad buffer: {cfun(LIBC.send, a.fileno(), BAD, 3, 0)}")
+    say(f"libc write bad buffer: {cfun(LIBC.write, a.fileno(), BAD, 3)}")
+    say(f"libc write: {cfun(LIBC.write, a.fileno(), b'xyz', 3)}")
+    say(f"libc recv: {cfun(LIBC.recv, b.fileno(), buf, 16, 0)} {buf.raw[:3]}")
     take("efault_through_ctypes", a, b)
     a.close(); b.close()
 
@@ -368,18 +373,16 @@ def libc_path_calls():
     # user's own O_NONBLOCK, MSG_DONTWAIT, and an fd that is not open.
     a, b = pair()
     b.setblocking(False)
-    lines.append(f"recv on the user's O_NONBLOCK socket: {outcome(b.recv, 4)}")
-    lines.append(f"recv MSG_DONTWAIT: {outcome(a.recv, 4, socket.MSG_DONTWAIT)}")
+    say(f"recv on the user's O_NONBLOCK socket: {outcome(b.recv, 4)}")
+    say(f"recv MSG_DONTWAIT: {outcome(a.recv, 4, socket.MSG_DONTWAIT)}")
     take("libc_path_calls", a, b)
     fd = a.detach()
     os.close(fd)
-    lines.append(f"os.read of a closed fd: {outcome(os.read, fd, 4)}")
+    say(f"os.read of a closed fd: {outcome(os.read, fd, 4)}")
     take("libc_path_calls", fd)
     b.close()
 
 
-for line in lines:
-    print(line)
 if HOOKED:
     print("spy", sorted(spied.items()) if SPY is not None else None)
     print("coroutines", sorted(coroutines), "parks", parks())
@@ -414,6 +417,17 @@ def assert_rawcall_test_ok(proc, arch):
     words = proc.stdout.split()
     assert words[:3] == ["rawcall_test:", "ok", arch], proc.stdout
     assert int(words[3]) >= 40, proc.stdout
+
+
+def guest_run(aarch64_site, code, **kwargs):
+    """guest(), bounded well under the test's timeout: a run normally takes
+    a few seconds; a broken direct path can leave a coroutine waiting for
+    ever, and then the transcript so far says where."""
+    try:
+        return guest(aarch64_site, code, timeout=90, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout
+        pytest.fail(f"the guest hung; its transcript so far:\n{out}")
 
 
 # Cases whose calls the hooks hand to libc's wrapper (see the docstring);
@@ -482,6 +496,7 @@ def test_rawcall_results_and_errno_match_libc_under_qemu_aarch64(aarch64_builds)
 def test_data_calls_in_coroutines_match_plain_and_go_direct_under_qemu_aarch64(
         aarch64_site, aarch64_builds):
     _, spy = aarch64_builds
-    plain = guest(aarch64_site, DATA_CALLS, preload=False)
-    hooked = guest(aarch64_site, DATA_CALLS, preload=True, also_preload=[spy])
+    plain = guest_run(aarch64_site, DATA_CALLS, preload=False)
+    hooked = guest_run(aarch64_site, DATA_CALLS, preload=True,
+                       also_preload=[spy])
     assert_hooked_same_and_direct(plain, hooked)
