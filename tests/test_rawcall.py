@@ -60,6 +60,8 @@ try:
     HOOKED = _autostart.booted()
 except ImportError:
     HOOKED = False
+if HOOKED:
+    MAIN, MAIN_OS_THREAD = interpose.current(), threading.get_native_id()
 LIBC = ctypes.CDLL(None, use_errno=True)
 SPY = getattr(LIBC, "libc_spy_take", None)
 if SPY is not None:
@@ -114,7 +116,10 @@ def case(fn):
     # must be made from a coroutine to take the direct path.
     def body():
         if HOOKED:
-            coroutines.add(interpose.current() is not None)
+            # A coroutine of its own, on the main OS thread.
+            me = interpose.current()
+            coroutines.add(me is not None and me is not MAIN
+                           and threading.get_native_id() == MAIN_OS_THREAD)
         fn()
     t = threading.Thread(target=body, name=fn.__name__)
     t.start()
