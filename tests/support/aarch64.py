@@ -79,6 +79,11 @@ def guest(aarch64_site, script, *, preload, also_preload=(), timeout=120):
                f"LD_PRELOAD={':'.join(libs)}",
                "INTERPOSE_AUTOSTART=1"]
     argv = [qemu, "-L", ARM64_ROOT]
+    if not preload:
+        # qemu hands the guest its own environment: the host's sanitizer
+        # runtimes (scripts/asan-tests preloads them into qemu) are no
+        # aarch64 libraries.
+        argv += ["-U", "LD_PRELOAD"]
     for item in env:
         argv += ["-E", item]
     return subprocess.run([*argv, python, "-c", script], capture_output=True,
