@@ -32,15 +32,14 @@ the host system call (so a recvfrom with a bad address length consumes no
 data there, where the kernel does); plain and hooked runs agree either
 way, and the result still comes back through the asm's x0 and the errno
 conversion."""
+import ast
 import os
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from support.aarch64 import cross_cc, guest, qemu_aarch64
-from support.snippets import ROOT, run_hooked, run_plain
+from support.snippets import run_hooked, run_plain
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_TESTS = os.path.join(HERE, "native")
@@ -449,7 +448,7 @@ def assert_hooked_same_and_direct(plain, hooked):
         f"hooked and plain differ\nhooked:\n{hooked.stdout}\nplain:\n{plain.stdout}")
     assert len(plain_lines) >= 50
     assert spy_line.startswith("spy [("), spy_line
-    spied = dict(eval(spy_line[len("spy "):]))
+    spied = dict(ast.literal_eval(spy_line[len("spy "):]))
     assert len(spied) == 9, spied
     assert {c for c, n in spied.items() if n} == LIBC_PATH_CASES, spied
     # Every case thread was a coroutine, and coroutines parked (the
