@@ -141,10 +141,11 @@ static int drained_read_may_park(ip_sched_t *s, ip_fd_t *e, uint32_t st,
 
 
 /* want > 0: a plain read of want bytes from a stream socket (see
- * ip__read_fd_until); 0: any other call. */
-static ssize_t io_loop(const ip_io_fd_t *f, int fd, int events,
-                       ip_attempt_fn attempt, void *ctx, int64_t deadline,
-                       size_t want) {
+ * ip__read_fd_until); 0: any other call.  errno as the attempts and waits
+ * left it (io_loop restores it on success). */
+static ssize_t io_attempts(const ip_io_fd_t *f, int fd, int events,
+                           ip_attempt_fn attempt, void *ctx, int64_t deadline,
+                           size_t want) {
   ip_sched_t *s = f->s;
   ip_fd_t *e = f->e;
   uint32_t st = f->st;
@@ -183,6 +184,22 @@ static ssize_t io_loop(const ip_io_fd_t *f, int fd, int events,
     if (r < 0)
       return ip__fail(r);
   }
+}
+
+
+/* io_attempts, with errno as the caller had it when the call succeeds:
+ * libc's wrapper sets errno only on failure, but an attempt that met
+ * EAGAIN before the one that succeeded, or a wait, leaves its own (a
+ * successful recv after a park left EAGAIN, found by tests/test_rawcall.py
+ * on both architectures). */
+static ssize_t io_loop(const ip_io_fd_t *f, int fd, int events,
+                       ip_attempt_fn attempt, void *ctx, int64_t deadline,
+                       size_t want) {
+  int entry_errno = errno;
+  ssize_t n = io_attempts(f, fd, events, attempt, ctx, deadline, want);
+  if (n >= 0)
+    errno = entry_errno;
+  return n;
 }
 
 

@@ -164,6 +164,9 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     wait_for_room(s, fd, addr, len); /* also for the user's non-blocking fds */
   if (ip__io_mode(fd, &s) != IP_MODE_RETRY)
     return ip__real.connect(fd, addr, len);
+  /* A blocking connect that succeeds leaves errno alone; the attempts and
+   * waits below set it (EINPROGRESS, EALREADY, EISCONN) on the way. */
+  int entry_errno = errno;
   int r = ip__real.connect(fd, addr, len);
   if (r == 0 || errno != EINPROGRESS)
     return r;
@@ -179,8 +182,10 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
      * (reading SO_ERROR instead would leave it half-connecting, and a
      * retry would fail with ECONNABORTED). */
     r = ip__real.connect(fd, addr, len);
-    if (r == 0 || errno == EISCONN)
+    if (r == 0 || errno == EISCONN) {
+      errno = entry_errno;
       return 0;
+    }
     if (errno != EALREADY && errno != EINPROGRESS)
       return -1;
   }

@@ -79,6 +79,7 @@ static int listening(int fd) {
  * socket made ours when a hook-enabled coroutine accepts it. */
 static int do_accept(int fd, struct sockaddr *addr, socklen_t *len,
                      int flags) {
+  int entry_errno = errno; /* a success leaves it, as the kernel's does */
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(fd, &s);
   int ours = s != NULL && !(flags & SOCK_NONBLOCK);
@@ -112,6 +113,7 @@ static int do_accept(int fd, struct sockaddr *addr, socklen_t *len,
     }
   }
   if (nfd >= 0) {
+    errno = entry_errno;
     int stream = (ip__fd_state(fd) & IP_FD_STREAM) ? SOCK_STREAM : 0;
     note_created(nfd, socket_state(stream, (flags & SOCK_NONBLOCK) != 0, ours),
                  ours);

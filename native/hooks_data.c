@@ -115,6 +115,16 @@ static int not_a_socket(int fd) {
   return not_a_socket_state(armed_state(fd));
 }
 
+/* A call's result with errno as the caller had it when the call succeeds
+ * (n >= 0, a partial count included): libc's wrappers set errno only on
+ * failure, while the attempts and waits of a hooked call set it on the way
+ * (EAGAIN before a park), and the coroutines of one OS thread share it. */
+static ssize_t keep_errno_on_success(ssize_t n, int entry_errno) {
+  if (n >= 0)
+    errno = entry_errno;
+  return n;
+}
+
 /* ---- reads ------------------------------------------------------------ */
 
 typedef struct rcall {
@@ -218,7 +228,7 @@ static ssize_t read_rest(rcall_t *c, int fd, ssize_t first, int64_t deadline) {
 }
 
 
-static ssize_t do_read(rcall_t *c, int fd) {
+static ssize_t read_call(rcall_t *c, int fd) {
   ip_io_fd_t f;
   ip__io_lookup(fd, &f);
   int plain_read = c->call == R_READ || c->call == R_READV;
@@ -247,6 +257,12 @@ static ssize_t do_read(rcall_t *c, int fd) {
       ip__io_mode_of(fd) != IP_MODE_REAL)
     return read_rest(c, fd, n, deadline);
   return n;
+}
+
+
+static ssize_t do_read(rcall_t *c, int fd) {
+  int entry_errno = errno;
+  return keep_errno_on_success(read_call(c, fd), entry_errno);
 }
 
 
@@ -454,7 +470,7 @@ static ssize_t write_pipe_pieces(wcall_t *c, ip_sched_t *s, int fd) {
 }
 
 
-static ssize_t do_write(wcall_t *c, int fd) {
+static ssize_t write_call(wcall_t *c, int fd) {
   ip_io_fd_t f;
   ip__io_lookup(fd, &f);
   int plain_write = c->call == W_WRITE || c->call == W_WRITEV;
@@ -491,6 +507,12 @@ static ssize_t do_write(wcall_t *c, int fd) {
   int flags = c->call == W_WRITE || c->call == W_WRITEV ? 0 : c->flags;
   return transfer_rest(fd, INTERPOSE_WRITABLE, iov, iovcnt, (size_t) n, flags,
                        deadline);
+}
+
+
+static ssize_t do_write(wcall_t *c, int fd) {
+  int entry_errno = errno;
+  return keep_errno_on_success(write_call(c, fd), entry_errno);
 }
 
 
@@ -550,8 +572,8 @@ int eventfd_write(int fd, eventfd_t value) {
  * end of the input, an error, a signal or SO_SNDTIMEO (then the partial
  * count).  Both names: CPython, built with _FILE_OFFSET_BITS=64, calls
  * sendfile64. */
-static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
-                           int out, int in, off_t *offset, size_t count) {
+static ssize_t sendfile_call(ssize_t (*real)(int, int, off_t *, size_t),
+                             int out, int in, off_t *offset, size_t count) {
   ip_sched_t *s;
   ip_mode_t mode = ip__io_mode(out, &s);
   if (mode == IP_MODE_REAL || count == 0 ||
@@ -579,6 +601,14 @@ static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
     if (r < 0)
       return done ? (ssize_t) done : ip__fail(r);
   }
+}
+
+
+static ssize_t do_sendfile(ssize_t (*real)(int, int, off_t *, size_t),
+                           int out, int in, off_t *offset, size_t count) {
+  int entry_errno = errno;
+  return keep_errno_on_success(sendfile_call(real, out, in, offset, count),
+                               entry_errno);
 }
 
 

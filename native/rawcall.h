@@ -25,7 +25,10 @@
  * Our solution: ip__rawcall6 returns the kernel's result, and
  * ip__rawcall_result converts it exactly as glibc's wrappers do: a value in
  * [-4095, -1] is -errno, stored in errno, and the call returns -1.  Every
- * other value is the call's result and errno is left untouched. */
+ * other value is the call's result and errno is left untouched.  Both
+ * variants are checked against libc's wrappers, call by call and through
+ * the hooks, by tests/test_rawcall.py (aarch64 under qemu-user; what that
+ * does and does not show: docs/platforms.md). */
 #ifndef INTERPOSE_RAWCALL_H
 #define INTERPOSE_RAWCALL_H
 

@@ -284,12 +284,18 @@ static void bump_switches(ip_sched_t *s) {
 }
 
 
-/* dying: the coroutine will never be resumed (its fake stack goes). */
+/* dying: the coroutine will never be resumed (its fake stack goes).
+ * errno belongs to the OS thread, and while this coroutine is away the hub
+ * (draining its eventfd ends in EAGAIN) and the other coroutines change
+ * it: the coroutine gets its own back, as an OS thread keeps its errno
+ * while others run. */
 static void switch_to_hub(ip_sched_t *s, ip_coro_t *co, int dying) {
+  int own_errno = errno;
   bump_switches(s);
   san_leave(s, dying ? NULL : &co->san_fake, NULL);
   ip__switch(&co->sp, s->hub_sp);
   san_arrive(co->san_fake);
+  errno = own_errno;
 }
 
 

@@ -3,6 +3,7 @@ in the tests/support/ package (its docstring lists them): conftest.py is
 not a module to import from (tests/test_suite_layout.py checks it)."""
 import pytest
 
+from support.aarch64 import build_site
 from support.processes import ProcessGroup
 from support.snippets import ROOT, run_snippet, snippet_env
 from support.stack_overflow import build_deep_c
@@ -25,6 +26,13 @@ def deep_c(tmp_path_factory):
     """A shared library whose C function recurses without CPython's checks
     (support/stack_overflow.py)."""
     return build_deep_c(tmp_path_factory.mktemp("deep_c"))
+
+
+@pytest.fixture(scope="session")
+def aarch64_site(tmp_path_factory):
+    """(qemu, arm64 python, site dir of the cross-built aarch64 wheel),
+    built once for every test that runs the guest (support/aarch64.py)."""
+    return build_site(str(tmp_path_factory.mktemp("aarch64")))
 
 
 @pytest.fixture

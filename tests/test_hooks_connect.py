@@ -177,3 +177,46 @@ def test_connect_retry_after_refusal_is_refused_again():
                    "retry: ConnectionRefusedError ECONNREFUSED",
                    "connect_ex retry: ECONNREFUSED",
                    "retry once something listens: None"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_accept_and_connect_that_waited_leave_errno_untouched():
+    # Regression: after parking, a successful hooked accept left EAGAIN and
+    # a connect EINPROGRESS/EISCONN/EAGAIN in errno; libc's wrappers (and
+    # the kernel's blocking calls) leave errno alone on success.  ctypes
+    # shows errno after the call (preset so that a change shows).
+    out = assert_same("""
+        import ctypes, socket, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def call(fn, *args):
+            ctypes.set_errno(12345)
+            n = fn(*args)
+            return n >= 0, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+
+        l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+        port = l.getsockname()[1]
+        def acceptor():
+            ctypes.set_errno(12345)
+            fd = libc.accept(l.fileno(), None, None)
+            err = ctypes.get_errno()
+            os.close(fd)
+            return fd >= 0, errno.errorcode.get(err, err)
+
+        accepted = go(acceptor)
+        settle(accepted)
+
+        def client():
+            c = socket.socket()
+            raw = (struct.pack("=H", socket.AF_INET) + struct.pack(">H", port)
+                   + socket.inet_aton("127.0.0.1") + bytes(8))
+            r = call(libc.connect, c.fileno(), raw, len(raw))
+            c.close()
+            return r
+
+        print("connect:", go(client).join())
+        print("accept:", accepted.join())
+        l.close()
+    """)
+    assert out == ["connect: (True, 12345)", "accept: (True, 12345)"]

@@ -1036,3 +1036,57 @@ def test_recv_send_results_and_errno_match_libc_in_a_coroutine():
         "send unconnected: (-1, 'EPIPE')",
         "sendto unconnected: (-1, 'EPIPE')",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_transfers_that_parked_leave_errno_untouched():
+    # Regression: a hooked call that met EAGAIN, parked and then succeeded
+    # returned with EAGAIN in errno (found by tests/test_rawcall.py for
+    # recv); libc's wrappers leave errno alone on success.  Here the calls
+    # that loop over several attempts: a 4 MiB sendfile and send to a
+    # stream socket, and a write of 256 KiB to a pipe (in PIPE_BUF pieces
+    # under interpose), each drained by another thread or coroutine.
+    out = assert_same("""
+        import ctypes, socket, tempfile
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name in ("sendfile", "send", "write"):
+            getattr(libc, name).restype = ctypes.c_ssize_t
+
+        def call(fn, *args):
+            ctypes.set_errno(12345)
+            n = fn(*args)
+            err = ctypes.get_errno()
+            return n, errno.errorcode.get(err, err)
+
+        def drain(read, size):
+            got = 0
+            while got < size:
+                got += len(read(65536))
+            return got
+
+        size = 4 << 20
+        f = tempfile.TemporaryFile()
+        f.write(bytes(size)); f.flush()
+        a, b = socket.socketpair()
+        r = go(drain, b.recv, size)
+        offset = ctypes.c_longlong(0)
+        print("sendfile:", go(call, libc.sendfile, a.fileno(), f.fileno(),
+                              ctypes.byref(offset), size).join(),
+              "drained:", r.join())
+        r = go(drain, b.recv, size)
+        print("send:", go(call, libc.send, a.fileno(), bytes(size), size, 0).join(),
+              "drained:", r.join())
+        rfd, wfd = os.pipe()
+        r = go(drain, lambda n: os.read(rfd, n), 256 << 10)
+        print("pipe write:", go(call, libc.write, wfd, bytes(256 << 10),
+                                256 << 10).join(), "drained:", r.join())
+        for fd in (rfd, wfd):
+            os.close(fd)
+        f.close(); a.close(); b.close()
+    """)
+    assert out == [
+        f"sendfile: ({4 << 20}, 12345) drained: {4 << 20}",
+        f"send: ({4 << 20}, 12345) drained: {4 << 20}",
+        f"pipe write: ({256 << 10}, 12345) drained: {256 << 10}",
+    ]

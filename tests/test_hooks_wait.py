@@ -281,3 +281,42 @@ def test_epoll_wait_wakes_when_another_coroutine_registers_a_ready_fd():
         close_all()
     """)
     assert out == ["woken: [('q', 1)]", "modified: [('q', 4)]"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_poll_that_parked_leaves_errno_untouched():
+    # Regression: errno is the OS thread's, and while a coroutine was parked
+    # in poll the hub (draining its eventfd ends in EAGAIN) and the other
+    # coroutines changed it, so a poll that parked and then succeeded
+    # returned with their errno.
+    # libc's poll leaves errno alone on success; ctypes shows it after the
+    # call (preset so that a change shows).
+    out = assert_same("""
+        import ctypes, select, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class pollfd(ctypes.Structure):
+            _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short),
+                        ("revents", ctypes.c_short)]
+
+        a, b = socket.socketpair()
+
+        def poller():
+            p = pollfd(b.fileno(), select.POLLIN, 0)
+            ctypes.set_errno(12345)
+            n = libc.poll(ctypes.byref(p), 1, 60000)
+            err = ctypes.get_errno()
+            return n, p.revents == select.POLLIN, errno.errorcode.get(err, err)
+
+        t = go(poller)
+        settle(t)
+        try:
+            os.close(-1)  # sets this thread's errno (EBADF); not the poller's
+        except OSError:
+            pass
+        a.send(b"x")
+        print("poll:", t.join())
+        a.close(); b.close()
+    """)
+    assert out == ["poll: (1, True, 12345)"]

@@ -9,6 +9,7 @@
   servers    real PostgreSQL, MariaDB, redis and HTTP servers on loopback
   drivers    the cooperation and failure checks every driver test runs
   install    checkout copies, built distributions, fresh venvs
+  aarch64    the arm64 CPython under qemu-user with the cross-built wheel
   stack_overflow  snippets that recurse deep or overflow a coroutine's stack
 
 pytest puts tests/ on sys.path (the rootdir-relative "prepend" import mode,
