@@ -29,7 +29,11 @@
  * as for a sleep; the reader's fd is then closed.  Cost: one fstatat() per
  * open(), only in such a coroutine, and only without O_NONBLOCK, O_PATH,
  * O_RDWR, O_DIRECTORY or O_CREAT|O_EXCL (none of which can block on a
- * FIFO). */
+ * FIFO): about 0.75 us (os.open + os.close of a regular file took 3.1 us
+ * instead of 2.35 under `interpose run` on the 2-core VM, 2026-12-08).
+ * Opening with O_NONBLOCK first and asking fstat() would be cheaper but is
+ * not the same open: O_NONBLOCK changes what opening a tty or a file with
+ * a lease does. */
 #include <sys/stat.h>
 
 #include "internal.h"
