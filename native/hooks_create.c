@@ -1,6 +1,7 @@
 /* hooks_create.c: socket, socketpair, accept, accept4, pipe, pipe2,
  * eventfd, and the creators whose only hook duty is to forget what was
- * known about a reused fd number (open, openat, epoll_create).
+ * known about a reused fd number (open, openat, epoll_create; a blocking
+ * open of a FIFO is hooks_fifo.c's).
  *
  * A socket created by a coroutine with hooks on is made non-blocking in
  * the kernel for life, while the user keeps seeing a blocking fd;
@@ -169,8 +170,9 @@ int eventfd(unsigned int initval, int flags) {
 
 
 /* Creators the hooks do not otherwise change: the new number's old
- * knowledge must go. */
-#define OPEN_HOOK(name, ...)                                                  \
+ * knowledge must go.  One exception: a blocking open of a FIFO, which
+ * parks the coroutine until the other end is opened (hooks_fifo.c). */
+#define OPEN_HOOK(name, dirfd, ...)                                           \
   {                                                                           \
     mode_t mode = 0;                                                          \
     if (flags & (O_CREAT | O_TMPFILE)) {                                      \
@@ -179,17 +181,22 @@ int eventfd(unsigned int initval, int flags) {
       mode = va_arg(ap, mode_t);                                              \
       va_end(ap);                                                             \
     }                                                                         \
-    int fd = ip__real.name(__VA_ARGS__, flags, mode);                         \
+    int fd;                                                                   \
+    if (ip__fifo_open(dirfd, path, flags, mode, &fd))                         \
+      fd = fd >= 0 ? fd : ip__fail(fd);                                       \
+    else                                                                      \
+      fd = ip__real.name(__VA_ARGS__, flags, mode);                           \
     note_created(fd, 0, 0);                                                   \
     return fd;                                                                \
   }
 
-int open(const char *path, int flags, ...) OPEN_HOOK(open, path)
-int open64(const char *path, int flags, ...) OPEN_HOOK(open64, path)
+int open(const char *path, int flags, ...) OPEN_HOOK(open, AT_FDCWD, path)
+int open64(const char *path, int flags, ...)
+    OPEN_HOOK(open64, AT_FDCWD, path)
 int openat(int dirfd, const char *path, int flags, ...)
-    OPEN_HOOK(openat, dirfd, path)
+    OPEN_HOOK(openat, dirfd, dirfd, path)
 int openat64(int dirfd, const char *path, int flags, ...)
-    OPEN_HOOK(openat64, dirfd, path)
+    OPEN_HOOK(openat64, dirfd, dirfd, path)
 
 
 int epoll_create(int size) {

@@ -661,6 +661,11 @@ IP_HIDDEN int ip__fd_move_internal(int fd);
  * hooks on and no thread state attached (a hook entered with the GIL held
  * must block the thread instead, or it would switch with the GIL). */
 IP_HIDDEN ip_sched_t *ip__hook_sched(void);
+/* open()/openat() of a FIFO that would block in the kernel, done so that
+ * the coroutine parks instead (hooks_fifo.c): 1 with *result the new fd or
+ * -errno, or 0 (*result untouched) when the caller makes the real call. */
+IP_HIDDEN int ip__fifo_open(int dirfd, const char *path, int flags,
+                            mode_t mode, int *result);
 /* glibc's report of a fortified call's buffer overflow; never returns. */
 extern void __chk_fail(void) __attribute__((noreturn));
 /* The hook boundary: the one conversion of the engine's -errno into libc's

@@ -122,7 +122,78 @@ def test_the_reviewed_file_parses_and_gives_every_line_a_reason():
     entries = oracle.parse_allowed(ALLOWED)
     assert entries
     assert all(kind in oracle.KINDS and len(reason.split()) >= 3
-               for kind, _, reason in entries)
+               for kind, _, reason, _ in entries)
+
+
+def _allowed(tmp_path, text):
+    path = tmp_path / "allowed.txt"
+    path.write_text(text)
+    return oracle.parse_allowed(str(path))
+
+
+def test_version_qualifiers_parse_to_inclusive_ranges(tmp_path):
+    entries = _allowed(tmp_path, (
+        "differs test.test_x.C.a for every version\n"
+        "differs[3.11] test.test_x.C.b for 3.11 alone\n"
+        "exclude[3.13+] test.test_x.C.c for 3.13 and later\n"
+        "differs[3.11-3.12,3.15] test.test_x.C.d for three versions\n"))
+    assert entries == [
+        ("differs", "test.test_x.C.a", "for every version", None),
+        ("differs", "test.test_x.C.b", "for 3.11 alone",
+         (((3, 11), (3, 11)),)),
+        ("exclude", "test.test_x.C.c", "for 3.13 and later",
+         (((3, 13), None),)),
+        ("differs", "test.test_x.C.d", "for three versions",
+         (((3, 11), (3, 12)), ((3, 15), (3, 15)))),
+    ]
+
+
+@pytest.mark.parametrize("version, patterns", [
+    ((3, 10), ["test_a"]),
+    ((3, 11), ["test_a", "test_b", "test_d"]),
+    ((3, 12), ["test_a", "test_d"]),
+    ((3, 13), ["test_a", "test_c"]),
+    ((3, 14), ["test_a", "test_c"]),
+    ((3, 15), ["test_a", "test_c", "test_d"]),
+    ((4, 0), ["test_a", "test_c"]),
+])
+def test_select_keeps_the_entries_for_the_running_version(
+        tmp_path, version, patterns):
+    entries = _allowed(tmp_path, (
+        "differs test_a every version\n"
+        "differs[3.11] test_b 3.11 only\n"
+        "exclude[3.13+] test_c 3.13 on\n"
+        "differs[3.11-3.12,3.15] test_d three\n"))
+    assert [p for _, p, _ in oracle.select(entries, version)] == patterns
+
+
+def test_an_entry_for_another_version_is_neither_applied_nor_stale(
+        tmp_path, capsys):
+    # On 3.13 the 3.11 entry's test passes under interpose: not stale.  The
+    # 3.13 difference is not covered by the 3.11-only entry: unexplained.
+    entries = _allowed(tmp_path, (
+        "differs[3.11] test.test_x.C.a fails on 3.11 only\n"
+        "differs[3.11] test.test_x.C.b fails on 3.11 only\n"))
+    plain = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "ok"},
+             "normal", 1, "", "")
+    inter = ({"test.test_x.C.a": "ok", "test.test_x.C.b": "failure"},
+             "normal", 1, "", "")
+    status, out = _report(oracle.select(entries, (3, 13)), plain, inter,
+                          capsys)
+    assert status == 1
+    assert "STALE" not in out
+    assert "UNEXPLAINED test.test_x.C.b: plain ok, interpose failure" in out
+    # On 3.11 both apply: b is allowed, a is stale.
+    status, out = _report(oracle.select(entries, (3, 11)), plain, inter,
+                          capsys)
+    assert status == 1
+    assert "UNEXPLAINED" not in out
+    assert "STALE allowed difference no longer occurs: test.test_x.C.a" in out
+
+
+def test_check_python_gives_the_version_entries_are_selected_by():
+    assert oracle.check_python(sys.executable, ["test_poll"]) == \
+        sys.version_info[:2]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -137,11 +208,23 @@ def test_bad_input_is_one_line_with_status_2(args, message):
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
 
 
-def test_malformed_allowed_file_is_one_line(tmp_path):
+@pytest.mark.parametrize("line", [
+    "differs only-two-fields",
+    "ignores test.test_x.C.a not a kind",
+    "differs[] test.test_x.C.a no version",
+    "differs[3] test.test_x.C.a no minor version",
+    "differs[3.11.4] test.test_x.C.a a micro version",
+    "differs[3.13-3.11] test.test_x.C.a an empty range",
+    "differs[3.11+3.12] test.test_x.C.a not a range",
+    "differs[3.11,] test.test_x.C.a an empty item",
+    "differs[3.11 test.test_x.C.a unclosed",
+    "differs [3.11] test.test_x.C.a a space before the versions",
+])
+def test_malformed_allowed_file_is_one_line(tmp_path, line):
     bad = tmp_path / "allowed.txt"
-    bad.write_text("differs only-two-fields\n")
+    bad.write_text("# a comment\n\n" + line + "\n")
     proc = subprocess.run([sys.executable, SCRIPT, "--allowed", str(bad)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"cpython-oracle: {bad}:1: expected")
+    assert proc.stderr.startswith(f"cpython-oracle: {bad}:3: expected")
     assert proc.stderr.count("\n") == 1
