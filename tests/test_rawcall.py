@@ -137,6 +137,15 @@ def wait_parked(before):
         raise AssertionError("never parked")
 
 
+def start_parked(target):
+    # A thread running target, returned once it has parked (see wait_parked).
+    before = parks()
+    t = threading.Thread(target=target)
+    t.start()
+    wait_parked(before)
+    return t
+
+
 def parks():
     return interpose.statistics().parks if HOOKED else 0
 
@@ -268,10 +277,7 @@ def big_transfers_park_and_resume():
     t.join()
     say(f"drained: {got}")
     box = []
-    t = threading.Thread(target=lambda: box.append(b.recv(1 << 20, socket.MSG_WAITALL)))
-    before = parks()
-    t.start()
-    wait_parked(before)
+    t = start_parked(lambda: box.append(b.recv(1 << 20, socket.MSG_WAITALL)))
     a.sendall(data[:1 << 19])
     a.sendall(data[1 << 19:1 << 20])
     t.join()
@@ -287,17 +293,11 @@ def big_transfers_park_and_resume():
 def blocking_recv_parks_and_is_woken():
     a, b = pair()
     box = []
-    before = parks()
-    t = threading.Thread(target=lambda: box.append(outcome(b.recv, 64)))
-    t.start()
-    wait_parked(before)
+    t = start_parked(lambda: box.append(outcome(b.recv, 64)))
     a.send(b"wake")
     t.join()
     say(f"woken recv: {box}")
-    t = threading.Thread(target=lambda: box.append(outcome(b.recv, 64)))
-    before = parks()
-    t.start()
-    wait_parked(before)
+    t = start_parked(lambda: box.append(outcome(b.recv, 64)))
     a.shutdown(socket.SHUT_WR)
     t.join()
     say(f"woken by EOF: {box}")
